@@ -1,0 +1,627 @@
+//! The certificate catalogue: every CA, key pair and certificate of the cluster as data.
+//!
+//! One static table ([`ENTRIES`]) drives every command. Runtime values (node names, addresses,
+//! the cluster domain) stay out of it: [`Item`] binds an entry to a node and [`Item::subject`]
+//! renders it against the current config, so a renewal always reflects today's config.
+
+use std::net::IpAddr;
+
+use crate::config::{Config, Node, Role, San};
+
+/// The three certificate authorities, named as their directories under `pki/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaName {
+    Kubernetes,
+    Etcd,
+    FrontProxy,
+}
+
+impl CaName {
+    /// The CA's directory under `pki/` and its name on the command line.
+    pub const fn dir(self) -> &'static str {
+        match self {
+            CaName::Kubernetes => "kubernetes",
+            CaName::Etcd => "etcd",
+            CaName::FrontProxy => "front-proxy",
+        }
+    }
+}
+
+/// What a leaf certificate may be used for (extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Client,
+    Server,
+    ServerAndClient,
+}
+
+impl Usage {
+    /// Whether the certificate authenticates a server.
+    pub fn server(self) -> bool {
+        matches!(self, Usage::Server | Usage::ServerAndClient)
+    }
+
+    /// Whether the certificate authenticates a client.
+    pub fn client(self) -> bool {
+        matches!(self, Usage::Client | Usage::ServerAndClient)
+    }
+}
+
+/// What kind of material an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A self-signed certificate authority.
+    Ca(CaName),
+    /// A bare key pair: `NAME.pem` holds the public key (the service-account signing key).
+    KeyPair,
+    /// A certificate signed by a CA.
+    Leaf { ca: CaName, usage: Usage },
+}
+
+/// Where an entry lives and who holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One file pair for the cluster, in a fixed directory under `pki/`.
+    Cluster { dir: &'static str },
+    /// One file pair per node with the role, under `pki/NODE/`.
+    Node(Role),
+}
+
+/// How the certificate's common name is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommonName {
+    Fixed(&'static str),
+    /// The node's name.
+    NodeName,
+    /// `system:node:NODE`, the kubelet's identity to the apiserver.
+    NodeIdentity,
+}
+
+/// Which subject alternative names the certificate carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanRule {
+    None,
+    /// The node name, the in-cluster service names and IP, the node's addresses, the public API
+    /// host, `api_sans`, and localhost.
+    Apiserver,
+    /// The node name, localhost, the node's addresses and `::1`.
+    NodeAndLocal,
+    /// The node name and the node's addresses.
+    Node,
+}
+
+/// Which nodes may read a file (the admins always can).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// Nobody but the admins.
+    Admins,
+    /// Every node.
+    AllNodes,
+    /// Every node that has at least one of these roles.
+    AnyRole(&'static [Role]),
+    /// The node a per-node entry belongs to.
+    OwnNode,
+}
+
+/// One row of the catalogue.
+#[derive(Debug)]
+pub struct Entry {
+    /// The name on the command line (`kpki issue PROFILE`).
+    pub profile: &'static str,
+    pub description: &'static str,
+    pub scope: Scope,
+    /// File stem: the entry is `STEM.pem` and `STEM-key.pem`.
+    pub stem: &'static str,
+    pub kind: Kind,
+    pub cn: CommonName,
+    /// Organizations (Kubernetes groups), in order.
+    pub groups: &'static [&'static str],
+    pub sans: SanRule,
+    pub cert_readers: Readers,
+    pub key_readers: Readers,
+    /// The user that owns the files on a node (the service that reads them runs as it).
+    pub owner: &'static str,
+}
+
+const CP: &[Role] = &[Role::ControlPlane];
+
+/// A cluster-wide client certificate of `ca`, read by the control plane as `kubernetes`.
+const fn control_plane_client(
+    profile: &'static str,
+    description: &'static str,
+    dir: &'static str,
+    ca: CaName,
+    cn: &'static str,
+    groups: &'static [&'static str],
+) -> Entry {
+    Entry {
+        profile,
+        description,
+        scope: Scope::Cluster { dir },
+        stem: profile,
+        kind: Kind::Leaf {
+            ca,
+            usage: Usage::Client,
+        },
+        cn: CommonName::Fixed(cn),
+        groups,
+        sans: SanRule::None,
+        cert_readers: Readers::AnyRole(CP),
+        key_readers: Readers::AnyRole(CP),
+        owner: "kubernetes",
+    }
+}
+
+/// A certificate authority whose certificate `readers` get and whose key stays with the admins.
+const fn ca(
+    profile: &'static str,
+    description: &'static str,
+    name: CaName,
+    cn: &'static str,
+    readers: Readers,
+) -> Entry {
+    Entry {
+        profile,
+        description,
+        scope: Scope::Cluster { dir: name.dir() },
+        stem: "ca",
+        kind: Kind::Ca(name),
+        cn: CommonName::Fixed(cn),
+        groups: &[],
+        sans: SanRule::None,
+        cert_readers: readers,
+        key_readers: Readers::Admins,
+        owner: "root",
+    }
+}
+
+/// A certificate of each node with `role`, read only by that node.
+const fn per_node(
+    profile: &'static str,
+    description: &'static str,
+    role: Role,
+    kind: Kind,
+    (cn, groups): (CommonName, &'static [&'static str]),
+    sans: SanRule,
+    owner: &'static str,
+) -> Entry {
+    Entry {
+        profile,
+        description,
+        scope: Scope::Node(role),
+        stem: profile,
+        kind,
+        cn,
+        groups,
+        sans,
+        cert_readers: Readers::OwnNode,
+        key_readers: Readers::OwnNode,
+        owner,
+    }
+}
+
+const NODE_IDENTITY: (CommonName, &[&str]) = (CommonName::NodeIdentity, &["system:nodes"]);
+const NODE_NAME: (CommonName, &[&str]) = (CommonName::NodeName, &[]);
+
+/// Every CA, key pair and certificate, CAs first (an entry's issuer always comes before it).
+pub static ENTRIES: &[Entry] = &[
+    ca(
+        "kubernetes-ca",
+        "Kubernetes CA: signs the apiserver, kubelets and cluster clients",
+        CaName::Kubernetes,
+        "kubernetes-ca",
+        Readers::AllNodes,
+    ),
+    ca(
+        "etcd-ca",
+        "etcd CA: signs etcd members and etcd clients",
+        CaName::Etcd,
+        "etcd-ca",
+        Readers::AnyRole(&[Role::Etcd, Role::ControlPlane]),
+    ),
+    ca(
+        "front-proxy-ca",
+        "front-proxy CA: signs the apiserver's aggregation-layer client",
+        CaName::FrontProxy,
+        "kubernetes-front-proxy-ca",
+        Readers::AnyRole(CP),
+    ),
+    Entry {
+        profile: "service-account",
+        description: "service-account token signing key pair",
+        scope: Scope::Cluster {
+            dir: "service-account",
+        },
+        stem: "sa",
+        kind: Kind::KeyPair,
+        cn: CommonName::Fixed(""),
+        groups: &[],
+        sans: SanRule::None,
+        cert_readers: Readers::AnyRole(CP),
+        key_readers: Readers::AnyRole(CP),
+        owner: "kubernetes",
+    },
+    Entry {
+        cert_readers: Readers::Admins,
+        key_readers: Readers::Admins,
+        owner: "root",
+        ..control_plane_client(
+            "admin",
+            "cluster administrator (system:masters), for kubectl",
+            "kubernetes",
+            CaName::Kubernetes,
+            "kubernetes-admin",
+            &["system:masters"],
+        )
+    },
+    control_plane_client(
+        "controller-manager",
+        "kube-controller-manager's client certificate",
+        "kubernetes",
+        CaName::Kubernetes,
+        "system:kube-controller-manager",
+        &[],
+    ),
+    control_plane_client(
+        "scheduler",
+        "kube-scheduler's client certificate",
+        "kubernetes",
+        CaName::Kubernetes,
+        "system:kube-scheduler",
+        &[],
+    ),
+    control_plane_client(
+        "apiserver-kubelet-client",
+        "the apiserver's client certificate to kubelets",
+        "kubernetes",
+        CaName::Kubernetes,
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    ),
+    Entry {
+        cert_readers: Readers::AnyRole(&[Role::Worker]),
+        key_readers: Readers::AnyRole(&[Role::Worker]),
+        owner: "root",
+        ..control_plane_client(
+            "kube-proxy",
+            "kube-proxy's client certificate",
+            "kubernetes",
+            CaName::Kubernetes,
+            "system:kube-proxy",
+            &["system:node-proxier"],
+        )
+    },
+    control_plane_client(
+        "apiserver-etcd-client",
+        "the apiserver's client certificate to etcd",
+        "etcd",
+        CaName::Etcd,
+        "kube-apiserver-etcd-client",
+        &[],
+    ),
+    Entry {
+        stem: "client",
+        ..control_plane_client(
+            "front-proxy-client",
+            "the apiserver's client certificate to aggregated API servers",
+            "front-proxy",
+            CaName::FrontProxy,
+            "front-proxy-client",
+            &[],
+        )
+    },
+    per_node(
+        "apiserver",
+        "kube-apiserver's serving certificate",
+        Role::ControlPlane,
+        Kind::Leaf {
+            ca: CaName::Kubernetes,
+            usage: Usage::Server,
+        },
+        (CommonName::Fixed("kube-apiserver"), &[]),
+        SanRule::Apiserver,
+        "kubernetes",
+    ),
+    per_node(
+        "etcd-server",
+        "etcd's serving certificate for clients",
+        Role::Etcd,
+        Kind::Leaf {
+            ca: CaName::Etcd,
+            usage: Usage::ServerAndClient,
+        },
+        NODE_NAME,
+        SanRule::NodeAndLocal,
+        "etcd",
+    ),
+    per_node(
+        "etcd-peer",
+        "etcd's certificate for its peers",
+        Role::Etcd,
+        Kind::Leaf {
+            ca: CaName::Etcd,
+            usage: Usage::ServerAndClient,
+        },
+        NODE_NAME,
+        SanRule::Node,
+        "etcd",
+    ),
+    per_node(
+        "kubelet",
+        "the kubelet's client certificate to the apiserver",
+        Role::Worker,
+        Kind::Leaf {
+            ca: CaName::Kubernetes,
+            usage: Usage::Client,
+        },
+        NODE_IDENTITY,
+        SanRule::None,
+        "root",
+    ),
+    per_node(
+        "kubelet-serving",
+        "the kubelet's serving certificate",
+        Role::Worker,
+        Kind::Leaf {
+            ca: CaName::Kubernetes,
+            usage: Usage::Server,
+        },
+        NODE_IDENTITY,
+        SanRule::Node,
+        "root",
+    ),
+];
+
+/// The entry named `profile` on the command line.
+pub fn entry(profile: &str) -> Option<&'static Entry> {
+    ENTRIES.iter().find(|e| e.profile == profile)
+}
+
+/// The CA entry of `name`.
+pub fn ca_entry(name: CaName) -> &'static Entry {
+    ENTRIES
+        .iter()
+        .find(|e| e.kind == Kind::Ca(name))
+        .expect("the catalogue has every CA")
+}
+
+/// Which of an item's two files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The certificate (or public key): `NAME.pem`.
+    Cert,
+    /// The private key: `NAME-key.pem`.
+    Key,
+}
+
+/// A catalogue entry bound to a node (for per-node entries): one concrete file pair.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'c> {
+    pub entry: &'static Entry,
+    pub node: Option<&'c Node>,
+}
+
+impl<'c> Item<'c> {
+    /// The directory under `pki/`.
+    pub fn dir(&self) -> &'c str {
+        match (self.entry.scope, self.node) {
+            (Scope::Cluster { dir }, _) => dir,
+            (Scope::Node(_), Some(node)) => &node.name,
+            (Scope::Node(_), None) => unreachable!("per-node items are bound to a node"),
+        }
+    }
+
+    /// `DIR/STEM`, the item's name in output and errors.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.dir(), self.entry.stem)
+    }
+
+    /// The path of one part, relative to `pki/`.
+    pub fn file(&self, part: Part) -> String {
+        match part {
+            Part::Cert => format!("{}/{}.pem", self.dir(), self.entry.stem),
+            Part::Key => format!("{}/{}-key.pem", self.dir(), self.entry.stem),
+        }
+    }
+
+    /// The subject and SANs this item must have under `config`.
+    pub fn subject(&self, config: &Config) -> Subject {
+        let node_name = self.node.map(|n| n.name.as_str()).unwrap_or_default();
+        let common_name = match self.entry.cn {
+            CommonName::Fixed(cn) => cn.to_string(),
+            CommonName::NodeName => node_name.to_string(),
+            CommonName::NodeIdentity => format!("system:node:{node_name}"),
+        };
+        Subject {
+            common_name,
+            organizations: self.entry.groups.iter().map(|g| g.to_string()).collect(),
+            sans: self.sans(config),
+        }
+    }
+
+    fn sans(&self, config: &Config) -> Vec<San> {
+        let Some(node) = self.node else {
+            return Vec::new();
+        };
+        let dns = |s: &str| San::Dns(s.to_string());
+        let addresses = node.addresses.iter().map(|a| San::Ip(*a));
+        let localhost = [
+            dns("localhost"),
+            San::Ip(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
+        ];
+        let sans: Vec<San> = match self.entry.sans {
+            SanRule::None => Vec::new(),
+            SanRule::Node => std::iter::once(dns(&node.name)).chain(addresses).collect(),
+            SanRule::NodeAndLocal => std::iter::once(dns(&node.name))
+                .chain([dns("localhost")])
+                .chain(addresses)
+                .chain([localhost[1].clone()])
+                .collect(),
+            SanRule::Apiserver => {
+                let c = &config.cluster;
+                let service = "kubernetes.default.svc";
+                [
+                    dns(&node.name),
+                    dns("kubernetes"),
+                    dns("kubernetes.default"),
+                    dns(service),
+                ]
+                .into_iter()
+                .chain([
+                    dns(&format!("{service}.cluster")),
+                    dns(&format!("{service}.{}", c.domain)),
+                ])
+                .chain([San::Ip(c.service_ip)])
+                .chain(addresses)
+                .chain([c.api_server_host.clone()])
+                .chain(c.api_sans.iter().cloned())
+                .chain(localhost)
+                .collect()
+            }
+        };
+        dedup(sans)
+    }
+
+    /// The nodes, besides the admins, that may read `part` of this item.
+    pub fn readers(&self, part: Part, config: &'c Config) -> Vec<&'c Node> {
+        let readers = match part {
+            Part::Cert => self.entry.cert_readers,
+            Part::Key => self.entry.key_readers,
+        };
+        match readers {
+            Readers::Admins => Vec::new(),
+            Readers::AllNodes => config.nodes.iter().collect(),
+            Readers::AnyRole(roles) => config
+                .nodes
+                .iter()
+                .filter(|n| roles.iter().any(|r| n.has(*r)))
+                .collect(),
+            Readers::OwnNode => self.node.into_iter().collect(),
+        }
+    }
+}
+
+/// Keeps the first occurrence of each SAN, in order.
+fn dedup(sans: Vec<San>) -> Vec<San> {
+    let mut seen = std::collections::HashSet::new();
+    sans.into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
+}
+
+/// A rendered subject: what the certificate must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub sans: Vec<San>,
+}
+
+/// Every item of the catalogue under `config`, in creation order (issuers first).
+pub fn items(config: &Config) -> Vec<Item<'_>> {
+    let mut items = Vec::new();
+    for entry in ENTRIES
+        .iter()
+        .filter(|e| matches!(e.scope, Scope::Cluster { .. }))
+    {
+        items.push(Item { entry, node: None });
+    }
+    for node in &config.nodes {
+        items.extend(node_items(node));
+    }
+    items
+}
+
+/// The per-node items that `node` holds, by its roles.
+pub fn node_items(node: &Node) -> impl Iterator<Item = Item<'_>> {
+    ENTRIES.iter().filter_map(move |entry| match entry.scope {
+        Scope::Node(role) if node.has(role) => Some(Item {
+            entry,
+            node: Some(node),
+        }),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_CONFIG;
+    use std::collections::HashSet;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(DEFAULT_CONFIG, Path::new("default")).unwrap()
+    }
+
+    #[test]
+    fn profiles_and_files_are_unique() {
+        let profiles: HashSet<_> = ENTRIES.iter().map(|e| e.profile).collect();
+        assert_eq!(profiles.len(), ENTRIES.len());
+        let config = config();
+        let items = items(&config);
+        let files: HashSet<_> = items
+            .iter()
+            .flat_map(|i| [i.file(Part::Cert), i.file(Part::Key)])
+            .collect();
+        assert_eq!(files.len(), 2 * items.len());
+    }
+
+    #[test]
+    fn issuers_are_cas_listed_before_their_leaves() {
+        for (i, e) in ENTRIES.iter().enumerate() {
+            if let Kind::Leaf { ca, .. } = e.kind {
+                let at = ENTRIES.iter().position(|c| c.kind == Kind::Ca(ca)).unwrap();
+                assert!(at < i, "{} is listed before its CA", e.profile);
+            }
+        }
+    }
+
+    #[test]
+    fn server_certificates_have_sans_and_ca_keys_stay_with_admins() {
+        for e in ENTRIES {
+            match e.kind {
+                Kind::Leaf { usage, .. } if usage.server() => {
+                    assert_ne!(e.sans, SanRule::None, "{}", e.profile)
+                }
+                Kind::Ca(_) => assert_eq!(e.key_readers, Readers::Admins),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn apiserver_sans_follow_the_config() {
+        let config = config();
+        let node = config.node("node-02").unwrap();
+        let item = Item {
+            entry: entry("apiserver").unwrap(),
+            node: Some(node),
+        };
+        let sans: Vec<String> = item
+            .subject(&config)
+            .sans
+            .iter()
+            .map(|s| match s {
+                San::Dns(d) => d.clone(),
+                San::Ip(ip) => ip.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            sans,
+            [
+                "node-02",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster",
+                "kubernetes.default.svc.cluster.local",
+                "fd00:10:96::1",
+                "2001:db8::2",
+                "2001:db8::1",
+                "localhost",
+                "::1"
+            ]
+        );
+    }
+}

@@ -1,0 +1,550 @@
+//! `pki/kpki.toml`: its schema, the embedded default, and validation into typed values.
+//!
+//! The file is parsed into plain serde structs (which reject unknown keys), then every value is
+//! checked and converted, so the rest of kpki only ever sees a valid [`Config`].
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The default config, the seed's three-node IPv6 cluster. Written verbatim by `kpki init`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// What a node does; decides which catalogue entries it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Etcd,
+    Worker,
+}
+
+impl Role {
+    /// Every role, the default of a node that names none.
+    pub const ALL: [Role; 3] = [Role::ControlPlane, Role::Etcd, Role::Worker];
+
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Etcd => "etcd",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// The key algorithm of every CA and certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+/// A span of time written as `30d`, `12h`, `1y` (365 days), `2w`, `90m` or `45s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub time::Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("\"{s}\" is not a duration (use e.g. 30d, 12h, 1y)");
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = s.split_at(split);
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "y" => 365 * 86_400,
+            _ => return Err(bad()),
+        };
+        if n == 0 || n > 1000 * 365 * 86_400 / seconds {
+            return Err(format!(
+                "\"{s}\" is out of range (more than zero, at most 1000y)"
+            ));
+        }
+        Ok(Span(time::Duration::seconds(n * seconds)))
+    }
+}
+
+/// Parses an RFC 3339 timestamp or a `YYYY-MM-DD` date (midnight UTC).
+pub fn parse_date(s: &str) -> Result<time::OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &format)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| format!("\"{s}\" is not a date (use YYYY-MM-DD or RFC 3339)"))
+}
+
+/// A subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl FromStr for San {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => Ok(San::Ip(ip)),
+            Err(_) if is_dns_name(s) => Ok(San::Dns(s.to_ascii_lowercase())),
+            Err(_) => Err(format!("\"{s}\" is neither an IP address nor a DNS name")),
+        }
+    }
+}
+
+/// `[cluster]`, validated.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub domain: String,
+    /// The first address of the service CIDR: the in-cluster `kubernetes` service IP.
+    pub service_ip: IpAddr,
+    /// The URL as written, for kubeconfigs.
+    pub api_server: String,
+    /// The host part of `api_server`, which the apiserver certificate must name.
+    pub api_server_host: San,
+    pub api_sans: Vec<San>,
+}
+
+/// `[keys]`, validated.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub algorithm: Algorithm,
+    pub ca_validity: Span,
+    pub leaf_validity: Span,
+    pub renew_before: Span,
+}
+
+/// One `[[node]]`, validated.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub roles: Vec<Role>,
+    /// The node's SSH host public key; `None` means its secrets go to the admins only.
+    pub host_key: Option<String>,
+}
+
+impl Node {
+    /// Whether the node has `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// The whole config, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: Cluster,
+    pub keys: Keys,
+    /// Recipients that can decrypt every secret, as written.
+    pub admins: Vec<String>,
+    pub nodes: Vec<Node>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let fail = |message: String| Error::Config {
+            file: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| fail(describe_toml_error(&e, text)))?;
+        raw.validate().map_err(fail)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// A serde error as `line N: message`, on one line.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default, rename = "node")]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default = "default_cluster_name")]
+    name: String,
+    #[serde(default = "default_domain")]
+    domain: String,
+    service_cidr: String,
+    api_server: String,
+    #[serde(default)]
+    api_sans: Vec<String>,
+}
+
+fn default_cluster_name() -> String {
+    "kubernetes".into()
+}
+
+fn default_domain() -> String {
+    "cluster.local".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    algorithm: Algorithm,
+    ca_validity: String,
+    leaf_validity: String,
+    renew_before: String,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        RawKeys {
+            algorithm: Algorithm::EcdsaP256,
+            ca_validity: "10y".into(),
+            leaf_validity: "1y".into(),
+            renew_before: "30d".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    #[serde(default)]
+    admins: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    addresses: Vec<String>,
+    roles: Option<Vec<Role>>,
+    host_key: Option<String>,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, String> {
+        let cluster = self.cluster.validate()?;
+        let keys = self.keys.validate()?;
+        let admins = self.secrets.admins;
+        for (i, admin) in admins.iter().enumerate() {
+            check_recipient(admin).map_err(|e| format!("secrets.admins[{i}]: {e}"))?;
+        }
+        let nodes = validate_nodes(self.nodes)?;
+        Ok(Config {
+            cluster,
+            keys,
+            admins,
+            nodes,
+        })
+    }
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<Cluster, String> {
+        if self.name.is_empty() || !self.name.chars().all(is_name_char) {
+            return Err(format!(
+                "cluster.name: \"{}\" must be non-empty and use only letters, digits, '.', '_', '-'",
+                self.name
+            ));
+        }
+        if !is_dns_name(&self.domain) {
+            return Err(format!(
+                "cluster.domain: \"{}\" is not a DNS name",
+                self.domain
+            ));
+        }
+        let service_ip =
+            first_address(&self.service_cidr).map_err(|e| format!("cluster.service_cidr: {e}"))?;
+        let api_server_host =
+            url_host(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
+        let api_sans = self
+            .api_sans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.parse().map_err(|e| format!("cluster.api_sans[{i}]: {e}")))
+            .collect::<Result<_, String>>()?;
+        Ok(Cluster {
+            name: self.name,
+            domain: self.domain.to_ascii_lowercase(),
+            service_ip,
+            api_server: self.api_server,
+            api_server_host,
+            api_sans,
+        })
+    }
+}
+
+impl RawKeys {
+    fn validate(self) -> Result<Keys, String> {
+        let span = |field: &str, value: &str| {
+            value
+                .parse::<Span>()
+                .map_err(|e| format!("keys.{field}: {e}"))
+        };
+        let keys = Keys {
+            algorithm: self.algorithm,
+            ca_validity: span("ca_validity", &self.ca_validity)?,
+            leaf_validity: span("leaf_validity", &self.leaf_validity)?,
+            renew_before: span("renew_before", &self.renew_before)?,
+        };
+        if keys.leaf_validity.0 > keys.ca_validity.0 {
+            return Err(format!(
+                "keys.leaf_validity: \"{}\" is longer than keys.ca_validity \"{}\"",
+                self.leaf_validity, self.ca_validity
+            ));
+        }
+        if keys.renew_before.0 >= keys.leaf_validity.0 {
+            return Err(format!(
+                "keys.renew_before: \"{}\" is not shorter than keys.leaf_validity \"{}\"",
+                self.renew_before, self.leaf_validity
+            ));
+        }
+        Ok(keys)
+    }
+}
+
+fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<Node>, String> {
+    if raw.is_empty() {
+        return Err("node: no [[node]] is configured; at least one is needed".into());
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    raw.into_iter()
+        .map(|n| {
+            let node = n.validate()?;
+            if !names.insert(node.name.clone()) {
+                return Err(format!("node \"{}\": the name is used twice", node.name));
+            }
+            for a in &node.addresses {
+                if !addresses.insert(*a) {
+                    return Err(format!(
+                        "node \"{}\": addresses: {a} is used by another node too",
+                        node.name
+                    ));
+                }
+            }
+            Ok(node)
+        })
+        .collect()
+}
+
+impl RawNode {
+    fn validate(self) -> Result<Node, String> {
+        if !is_dns_label(&self.name) {
+            return Err(format!(
+                "node.name: \"{}\" is not a DNS label (lowercase letters, digits and '-', at most 63)",
+                self.name
+            ));
+        }
+        let at = |field: &str, e: String| format!("node \"{}\": {field}: {e}", self.name);
+        if self.addresses.is_empty() {
+            return Err(at("addresses", "at least one address is needed".into()));
+        }
+        let mut addresses = Vec::new();
+        for a in &self.addresses {
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| at("addresses", format!("\"{a}\" is not an IP address")))?;
+            if addresses.contains(&ip) {
+                return Err(at("addresses", format!("{ip} is listed twice")));
+            }
+            addresses.push(ip);
+        }
+        let roles = self.roles.clone().unwrap_or_else(|| Role::ALL.to_vec());
+        if roles.is_empty() {
+            return Err(at("roles", "at least one role is needed".into()));
+        }
+        if let Some(key) = &self.host_key {
+            check_recipient(key).map_err(|e| at("host_key", e))?;
+        }
+        Ok(Node {
+            addresses,
+            roles,
+            host_key: self.host_key,
+            name: self.name,
+        })
+    }
+}
+
+/// Checks that `s` is an age X25519 or SSH (ed25519, rsa) public key.
+fn check_recipient(s: &str) -> Result<(), String> {
+    let s = s.trim();
+    let ok = if s.starts_with("age1") {
+        s.parse::<age::x25519::Recipient>().is_ok()
+    } else {
+        s.parse::<age::ssh::Recipient>().is_ok()
+    };
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = s.chars().take(40).collect();
+        Err(format!(
+            "\"{shown}\" is not an age (age1...) or SSH (ssh-ed25519, ssh-rsa) public key"
+        ))
+    }
+}
+
+/// The first usable address of a CIDR (network address + 1), as Kubernetes allocates it.
+fn first_address(cidr: &str) -> Result<IpAddr, String> {
+    let bad = || format!("\"{cidr}\" is not a CIDR (e.g. fd00:10:96::/112)");
+    let (addr, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+    match addr {
+        IpAddr::V6(a) if prefix <= 126 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            Ok(IpAddr::V6(((u128::from(a) & mask) + 1).into()))
+        }
+        IpAddr::V4(a) if prefix <= 30 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            Ok(IpAddr::V4(((u32::from(a) & mask) + 1).into()))
+        }
+        _ => Err(format!(
+            "\"{cidr}\": the prefix leaves no room for a service"
+        )),
+    }
+}
+
+/// The host of an `https://HOST[:PORT]` URL; IPv6 hosts must be bracketed.
+fn url_host(url: &str) -> Result<San, String> {
+    let bad = |why: &str| format!("\"{url}\" {why}");
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("must start with https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("has an unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None if authority.matches(':').count() > 1 => {
+            return Err(bad(
+                "has an IPv6 host without brackets (write https://[addr]:port)",
+            ));
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .map_err(|_| bad("has an invalid port"))?;
+    }
+    if authority.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(bad("has an invalid IPv6 address in brackets"));
+    }
+    host.parse().map_err(|e: String| bad(&e))
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// A lowercase DNS label (RFC 1123), the form Kubernetes requires of node names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS name: dot-separated labels, any case.
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::parse(DEFAULT_CONFIG, Path::new("default")).unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.cluster.service_ip.to_string(), "fd00:10:96::1");
+        assert_eq!(
+            c.cluster.api_server_host,
+            San::Ip("2001:db8::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn spans_and_dates() {
+        assert_eq!("30d".parse::<Span>().unwrap().0, time::Duration::days(30));
+        assert_eq!("1y".parse::<Span>().unwrap().0, time::Duration::days(365));
+        for bad in ["", "d", "10", "5x", "0d", "-1d", "99999y"] {
+            assert!(bad.parse::<Span>().is_err(), "{bad}");
+        }
+        assert!(parse_date("2030-01-02").is_ok());
+        assert!(parse_date("2030-01-02T03:04:05Z").is_ok());
+        assert!(parse_date("tomorrow").is_err());
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(
+            url_host("https://api.example.org").unwrap(),
+            San::Dns("api.example.org".into())
+        );
+        assert!(url_host("https://2001:db8::1:6443").is_err());
+        assert!(url_host("http://[::1]:6443").is_err());
+        assert!(url_host("https://[::1]:99999").is_err());
+    }
+
+    #[test]
+    fn first_addresses() {
+        assert_eq!(
+            first_address("10.96.0.0/12").unwrap().to_string(),
+            "10.96.0.1"
+        );
+        assert_eq!(first_address("fd00::5/64").unwrap().to_string(), "fd00::1");
+        assert!(first_address("fd00::/128").is_err());
+    }
+}

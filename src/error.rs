@@ -1,0 +1,79 @@
+//! The library's error type. Every variant names what is at fault (a file, a config field, a
+//! node) so the CLI can print it as one line; `hint` adds what to do about it where that helps.
+
+use std::path::{Path, PathBuf};
+
+/// Everything kpki can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is malformed or a field has an invalid value.
+    #[error("{file}: {message}")]
+    Config { file: PathBuf, message: String },
+    /// A file could not be read, written or created.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file exists but its content is unusable (bad PEM, a key that does not match, ...).
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A request that cannot be carried out (unknown profile, a node without the role, ...).
+    #[error("{message}")]
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
+    /// A cryptographic library refused an operation that should not fail.
+    #[error("{context}: {message}")]
+    Crypto { context: String, message: String },
+}
+
+impl Error {
+    /// A line of advice for the user, printed after the error.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Usage { hint, .. } => hint.as_deref(),
+            Error::Config { .. } => Some("see README.md, section \"Configuration\""),
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Some("check the permissions of the cluster directory")
+            }
+            _ => None,
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Unusable content in `path`.
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// A request that cannot be carried out, with an optional hint.
+    pub fn usage(message: impl Into<String>, hint: Option<String>) -> Self {
+        Error::Usage {
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// A failure of rcgen, ring or age while doing `context`.
+    pub fn crypto(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Error::Crypto {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,191 @@
+//! Key generation and signing with rcgen: CAs, leaves, and the service-account key pair.
+//!
+//! rcgen's defaults are placeholders (validity 1975–4096, a dummy CN, a serial derived from the
+//! key), so every parameter of every certificate is set here explicitly.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::catalogue::{Subject, Usage};
+use crate::config::{Algorithm, San, Span};
+use crate::error::{Error, Result};
+
+/// How far `not_before` lies in the past, to tolerate clock skew between nodes.
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+
+/// The OID of `organizationName`, for a second group (rcgen's name map holds one value per type).
+const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
+
+/// A new private key of `algorithm`.
+pub fn generate_key(algorithm: Algorithm) -> Result<KeyPair> {
+    let alg = match algorithm {
+        Algorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Algorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        Algorithm::Ed25519 => &rcgen::PKCS_ED25519,
+    };
+    KeyPair::generate_for(alg).map_err(|e| Error::crypto("generating a key", e))
+}
+
+/// The service-account key's algorithm: the apiserver signs tokens with RSA or ECDSA only.
+pub fn service_account_algorithm(algorithm: Algorithm) -> Algorithm {
+    match algorithm {
+        Algorithm::EcdsaP384 => Algorithm::EcdsaP384,
+        Algorithm::EcdsaP256 | Algorithm::Ed25519 => Algorithm::EcdsaP256,
+    }
+}
+
+/// A private key in PKCS#8 PEM, wiped from memory when dropped.
+pub fn key_pem(key: &KeyPair) -> Zeroizing<String> {
+    Zeroizing::new(key.serialize_pem())
+}
+
+/// Parses a PKCS#8 PEM private key.
+pub fn parse_key(pem: &str) -> std::result::Result<KeyPair, String> {
+    KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 private key kpki can use ({e})"))
+}
+
+/// A CA that can sign: its certificate (PEM, possibly a bundle, newest first) and its key.
+pub struct Authority {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Authority {
+    /// A CA from its certificate and key; the first certificate in `cert_pem` is the signer.
+    pub fn new(cert_pem: String, key: KeyPair) -> std::result::Result<Authority, String> {
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| format!("not a CA certificate kpki can sign with ({e})"))?;
+        Ok(Authority { cert_pem, issuer })
+    }
+}
+
+/// The validity window of a certificate issued now.
+fn window(params: &mut CertificateParams, now: OffsetDateTime, validity: Span) {
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity.0;
+}
+
+/// A positive 16-byte serial with its top byte in 1..=0x7f, so it encodes in exactly 16 bytes.
+fn random_serial() -> Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|e| Error::crypto("drawing a serial number", e))?;
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// Parameters shared by every certificate kpki signs.
+fn base_params(
+    subject: &Subject,
+    now: OffsetDateTime,
+    validity: Span,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    window(&mut params, now, validity);
+    params.serial_number = Some(random_serial()?);
+    params.distinguished_name = distinguished_name(subject)?;
+    params.subject_alt_names = subject.sans.iter().map(san_type).collect::<Result<_>>()?;
+    Ok(params)
+}
+
+/// `O=...` (at most two) then `CN=...`.
+fn distinguished_name(subject: &Subject) -> Result<DistinguishedName> {
+    let mut dn = DistinguishedName::new();
+    match subject.organizations.as_slice() {
+        [] => {}
+        [one] => dn.push(DnType::OrganizationName, one.as_str()),
+        [first, second] => {
+            dn.push(DnType::OrganizationName, first.as_str());
+            dn.push(
+                DnType::CustomDnType(ORGANIZATION_OID.to_vec()),
+                second.as_str(),
+            );
+        }
+        more => {
+            return Err(Error::usage(
+                format!(
+                    "{}: {} groups requested, but at most 2 can be encoded",
+                    subject.common_name,
+                    more.len()
+                ),
+                Some("issue one certificate per pair of groups, or bind the user with RBAC".into()),
+            ));
+        }
+    }
+    if !subject.common_name.is_empty() {
+        dn.push(DnType::CommonName, subject.common_name.as_str());
+    }
+    Ok(dn)
+}
+
+fn san_type(san: &San) -> Result<SanType> {
+    Ok(match san {
+        San::Ip(ip) => SanType::IpAddress(*ip),
+        San::Dns(name) => SanType::DnsName(
+            name.as_str()
+                .try_into()
+                .map_err(|e| Error::crypto(format!("encoding SAN {name}"), e))?,
+        ),
+    })
+}
+
+/// A self-signed CA certificate (path length 1, so a cross-signed successor fits below it).
+pub fn self_signed_ca(
+    subject: &Subject,
+    key: &KeyPair,
+    now: OffsetDateTime,
+    validity: Span,
+) -> Result<String> {
+    let mut params = base_params(subject, now, validity)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params
+        .self_signed(key)
+        .map_err(|e| Error::crypto(format!("signing CA {}", subject.common_name), e))?;
+    Ok(cert.pem())
+}
+
+/// A leaf certificate for `public_key`, signed by `ca`.
+pub fn sign_leaf(
+    subject: &Subject,
+    usage: Usage,
+    public_key: &impl PublicKeyData,
+    ca: &Authority,
+    now: OffsetDateTime,
+    validity: Span,
+) -> Result<String> {
+    let mut params = base_params(subject, now, validity)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if usage.server() {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if usage.client() {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    let cert = params
+        .signed_by(public_key, &ca.issuer)
+        .map_err(|e| Error::crypto(format!("signing {}", subject.common_name), e))?;
+    Ok(cert.pem())
+}
+
+/// Whole seconds: certificates carry no fractions, and equal inputs should give equal times.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}

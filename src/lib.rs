@@ -1,0 +1,13 @@
+//! kpki: the PKI of a Kubernetes cluster on NixOS, from one config file.
+//!
+//! Floors, each using only those below it: `config`, `store`, `cli` at the bottom; then
+//! `catalogue`; then `issuing`; then `plan`; then `commands`.
+
+pub mod catalogue;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod issuing;
+pub mod plan;
+pub mod store;

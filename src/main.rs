@@ -1,0 +1,30 @@
+//! The `kpki` binary: parse, dispatch, and turn the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kpki::cli::{Cli, Command};
+use kpki::commands::{self, Context};
+use kpki::store::Store;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        store: Store::new(&cli.dir),
+        quiet: cli.quiet,
+    };
+    let result = commands::check_dir(&cli.dir).and_then(|()| match cli.command {
+        Command::Init => commands::init(&ctx),
+        Command::Completions { shell } => commands::completions(shell),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kpki: error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Plan, then apply: compare the catalogue under the config with what is on disk, list the
+//! steps that bring the two together, and carry them out (CAs first, then the rest in parallel).
+//!
+//! Planning reads only; it rejects a state it cannot complete (a CA certificate without its
+//! key) before anything is written.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use time::OffsetDateTime;
+
+use crate::catalogue::{self, CaName, Item, Kind, Part};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::issuing::{self, Authority};
+use crate::store::Store;
+
+/// What to do with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Create the key (unless `keep_key`) and the certificate or public key.
+    Create { keep_key: bool },
+}
+
+/// One planned step on one item.
+#[derive(Debug, Clone, Copy)]
+pub struct Action<'c> {
+    pub item: Item<'c>,
+    pub step: Step,
+}
+
+/// What `init` must do: create every missing item, reusing any key already on disk.
+pub fn init<'c>(store: &Store, config: &'c Config) -> Result<Vec<Action<'c>>> {
+    let mut actions = Vec::new();
+    for item in catalogue::items(config) {
+        let cert = store.has_pki(&item.file(Part::Cert));
+        let key = store.has_pki(&item.file(Part::Key));
+        match (cert, key) {
+            (true, true) => {}
+            (true, false) if matches!(item.entry.kind, Kind::Ca(_)) => {
+                return Err(Error::file(
+                    &store.pki_path(&item.file(Part::Key)),
+                    format!(
+                        "is missing while {} exists; kpki never replaces a CA",
+                        item.file(Part::Cert)
+                    ),
+                ));
+            }
+            (_, keep_key) => actions.push(Action {
+                item,
+                step: Step::Create { keep_key },
+            }),
+        }
+    }
+    Ok(actions)
+}
+
+/// Carries out `actions` in order of dependency; returns the files written, relative to `pki/`.
+pub fn apply(
+    store: &Store,
+    config: &Config,
+    actions: &[Action<'_>],
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let (cas, rest): (Vec<&Action<'_>>, Vec<&Action<'_>>) = actions
+        .iter()
+        .partition(|a| matches!(a.item.entry.kind, Kind::Ca(_)));
+    let mut written: Vec<String> = cas
+        .par_iter()
+        .map(|a| apply_one(store, config, a, None, now))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let authorities = load_authorities(store, &rest)?;
+    let leaves = rest
+        .par_iter()
+        .map(|a| apply_one(store, config, a, Some(&authorities), now))
+        .collect::<Result<Vec<_>>>()?;
+    written.extend(leaves.concat());
+    Ok(written)
+}
+
+/// The CAs that sign the leaves among `actions`, read from disk.
+fn load_authorities(store: &Store, actions: &[&Action<'_>]) -> Result<HashMap<CaName, Authority>> {
+    let mut needed: Vec<CaName> = actions
+        .iter()
+        .filter_map(|a| match a.item.entry.kind {
+            Kind::Leaf { ca, .. } => Some(ca),
+            _ => None,
+        })
+        .collect();
+    needed.sort_by_key(|c| c.dir());
+    needed.dedup();
+    needed
+        .into_iter()
+        .map(|name| Ok((name, load_authority(store, name)?)))
+        .collect()
+}
+
+/// The CA `name` from `pki/`.
+pub fn load_authority(store: &Store, name: CaName) -> Result<Authority> {
+    let item = Item {
+        entry: catalogue::ca_entry(name),
+        node: None,
+    };
+    let cert = read_required(store, &item.file(Part::Cert))?;
+    let key = load_key(store, &item.file(Part::Key))?;
+    Authority::new(cert, key).map_err(|m| Error::file(&store.pki_path(&item.file(Part::Cert)), m))
+}
+
+/// A file under `pki/` that must exist.
+fn read_required(store: &Store, rel: &str) -> Result<String> {
+    store
+        .read_pki(rel)?
+        .ok_or_else(|| Error::file(&store.pki_path(rel), "is missing"))
+}
+
+/// The private key at `pki/REL`.
+fn load_key(store: &Store, rel: &str) -> Result<rcgen::KeyPair> {
+    let pem = zeroize::Zeroizing::new(read_required(store, rel)?);
+    issuing::parse_key(&pem).map_err(|m| Error::file(&store.pki_path(rel), m))
+}
+
+/// Carries out one action; returns the files it wrote. The key is written before the
+/// certificate, so a crash in between leaves a key that the next run reuses.
+fn apply_one(
+    store: &Store,
+    config: &Config,
+    action: &Action<'_>,
+    authorities: Option<&HashMap<CaName, Authority>>,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let Step::Create { keep_key } = action.step;
+    let item = action.item;
+    let key_file = item.file(Part::Key);
+    let cert_file = item.file(Part::Cert);
+    let algorithm = match item.entry.kind {
+        Kind::KeyPair => issuing::service_account_algorithm(config.keys.algorithm),
+        _ => config.keys.algorithm,
+    };
+    let mut written = Vec::new();
+    let key = if keep_key {
+        load_key(store, &key_file)?
+    } else {
+        let key = issuing::generate_key(algorithm)?;
+        store.write_pki(&key_file, issuing::key_pem(&key).as_bytes(), true)?;
+        written.push(key_file);
+        key
+    };
+    let subject = item.subject(config);
+    let public = match item.entry.kind {
+        Kind::Ca(_) => issuing::self_signed_ca(&subject, &key, now, config.keys.ca_validity)?,
+        Kind::KeyPair => key.public_key_pem(),
+        Kind::Leaf { ca, usage } => {
+            let authority = authorities
+                .and_then(|a| a.get(&ca))
+                .expect("authorities are loaded for every leaf");
+            issuing::sign_leaf(
+                &subject,
+                usage,
+                &key,
+                authority,
+                now,
+                config.keys.leaf_validity,
+            )?
+        }
+    };
+    store.write_pki(&cert_file, public.as_bytes(), false)?;
+    written.push(cert_file);
+    Ok(written)
+}

@@ -1,0 +1,116 @@
+//! The cluster directory on disk: its layout, and the only code that writes files.
+//!
+//! Every write is atomic (a temp file in the same directory, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old file or the new one, never half of one.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Mode of private keys and identities.
+pub const SECRET_MODE: u32 = 0o600;
+/// Mode of public files: certificates, encrypted secrets, Nix files.
+pub const PUBLIC_MODE: u32 = 0o644;
+/// Mode of directories under `pki/`.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// What `pki/.gitignore` says: no plaintext certificate, key or identity ever enters git.
+pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n";
+
+/// A cluster directory: `pki/` (plaintext, git-ignored) and `secrets/` (encrypted, committed).
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The cluster directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    /// `pki/`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+
+    /// `pki/kpki.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.pki_dir().join("kpki.toml")
+    }
+
+    /// A path under `pki/`.
+    pub fn pki_path(&self, rel: &str) -> PathBuf {
+        self.pki_dir().join(rel)
+    }
+
+    /// The text of `pki/REL`, or `None` when it does not exist.
+    pub fn read_pki(&self, rel: &str) -> Result<Option<String>> {
+        read_optional(&self.pki_path(rel))
+    }
+
+    /// Whether `pki/REL` exists.
+    pub fn has_pki(&self, rel: &str) -> bool {
+        self.pki_path(rel).exists()
+    }
+
+    /// Writes `pki/REL` atomically; private material gets mode 0600, the rest 0644.
+    pub fn write_pki(&self, rel: &str, contents: &[u8], private: bool) -> Result<()> {
+        let path = self.pki_path(rel);
+        let parent = path.parent().expect("pki paths have a parent");
+        create_private_dir(parent)?;
+        let mode = if private { SECRET_MODE } else { PUBLIC_MODE };
+        write_atomic(&path, contents, mode)
+    }
+
+    /// Creates `pki/` and its `.gitignore` when missing; returns whether anything was written.
+    pub fn prepare_pki(&self) -> Result<bool> {
+        create_private_dir(&self.pki_dir())?;
+        let gitignore = self.pki_dir().join(".gitignore");
+        if gitignore.exists() {
+            return Ok(false);
+        }
+        write_atomic(&gitignore, PKI_GITIGNORE.as_bytes(), PUBLIC_MODE)?;
+        Ok(true)
+    }
+}
+
+/// Reads a text file that may not exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().expect("written paths have a parent");
+    let io = |e| Error::io(path, e);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kpki-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io)?;
+    tmp.write_all(contents).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
