@@ -1,0 +1,187 @@
+//! Temp cluster directories, the kpki binary, and the real programs the tests drive.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The default config, as `kpki init` writes it.
+pub const DEFAULT_CONFIG: &str = include_str!("../../src/default.toml");
+
+/// A temporary cluster directory, removed on drop.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// An empty cluster directory.
+    pub fn new() -> Cluster {
+        Cluster {
+            dir: tempfile::Builder::new()
+                .prefix("kpki-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A cluster directory whose `pki/kpki.toml` is `config`.
+    pub fn with_config(config: &str) -> Cluster {
+        let c = Cluster::new();
+        c.write_config(config);
+        c
+    }
+
+    /// A cluster on which `kpki init` has run successfully.
+    pub fn initialized(config: &str) -> Cluster {
+        let c = Cluster::with_config(config);
+        c.kpki(&["init"]).success();
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under `pki/`.
+    pub fn pki(&self, rel: &str) -> PathBuf {
+        self.path().join("pki").join(rel)
+    }
+
+    /// Replaces `pki/kpki.toml`.
+    pub fn write_config(&self, config: &str) {
+        std::fs::create_dir_all(self.pki("")).unwrap();
+        std::fs::write(self.pki("kpki.toml"), config).unwrap();
+    }
+
+    /// Runs kpki on this cluster directory.
+    pub fn kpki(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--dir", s(self.path())];
+        all.extend_from_slice(args);
+        kpki(&all)
+    }
+
+    /// Every file below the cluster directory with its bytes, mode, inode and mtime.
+    pub fn snapshot(&self) -> BTreeMap<String, (Vec<u8>, u32, u64, i64)> {
+        walkdir::WalkDir::new(self.path())
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                let rel = e.path().strip_prefix(self.path()).unwrap();
+                (
+                    rel.display().to_string(),
+                    (
+                        std::fs::read(e.path()).unwrap(),
+                        meta.permissions().mode() & 0o7777,
+                        meta.ino(),
+                        meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// The relative paths of every `.pem` file under `pki/`.
+    pub fn pem_files(&self) -> Vec<String> {
+        self.snapshot()
+            .into_keys()
+            .filter(|p| p.starts_with("pki/") && p.ends_with(".pem"))
+            .map(|p| p["pki/".len()..].to_string())
+            .collect()
+    }
+}
+
+/// Runs kpki with exactly `args`, without an identity from the environment.
+pub fn kpki(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpki"));
+    cmd.args(args).env_remove("KPKI_IDENTITY");
+    Run::of(cmd)
+}
+
+/// A finished process and assertions on it.
+pub struct Run {
+    pub output: Output,
+    what: String,
+}
+
+impl Run {
+    fn of(mut cmd: Command) -> Run {
+        let what = format!("{cmd:?}");
+        let output = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        Run { output, what }
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    /// Asserts exit 0.
+    pub fn success(self) -> Run {
+        assert!(
+            self.output.status.success(),
+            "{} failed ({:?}):\n{}\n{}",
+            self.what,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    /// Asserts a failure with exit `code` and returns the first stderr line.
+    pub fn fails_with(self, code: i32) -> String {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "{}: expected exit {code}:\n{}\n{}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stderr().lines().next().unwrap_or_default().to_string()
+    }
+}
+
+/// The full path of a real program the tests need. A missing one fails the test: in CI nothing
+/// may be skipped, and .ci/run installs them all.
+pub fn require(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{program}` is required by this test; install it (see .ci/run)"))
+}
+
+/// Runs a real program and returns its output, whatever its exit status.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let path = require(program);
+    Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+/// Runs a real program that must succeed and returns its stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A path as `&str`, for program arguments.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -1,0 +1,125 @@
+//! `kpki init`: layout, modes, idempotency, growth, and never replacing a CA or key.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::{Cluster, DEFAULT_CONFIG};
+
+#[test]
+fn init_in_an_empty_directory_writes_the_default_config_and_reports() {
+    let cluster = Cluster::new();
+    let run = cluster.kpki(&["init"]).success();
+    assert_eq!(
+        std::fs::read_to_string(cluster.pki("kpki.toml")).unwrap(),
+        DEFAULT_CONFIG
+    );
+    let out = run.stdout();
+    assert!(out.contains("created pki/kpki.toml"), "{out}");
+    assert!(out.contains("created pki/node-02/kubelet-key.pem"), "{out}");
+    let ignore = std::fs::read_to_string(cluster.pki(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*.pem"), "{ignore}");
+    assert_eq!(cluster.pem_files().len(), 52);
+    assert!(cluster.kpki(&["init", "-q"]).success().stdout().is_empty());
+}
+
+#[test]
+fn keys_are_0600_in_0700_directories() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for file in cluster.pem_files() {
+        let path = cluster.pki(&file);
+        if file.ends_with("-key.pem") {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+        assert_eq!(mode(path.parent().unwrap()), 0o700, "{file}");
+    }
+    let leftovers: Vec<_> = cluster
+        .snapshot()
+        .into_keys()
+        .filter(|p| p.contains(".kpki-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn a_second_init_changes_no_file() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let before = cluster.snapshot();
+    let run = cluster.kpki(&["init"]).success();
+    assert!(run.stdout().contains("nothing to do"), "{}", run.stdout());
+    assert!(before == cluster.snapshot(), "a second init touched files");
+}
+
+#[test]
+fn a_new_node_gets_exactly_its_certificates() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let before = cluster.snapshot();
+    let grown = format!(
+        "{DEFAULT_CONFIG}\n[[node]]\nname = \"node-04\"\naddresses = [\"2001:db8::4\"]\nroles = [\"worker\"]\n"
+    );
+    cluster.write_config(&grown);
+    cluster.kpki(&["init"]).success();
+    let after = cluster.snapshot();
+    let added: Vec<_> = after
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .cloned()
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "pki/node-04/kubelet-key.pem",
+            "pki/node-04/kubelet-serving-key.pem",
+            "pki/node-04/kubelet-serving.pem",
+            "pki/node-04/kubelet.pem"
+        ]
+    );
+    for (path, old) in &before {
+        if path != "pki/kpki.toml" {
+            assert!(after[path] == *old, "{path} changed");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_leaf_is_completed_with_its_existing_key() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let key = std::fs::read(cluster.pki("node-02/etcd-peer-key.pem")).unwrap();
+    let ca = std::fs::read(cluster.pki("etcd/ca.pem")).unwrap();
+    std::fs::remove_file(cluster.pki("node-02/etcd-peer.pem")).unwrap();
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(out.contains("created pki/node-02/etcd-peer.pem"), "{out}");
+    assert_eq!(
+        std::fs::read(cluster.pki("node-02/etcd-peer-key.pem")).unwrap(),
+        key
+    );
+    assert_eq!(std::fs::read(cluster.pki("etcd/ca.pem")).unwrap(), ca);
+    crate::harness::run_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            crate::harness::s(&cluster.pki("etcd/ca.pem")),
+            crate::harness::s(&cluster.pki("node-02/etcd-peer.pem")),
+        ],
+    );
+}
+
+#[test]
+fn a_ca_certificate_without_its_key_is_never_replaced() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    std::fs::remove_file(cluster.pki("etcd/ca-key.pem")).unwrap();
+    std::fs::remove_file(cluster.pki("node-01/etcd-server.pem")).unwrap();
+    let before = cluster.snapshot();
+    let line = cluster.kpki(&["init"]).fails_with(2);
+    assert!(
+        line.contains("etcd/ca-key.pem") && line.contains("never replaces a CA"),
+        "{line}"
+    );
+    assert!(before == cluster.snapshot(), "a failed init changed files");
+}
+
+#[test]
+fn a_missing_directory_is_an_error() {
+    let line = crate::harness::kpki(&["--dir", "/nonexistent/kpki", "init"]).fails_with(2);
+    assert!(line.contains("/nonexistent/kpki"), "{line}");
+}

@@ -1,0 +1,9 @@
+//! kpki's integration tests: one binary sharing one harness. Certificates are checked by real
+//! programs (openssl, etcd) and by a second parser (rustls-webpki), never by kpki's own code.
+
+mod config_errors;
+mod etcd;
+mod harness;
+mod init;
+mod openssl;
+mod webpki;
