@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::issuing;
 use crate::plan;
 use crate::store::{self, Store};
@@ -71,16 +71,4 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut cmd = crate::cli::Cli::command();
     clap_complete::generate(shell, &mut cmd, "kpki", &mut std::io::stdout());
     Ok(())
-}
-
-/// Turns a missing-directory failure into a usage error that says which directory.
-pub fn check_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(Error::usage(
-            format!("--dir {}: not a directory", dir.display()),
-            Some("create it first, or point --dir at the cluster repository".into()),
-        ))
-    }
 }

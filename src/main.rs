@@ -13,10 +13,10 @@ fn main() -> ExitCode {
         store: Store::new(&cli.dir),
         quiet: cli.quiet,
     };
-    let result = commands::check_dir(&cli.dir).and_then(|()| match cli.command {
+    let result = match cli.command {
         Command::Init => commands::init(&ctx),
         Command::Completions { shell } => commands::completions(shell),
-    });
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

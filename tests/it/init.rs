@@ -119,7 +119,15 @@ fn a_ca_certificate_without_its_key_is_never_replaced() {
 }
 
 #[test]
-fn a_missing_directory_is_an_error() {
-    let line = crate::harness::kpki(&["--dir", "/nonexistent/kpki", "init"]).fails_with(2);
-    assert!(line.contains("/nonexistent/kpki"), "{line}");
+fn init_creates_a_missing_cluster_directory() {
+    let cluster = Cluster::new();
+    let dir = cluster.path().join("new-cluster");
+    crate::harness::kpki(&["--dir", crate::harness::s(&dir), "init", "-q"]).success();
+    assert!(dir.join("pki/kubernetes/ca-key.pem").is_file());
+}
+
+#[test]
+fn an_unwritable_cluster_directory_is_a_one_line_error() {
+    let line = crate::harness::kpki(&["--dir", "/proc/kpki", "init"]).fails_with(2);
+    assert!(line.contains("/proc/kpki"), "{line}");
 }

@@ -5,5 +5,6 @@ mod config_errors;
 mod etcd;
 mod harness;
 mod init;
+mod netns;
 mod openssl;
 mod webpki;

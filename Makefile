@@ -1,0 +1,31 @@
+.DEFAULT_GOAL := help
+
+KPKI ?= target/release/kpki
+
+.PHONY: all
+all: build pki ## Build kpki and bring pki/ up to date
+
+.PHONY: build
+build: ## Build kpki (target/release/kpki)
+	cargo build --release --locked
+
+.PHONY: pki
+pki: build ## Create every missing CA, key and certificate of pki/kpki.toml
+	$(KPKI) init
+
+.PHONY: test
+test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantiate: see .ci/run)
+	cargo test --locked
+
+.PHONY: lint
+lint: ## Check formatting and run clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+.PHONY: update-flake
+update-flake: ## Update nix flake inputs
+	nix flake update
+
+.PHONY: help
+help: ## Display this help
+	@grep -h -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-30s\033[0m %s\n", $$1, $$2}'
