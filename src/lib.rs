@@ -1,7 +1,7 @@
 //! kpki: the PKI of a Kubernetes cluster on NixOS, from one config file.
 //!
 //! Floors, each using only those below it: `config`, `store`, `cli` at the bottom; then
-//! `catalogue`; then `issuing`; then `plan`; then `commands`.
+//! `catalogue`; then `issuing` and `secrets`; then `plan`; then `commands`.
 
 pub mod catalogue;
 pub mod cli;
@@ -10,4 +10,5 @@ pub mod config;
 pub mod error;
 pub mod issuing;
 pub mod plan;
+pub mod secrets;
 pub mod store;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context {
         store: Store::new(&cli.dir),
+        identity: cli.identity.clone(),
         quiet: cli.quiet,
     };
     let result = match cli.command {

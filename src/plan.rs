@@ -13,7 +13,7 @@ use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::issuing::{self, Authority};
-use crate::store::Store;
+use crate::secrets::Vault;
 
 /// What to do with one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +30,16 @@ pub struct Action<'c> {
 }
 
 /// What `init` must do: create every missing item, reusing any key already on disk.
-pub fn init<'c>(store: &Store, config: &'c Config) -> Result<Vec<Action<'c>>> {
+pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
     let mut actions = Vec::new();
     for item in catalogue::items(config) {
-        let cert = store.has_pki(&item.file(Part::Cert));
-        let key = store.has_pki(&item.file(Part::Key));
+        let cert = vault.exists(&item.file(Part::Cert));
+        let key = vault.exists(&item.file(Part::Key));
         match (cert, key) {
             (true, true) => {}
             (true, false) if matches!(item.entry.kind, Kind::Ca(_)) => {
                 return Err(Error::file(
-                    &store.pki_path(&item.file(Part::Key)),
+                    &vault.store().pki_path(&item.file(Part::Key)),
                     format!(
                         "is missing while {} exists; kpki never replaces a CA",
                         item.file(Part::Cert)
@@ -57,7 +57,7 @@ pub fn init<'c>(store: &Store, config: &'c Config) -> Result<Vec<Action<'c>>> {
 
 /// Carries out `actions` in order of dependency; returns the files written, relative to `pki/`.
 pub fn apply(
-    store: &Store,
+    vault: &Vault,
     config: &Config,
     actions: &[Action<'_>],
     now: OffsetDateTime,
@@ -67,20 +67,20 @@ pub fn apply(
         .partition(|a| matches!(a.item.entry.kind, Kind::Ca(_)));
     let mut written: Vec<String> = cas
         .par_iter()
-        .map(|a| apply_one(store, config, a, None, now))
+        .map(|a| apply_one(vault, config, a, None, now))
         .collect::<Result<Vec<_>>>()?
         .concat();
-    let authorities = load_authorities(store, &rest)?;
+    let authorities = load_authorities(vault, &rest)?;
     let leaves = rest
         .par_iter()
-        .map(|a| apply_one(store, config, a, Some(&authorities), now))
+        .map(|a| apply_one(vault, config, a, Some(&authorities), now))
         .collect::<Result<Vec<_>>>()?;
     written.extend(leaves.concat());
     Ok(written)
 }
 
 /// The CAs that sign the leaves among `actions`, read from disk.
-fn load_authorities(store: &Store, actions: &[&Action<'_>]) -> Result<HashMap<CaName, Authority>> {
+fn load_authorities(vault: &Vault, actions: &[&Action<'_>]) -> Result<HashMap<CaName, Authority>> {
     let mut needed: Vec<CaName> = actions
         .iter()
         .filter_map(|a| match a.item.entry.kind {
@@ -92,38 +92,39 @@ fn load_authorities(store: &Store, actions: &[&Action<'_>]) -> Result<HashMap<Ca
     needed.dedup();
     needed
         .into_iter()
-        .map(|name| Ok((name, load_authority(store, name)?)))
+        .map(|name| Ok((name, load_authority(vault, name)?)))
         .collect()
 }
 
-/// The CA `name` from `pki/`.
-pub fn load_authority(store: &Store, name: CaName) -> Result<Authority> {
+/// The CA `name`, from `pki/` or decrypted from `secrets/`.
+pub fn load_authority(vault: &Vault, name: CaName) -> Result<Authority> {
     let item = Item {
         entry: catalogue::ca_entry(name),
         node: None,
     };
-    let cert = read_required(store, &item.file(Part::Cert))?;
-    let key = load_key(store, &item.file(Part::Key))?;
-    Authority::new(cert, key).map_err(|m| Error::file(&store.pki_path(&item.file(Part::Cert)), m))
+    let cert = read_required(vault, &item.file(Part::Cert))?;
+    let key = load_key(vault, &item.file(Part::Key))?;
+    Authority::new(cert.to_string(), key)
+        .map_err(|m| Error::file(&vault.store().pki_path(&item.file(Part::Cert)), m))
 }
 
-/// A file under `pki/` that must exist.
-fn read_required(store: &Store, rel: &str) -> Result<String> {
-    store
-        .read_pki(rel)?
-        .ok_or_else(|| Error::file(&store.pki_path(rel), "is missing"))
+/// A file of the PKI that must exist, in plaintext or encrypted.
+fn read_required(vault: &Vault, rel: &str) -> Result<zeroize::Zeroizing<String>> {
+    vault
+        .read(rel)?
+        .ok_or_else(|| Error::file(&vault.store().pki_path(rel), "is missing"))
 }
 
-/// The private key at `pki/REL`.
-fn load_key(store: &Store, rel: &str) -> Result<rcgen::KeyPair> {
-    let pem = zeroize::Zeroizing::new(read_required(store, rel)?);
-    issuing::parse_key(&pem).map_err(|m| Error::file(&store.pki_path(rel), m))
+/// The private key `pki/REL`.
+fn load_key(vault: &Vault, rel: &str) -> Result<rcgen::KeyPair> {
+    let pem = read_required(vault, rel)?;
+    issuing::parse_key(&pem).map_err(|m| Error::file(&vault.store().pki_path(rel), m))
 }
 
 /// Carries out one action; returns the files it wrote. The key is written before the
 /// certificate, so a crash in between leaves a key that the next run reuses.
 fn apply_one(
-    store: &Store,
+    vault: &Vault,
     config: &Config,
     action: &Action<'_>,
     authorities: Option<&HashMap<CaName, Authority>>,
@@ -137,9 +138,10 @@ fn apply_one(
         Kind::KeyPair => issuing::service_account_algorithm(config.keys.algorithm),
         _ => config.keys.algorithm,
     };
+    let store = vault.store();
     let mut written = Vec::new();
     let key = if keep_key {
-        load_key(store, &key_file)?
+        load_key(vault, &key_file)?
     } else {
         let key = issuing::generate_key(algorithm)?;
         store.write_pki(&key_file, issuing::key_pem(&key).as_bytes(), true)?;

@@ -16,6 +16,8 @@ pub const SECRET_MODE: u32 = 0o600;
 pub const PUBLIC_MODE: u32 = 0o644;
 /// Mode of directories under `pki/`.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of directories under `secrets/`.
+pub const PUBLIC_DIR_MODE: u32 = 0o755;
 
 /// What `pki/.gitignore` says: no plaintext certificate, key or identity ever enters git.
 pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n";
@@ -66,6 +68,42 @@ impl Store {
         write_atomic(&path, contents, mode)
     }
 
+    /// `secrets/`.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
+    /// A path under `secrets/`.
+    pub fn secrets_path(&self, rel: &str) -> PathBuf {
+        self.secrets_dir().join(rel)
+    }
+
+    /// The encrypted copy of `pki/REL`: `secrets/REL.age`.
+    pub fn secret_path(&self, rel: &str) -> PathBuf {
+        self.secrets_path(&format!("{rel}.age"))
+    }
+
+    /// Writes `secrets/REL` atomically (committed, so readable: 0644 in 0755 directories).
+    pub fn write_secret(&self, rel: &str, contents: &[u8]) -> Result<()> {
+        let path = self.secrets_path(rel);
+        let parent = path.parent().expect("secret paths have a parent");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PUBLIC_DIR_MODE)
+            .create(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        write_atomic(&path, contents, PUBLIC_MODE)
+    }
+
+    /// Writes `secrets/REL` unless it already holds exactly `contents`; returns whether it wrote.
+    pub fn write_secret_if_changed(&self, rel: &str, contents: &[u8]) -> Result<bool> {
+        if read_optional_bytes(&self.secrets_path(rel))?.as_deref() == Some(contents) {
+            return Ok(false);
+        }
+        self.write_secret(rel, contents)?;
+        Ok(true)
+    }
+
     /// Creates `pki/` and its `.gitignore` when missing; returns whether anything was written.
     pub fn prepare_pki(&self) -> Result<bool> {
         create_private_dir(&self.pki_dir())?;
@@ -75,6 +113,15 @@ impl Store {
         }
         write_atomic(&gitignore, PKI_GITIGNORE.as_bytes(), PUBLIC_MODE)?;
         Ok(true)
+    }
+}
+
+/// Reads a file that may not exist.
+pub fn read_optional_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 

@@ -95,7 +95,10 @@ impl Cluster {
 /// Runs kpki with exactly `args`, without an identity from the environment.
 pub fn kpki(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpki"));
-    cmd.args(args).env_remove("KPKI_IDENTITY");
+    // Hermetic: no identity from the environment, no ~/.ssh/id_ed25519 of the machine.
+    cmd.args(args)
+        .env_remove("KPKI_IDENTITY")
+        .env("HOME", "/nonexistent");
     Run::of(cmd)
 }
 

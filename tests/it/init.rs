@@ -64,19 +64,28 @@ fn a_new_node_gets_exactly_its_certificates() {
         .filter(|k| !before.contains_key(*k))
         .cloned()
         .collect();
-    assert_eq!(
-        added,
-        [
-            "pki/node-04/kubelet-key.pem",
-            "pki/node-04/kubelet-serving-key.pem",
-            "pki/node-04/kubelet-serving.pem",
-            "pki/node-04/kubelet.pem"
-        ]
-    );
+    let files = [
+        "kubelet-key.pem",
+        "kubelet-serving-key.pem",
+        "kubelet-serving.pem",
+        "kubelet.pem",
+    ];
+    let mut expected: Vec<String> = files.iter().map(|f| format!("pki/node-04/{f}")).collect();
+    expected.extend(files.iter().map(|f| format!("secrets/node-04/{f}.age")));
+    expected.sort();
+    assert_eq!(added, expected);
+    let rewritten = [
+        "pki/kpki.toml",
+        "secrets/manifest.toml",
+        "secrets/secrets.nix",
+        "secrets/kpki.nix",
+    ];
     for (path, old) in &before {
-        if path != "pki/kpki.toml" {
-            assert!(after[path] == *old, "{path} changed");
-        }
+        assert_eq!(
+            after[path] == *old,
+            !rewritten.contains(&path.as_str()),
+            "{path}"
+        );
     }
 }
 
@@ -86,6 +95,7 @@ fn an_interrupted_leaf_is_completed_with_its_existing_key() {
     let key = std::fs::read(cluster.pki("node-02/etcd-peer-key.pem")).unwrap();
     let ca = std::fs::read(cluster.pki("etcd/ca.pem")).unwrap();
     std::fs::remove_file(cluster.pki("node-02/etcd-peer.pem")).unwrap();
+    std::fs::remove_file(cluster.path().join("secrets/node-02/etcd-peer.pem.age")).unwrap();
     let out = cluster.kpki(&["init"]).success().stdout();
     assert!(out.contains("created pki/node-02/etcd-peer.pem"), "{out}");
     assert_eq!(
@@ -108,7 +118,9 @@ fn an_interrupted_leaf_is_completed_with_its_existing_key() {
 fn a_ca_certificate_without_its_key_is_never_replaced() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     std::fs::remove_file(cluster.pki("etcd/ca-key.pem")).unwrap();
+    std::fs::remove_file(cluster.path().join("secrets/etcd/ca-key.pem.age")).unwrap();
     std::fs::remove_file(cluster.pki("node-01/etcd-server.pem")).unwrap();
+    std::fs::remove_file(cluster.path().join("secrets/node-01/etcd-server.pem.age")).unwrap();
     let before = cluster.snapshot();
     let line = cluster.kpki(&["init"]).fails_with(2);
     assert!(

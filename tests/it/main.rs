@@ -7,4 +7,5 @@ mod harness;
 mod init;
 mod netns;
 mod openssl;
+mod secrets;
 mod webpki;
