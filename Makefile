@@ -13,6 +13,15 @@ build: ## Build kpki (target/release/kpki)
 pki: build ## Create every missing CA, key and certificate of pki/kpki.toml
 	$(KPKI) init
 
+.PHONY: issue
+issue: build ## Reissue a certificate: make issue PROFILE=kubelet NODE=node-02 (see kpki issue --help)
+	$(if $(PROFILE),,$(error PROFILE is required, e.g. make issue PROFILE=kubelet NODE=node-02))
+	$(KPKI) issue $(PROFILE) $(NODE)
+
+.PHONY: kubeconfig
+kubeconfig: build ## Write the admin kubeconfig to pki/admin.kubeconfig (git-ignored)
+	$(KPKI) kubeconfig admin -o pki/admin.kubeconfig
+
 .PHONY: test
 test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantiate: see .ci/run)
 	cargo test --locked

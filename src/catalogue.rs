@@ -501,6 +501,17 @@ impl<'c> Item<'c> {
     }
 }
 
+/// The directory under `pki/` of the extra client certificates (`kpki issue client`).
+pub const USERS_DIR: &str = "users";
+
+/// The path under `pki/` of an extra client's certificate or key.
+pub fn user_file(user: &str, part: Part) -> String {
+    match part {
+        Part::Cert => format!("{USERS_DIR}/{user}.pem"),
+        Part::Key => format!("{USERS_DIR}/{user}-key.pem"),
+    }
+}
+
 /// Keeps the first occurrence of each SAN, in order.
 fn dedup(sans: Vec<San>) -> Vec<San> {
     let mut seen = std::collections::HashSet::new();

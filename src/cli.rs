@@ -35,6 +35,41 @@ pub enum Command {
     /// Write pki/kpki.toml from the embedded default when missing, then create every missing
     /// CA, key and certificate. Never replaces an existing CA or key; a second run changes nothing.
     Init,
+    /// (Re)issue one catalogue entry (`kubelet node-02`, `admin`), everything a node holds
+    /// (`node node-02`), or an extra client certificate (`client --cn NAME --group G`).
+    Issue {
+        /// A catalogue profile, `node`, or `client`.
+        profile: String,
+        /// The node, for per-node profiles and `node`.
+        node: Option<String>,
+        /// Keep the existing key instead of generating a new one.
+        #[arg(long)]
+        keep_key: bool,
+        /// Validity instead of keys.leaf_validity (e.g. 90d).
+        #[arg(long, value_name = "DUR")]
+        validity: Option<String>,
+        /// With `client`: the user name (certificate CN).
+        #[arg(long, value_name = "NAME")]
+        cn: Option<String>,
+        /// With `client`: a group (certificate O); at most two.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+    },
+    /// Print (or write with -o) a kubeconfig with embedded CA, certificate and key for `admin`,
+    /// `controller-manager`, `scheduler`, `kube-proxy`, `kubelet NODE` or `user NAME`.
+    Kubeconfig {
+        /// admin, controller-manager, scheduler, kube-proxy, kubelet or user.
+        #[arg(value_name = "IDENTITY")]
+        who: String,
+        /// The node (for kubelet) or user name (for user).
+        name: Option<String>,
+        /// The API server: a URL or a bare IP address (default: cluster.api_server).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Write the kubeconfig to FILE (mode 0600) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to complete for.

@@ -1,10 +1,13 @@
 //! One function per subcommand, composing the library's floors.
 
 use std::io::Write;
+use std::path::Path;
 
-use crate::config::{Config, DEFAULT_CONFIG};
-use crate::error::Result;
+use crate::catalogue::{self, Item, Kind, Part, Scope, Subject};
+use crate::config::{Config, DEFAULT_CONFIG, Node, Role, Span};
+use crate::error::{Error, Result};
 use crate::issuing;
+use crate::kubeconfig;
 use crate::plan;
 use crate::secrets::{self, Recipients, Vault};
 use crate::store::{self, Store};
@@ -105,6 +108,291 @@ fn report_sealing(ctx: &Context, sealing: &secrets::Sealing) {
     }
     for file in &sealing.written {
         ctx.say(format_args!("wrote secrets/{file}"));
+    }
+}
+
+/// The config on disk, which must exist.
+fn config(store: &Store) -> Result<Config> {
+    let path = store.config_path();
+    if !path.exists() {
+        return Err(Error::usage(
+            format!("{}: no config here", path.display()),
+            Some("run kpki init first, or point --dir at the cluster directory".into()),
+        ));
+    }
+    Config::load(&path)
+}
+
+/// A cluster whose PKI `init` has completed: config, recipients and vault.
+fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
+    let config = config(&ctx.store)?;
+    let admins = secrets::admins(&ctx.store, &config)?;
+    if admins.generated.is_some() || !plan::init(&ctx.vault(), &config)?.is_empty() {
+        return Err(Error::usage(
+            "the PKI is incomplete (kpki init has not run since the config changed)",
+            Some("run kpki init first".into()),
+        ));
+    }
+    let recipients = Recipients::new(&config, admins.recipients)?;
+    Ok((config, recipients, ctx.vault()))
+}
+
+/// `--validity DUR`.
+fn validity(arg: Option<&str>) -> Result<Option<Span>> {
+    arg.map(|v| {
+        v.parse::<Span>()
+            .map_err(|e| Error::usage(format!("--validity: {e}"), None))
+    })
+    .transpose()
+}
+
+/// What `kpki issue` was asked to issue.
+pub struct IssueRequest<'a> {
+    pub profile: &'a str,
+    pub node: Option<&'a str>,
+    pub keep_key: bool,
+    pub validity: Option<&'a str>,
+    pub cn: Option<&'a str>,
+    pub groups: &'a [String],
+}
+
+/// `kpki issue`.
+pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
+    let (config, recipients, vault) = complete_cluster(ctx)?;
+    let validity = validity(request.validity)?;
+    let now = issuing::now();
+    let mut written = if request.profile == "client" {
+        let subject = client_subject(request)?;
+        plan::issue_user(&vault, &config, &subject, request.keep_key, validity, now)?
+    } else {
+        if request.cn.is_some() || !request.groups.is_empty() {
+            return Err(Error::usage(
+                "--cn and --group go with `kpki issue client` only",
+                None,
+            ));
+        }
+        let items = issue_targets(&config, request.profile, request.node)?;
+        let actions = plan::issue(&vault, items, request.keep_key, validity)?;
+        plan::apply(&vault, &config, &actions, now)?
+    };
+    written.sort();
+    for file in &written {
+        ctx.say(format_args!("issued pki/{file}"));
+    }
+    let sealing = secrets::seal(&vault, &config, &recipients)?;
+    report_sealing(ctx, &sealing);
+    Ok(())
+}
+
+/// The subject of `kpki issue client --cn NAME --group G...`.
+fn client_subject(request: &IssueRequest<'_>) -> Result<Subject> {
+    if let Some(node) = request.node {
+        return Err(Error::usage(
+            format!("`issue client` takes no node (got \"{node}\")"),
+            None,
+        ));
+    }
+    let name = request.cn.ok_or_else(|| {
+        Error::usage(
+            "`issue client` needs --cn NAME",
+            Some("e.g. kpki issue client --cn alice --group developers".into()),
+        )
+    })?;
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with("-key")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !valid_name {
+        return Err(Error::usage(
+            format!("--cn: \"{name}\" is not a usable user name"),
+            Some("use letters, digits, '.', '_', '-', '@' (at most 64, not ending in -key)".into()),
+        ));
+    }
+    if request.groups.len() > 2 {
+        return Err(Error::usage(
+            format!(
+                "--group: {} groups given, but a certificate can carry at most 2",
+                request.groups.len()
+            ),
+            Some("bind further groups with RBAC instead".into()),
+        ));
+    }
+    if let Some(bad) = request
+        .groups
+        .iter()
+        .find(|g| g.is_empty() || g.chars().any(char::is_control))
+    {
+        return Err(Error::usage(
+            format!("--group: {bad:?} is not a group name"),
+            None,
+        ));
+    }
+    Ok(Subject {
+        common_name: name.to_string(),
+        organizations: request.groups.to_vec(),
+        sans: Vec::new(),
+    })
+}
+
+/// The items `kpki issue PROFILE [NODE]` names.
+fn issue_targets<'c>(
+    config: &'c Config,
+    profile: &str,
+    node: Option<&str>,
+) -> Result<Vec<Item<'c>>> {
+    if profile == "node" {
+        let node = find_node(config, node, "`issue node` needs a node")?;
+        return Ok(catalogue::node_items(node).collect());
+    }
+    let Some(entry) = catalogue::entry(profile) else {
+        let mut valid: Vec<&str> = catalogue::ENTRIES
+            .iter()
+            .filter(|e| !matches!(e.kind, Kind::Ca(_)))
+            .map(|e| e.profile)
+            .collect();
+        valid.extend(["node", "client"]);
+        return Err(Error::usage(
+            format!("unknown profile \"{profile}\""),
+            Some(format!("valid profiles: {}", valid.join(", "))),
+        ));
+    };
+    match (entry.kind, entry.scope) {
+        (Kind::Ca(ca), _) => Err(Error::usage(
+            format!("{profile} is a CA and is not reissued"),
+            Some(format!("rotate it with kpki rotate --ca {}", ca.dir())),
+        )),
+        (_, Scope::Cluster { .. }) => match node {
+            Some(node) => Err(Error::usage(
+                format!("{profile} is cluster-wide and takes no node (got \"{node}\")"),
+                None,
+            )),
+            None => Ok(vec![Item { entry, node: None }]),
+        },
+        (_, Scope::Node(role)) => {
+            let node = find_node(config, node, &format!("{profile} needs a node"))?;
+            if !node.has(role) {
+                let with: Vec<&str> = config
+                    .nodes
+                    .iter()
+                    .filter(|n| n.has(role))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                return Err(Error::usage(
+                    format!(
+                        "node \"{}\" has no {} role, so it has no {profile}",
+                        node.name,
+                        role.name()
+                    ),
+                    Some(format!("nodes with that role: {}", with.join(", "))),
+                ));
+            }
+            Ok(vec![Item {
+                entry,
+                node: Some(node),
+            }])
+        }
+    }
+}
+
+/// The node named on the command line.
+fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Result<&'c Node> {
+    let names = || {
+        let all: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        Some(format!("nodes: {}", all.join(", ")))
+    };
+    let name = name.ok_or_else(|| Error::usage(missing, names()))?;
+    config
+        .node(name)
+        .ok_or_else(|| Error::usage(format!("unknown node \"{name}\""), names()))
+}
+
+/// `kpki kubeconfig IDENTITY [NAME] [--server URL] [-o FILE]`.
+pub fn kubeconfig(
+    ctx: &Context,
+    who: &str,
+    name: Option<&str>,
+    server: Option<&str>,
+    output: Option<&Path>,
+) -> Result<()> {
+    let config = config(&ctx.store)?;
+    let vault = ctx.vault();
+    let server = match server {
+        Some(s) => {
+            kubeconfig::server_url(s).map_err(|e| Error::usage(format!("--server: {e}"), None))?
+        }
+        None => config.cluster.api_server.clone(),
+    };
+    let (cert, key, user) = kubeconfig_client(&config, who, name)?;
+    let text = secrets::client_kubeconfig(&vault, &config, &cert, &key, &user, &server)?;
+    match output {
+        Some(path) => {
+            store::write_atomic(path, text.as_bytes(), store::SECRET_MODE)?;
+            ctx.say(format_args!(
+                "wrote {} ({user} at {server})",
+                path.display()
+            ));
+        }
+        None => std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::io(Path::new("stdout"), e))?,
+    }
+    Ok(())
+}
+
+/// The certificate, key and user name of a kubeconfig identity.
+fn kubeconfig_client(
+    config: &Config,
+    who: &str,
+    name: Option<&str>,
+) -> Result<(String, String, String)> {
+    let from_item = |item: Item<'_>| {
+        (
+            item.file(Part::Cert),
+            item.file(Part::Key),
+            item.subject(config).common_name,
+        )
+    };
+    match (who, name) {
+        ("admin" | "controller-manager" | "scheduler" | "kube-proxy", None) => {
+            let entry = catalogue::entry(who).expect("catalogued");
+            Ok(from_item(Item { entry, node: None }))
+        }
+        ("kubelet", node) => {
+            let node = find_node(config, node, "`kubeconfig kubelet` needs a node")?;
+            let entry = catalogue::entry("kubelet").expect("catalogued");
+            if !node.has(Role::Worker) {
+                return Err(Error::usage(
+                    format!("node \"{}\" is not a worker and has no kubelet", node.name),
+                    None,
+                ));
+            }
+            Ok(from_item(Item {
+                entry,
+                node: Some(node),
+            }))
+        }
+        ("user", Some(user)) => Ok((
+            catalogue::user_file(user, Part::Cert),
+            catalogue::user_file(user, Part::Key),
+            user.to_string(),
+        )),
+        ("user", None) => Err(Error::usage(
+            "`kubeconfig user` needs a user name",
+            Some("users are made with kpki issue client --cn NAME".into()),
+        )),
+        (_, _) => Err(Error::usage(
+            format!(
+                "no kubeconfig for \"{who}\"{}",
+                name.map(|n| format!(" {n}")).unwrap_or_default()
+            ),
+            Some(
+                "valid: admin, controller-manager, scheduler, kube-proxy, kubelet NODE, user NAME"
+                    .into(),
+            ),
+        )),
     }
 }
 

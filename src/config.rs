@@ -448,7 +448,7 @@ fn first_address(cidr: &str) -> Result<IpAddr, String> {
 }
 
 /// The host of an `https://HOST[:PORT]` URL; IPv6 hosts must be bracketed.
-fn url_host(url: &str) -> Result<San, String> {
+pub fn url_host(url: &str) -> Result<San, String> {
     let bad = |why: &str| format!("\"{url}\" {why}");
     let rest = url
         .strip_prefix("https://")

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod issuing;
+pub mod kubeconfig;
 pub mod plan;
 pub mod secrets;
 pub mod store;

@@ -16,6 +16,36 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Init => commands::init(&ctx),
+        Command::Issue {
+            profile,
+            node,
+            keep_key,
+            validity,
+            cn,
+            groups,
+        } => commands::issue(
+            &ctx,
+            &commands::IssueRequest {
+                profile: &profile,
+                node: node.as_deref(),
+                keep_key,
+                validity: validity.as_deref(),
+                cn: cn.as_deref(),
+                groups: &groups,
+            },
+        ),
+        Command::Kubeconfig {
+            who,
+            name,
+            server,
+            output,
+        } => commands::kubeconfig(
+            &ctx,
+            &who,
+            name.as_deref(),
+            server.as_deref(),
+            output.as_deref(),
+        ),
         Command::Completions { shell } => commands::completions(shell),
     };
     match result {

@@ -10,23 +10,20 @@ use rayon::prelude::*;
 use time::OffsetDateTime;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part};
-use crate::config::Config;
+use crate::catalogue::{Subject, Usage};
+use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::issuing::{self, Authority};
 use crate::secrets::Vault;
 
-/// What to do with one item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Create the key (unless `keep_key`) and the certificate or public key.
-    Create { keep_key: bool },
-}
-
-/// One planned step on one item.
+/// One planned step: (re)create an item's certificate or public key, with a new key unless
+/// `keep_key`.
 #[derive(Debug, Clone, Copy)]
 pub struct Action<'c> {
     pub item: Item<'c>,
-    pub step: Step,
+    pub keep_key: bool,
+    /// Overrides the config's validity.
+    pub validity: Option<Span>,
 }
 
 /// What `init` must do: create every missing item, reusing any key already on disk.
@@ -48,7 +45,8 @@ pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
             }
             (_, keep_key) => actions.push(Action {
                 item,
-                step: Step::Create { keep_key },
+                keep_key,
+                validity: None,
             }),
         }
     }
@@ -121,8 +119,7 @@ fn load_key(vault: &Vault, rel: &str) -> Result<rcgen::KeyPair> {
     issuing::parse_key(&pem).map_err(|m| Error::file(&vault.store().pki_path(rel), m))
 }
 
-/// Carries out one action; returns the files it wrote. The key is written before the
-/// certificate, so a crash in between leaves a key that the next run reuses.
+/// Carries out one action; returns the files it wrote.
 fn apply_one(
     vault: &Vault,
     config: &Config,
@@ -130,43 +127,122 @@ fn apply_one(
     authorities: Option<&HashMap<CaName, Authority>>,
     now: OffsetDateTime,
 ) -> Result<Vec<String>> {
-    let Step::Create { keep_key } = action.step;
     let item = action.item;
-    let key_file = item.file(Part::Key);
-    let cert_file = item.file(Part::Cert);
     let algorithm = match item.entry.kind {
         Kind::KeyPair => issuing::service_account_algorithm(config.keys.algorithm),
         _ => config.keys.algorithm,
     };
-    let store = vault.store();
     let mut written = Vec::new();
-    let key = if keep_key {
-        load_key(vault, &key_file)?
-    } else {
-        let key = issuing::generate_key(algorithm)?;
-        store.write_pki(&key_file, issuing::key_pem(&key).as_bytes(), true)?;
-        written.push(key_file);
-        key
-    };
+    let key = key_for(
+        vault,
+        &item.file(Part::Key),
+        action.keep_key,
+        algorithm,
+        &mut written,
+    )?;
     let subject = item.subject(config);
     let public = match item.entry.kind {
-        Kind::Ca(_) => issuing::self_signed_ca(&subject, &key, now, config.keys.ca_validity)?,
+        Kind::Ca(_) => {
+            let validity = action.validity.unwrap_or(config.keys.ca_validity);
+            issuing::self_signed_ca(&subject, &key, now, validity)?
+        }
         Kind::KeyPair => key.public_key_pem(),
         Kind::Leaf { ca, usage } => {
             let authority = authorities
                 .and_then(|a| a.get(&ca))
                 .expect("authorities are loaded for every leaf");
-            issuing::sign_leaf(
-                &subject,
-                usage,
-                &key,
-                authority,
-                now,
-                config.keys.leaf_validity,
-            )?
+            let validity = action.validity.unwrap_or(config.keys.leaf_validity);
+            issuing::sign_leaf(&subject, usage, &key, authority, now, validity)?
         }
     };
-    store.write_pki(&cert_file, public.as_bytes(), false)?;
+    let cert_file = item.file(Part::Cert);
+    vault
+        .store()
+        .write_pki(&cert_file, public.as_bytes(), false)?;
     written.push(cert_file);
     Ok(written)
+}
+
+/// The key at `pki/KEY_FILE`: the existing one if `keep`, else a new one, written at once (before
+/// its certificate, so a crash in between leaves a key that the next run reuses).
+fn key_for(
+    vault: &Vault,
+    key_file: &str,
+    keep: bool,
+    algorithm: crate::config::Algorithm,
+    written: &mut Vec<String>,
+) -> Result<rcgen::KeyPair> {
+    if keep {
+        return load_key(vault, key_file);
+    }
+    let key = issuing::generate_key(algorithm)?;
+    vault
+        .store()
+        .write_pki(key_file, issuing::key_pem(&key).as_bytes(), true)?;
+    written.push(key_file.to_string());
+    Ok(key)
+}
+
+/// Issues the extra client certificate `pki/users/NAME.pem` under the Kubernetes CA.
+pub fn issue_user(
+    vault: &Vault,
+    config: &Config,
+    subject: &Subject,
+    keep_key: bool,
+    validity: Option<Span>,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let authority = load_authority(vault, CaName::Kubernetes)?;
+    let name = &subject.common_name;
+    let key_file = catalogue::user_file(name, Part::Key);
+    if keep_key && !vault.exists(&key_file) {
+        return Err(missing_key(vault, &key_file));
+    }
+    let mut written = Vec::new();
+    let key = key_for(
+        vault,
+        &key_file,
+        keep_key,
+        config.keys.algorithm,
+        &mut written,
+    )?;
+    let validity = validity.unwrap_or(config.keys.leaf_validity);
+    let pem = issuing::sign_leaf(subject, Usage::Client, &key, &authority, now, validity)?;
+    let cert_file = catalogue::user_file(name, Part::Cert);
+    vault.store().write_pki(&cert_file, pem.as_bytes(), false)?;
+    written.push(cert_file);
+    Ok(written)
+}
+
+/// What `issue` must do: reissue `items`, keeping their keys if asked (which must then exist).
+pub fn issue<'c>(
+    vault: &Vault,
+    items: Vec<Item<'c>>,
+    keep_key: bool,
+    validity: Option<Span>,
+) -> Result<Vec<Action<'c>>> {
+    items
+        .into_iter()
+        .map(|item| {
+            let key_file = item.file(Part::Key);
+            if keep_key && !vault.exists(&key_file) {
+                return Err(missing_key(vault, &key_file));
+            }
+            Ok(Action {
+                item,
+                keep_key,
+                validity,
+            })
+        })
+        .collect()
+}
+
+fn missing_key(vault: &Vault, key_file: &str) -> Error {
+    Error::usage(
+        format!(
+            "{}: no key to keep",
+            vault.store().pki_path(key_file).display()
+        ),
+        Some("drop --keep-key to issue a new key".into()),
+    )
 }

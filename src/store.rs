@@ -20,7 +20,7 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 pub const PUBLIC_DIR_MODE: u32 = 0o755;
 
 /// What `pki/.gitignore` says: no plaintext certificate, key or identity ever enters git.
-pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n";
+pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n*.kubeconfig\n";
 
 /// A cluster directory: `pki/` (plaintext, git-ignored) and `secrets/` (encrypted, committed).
 #[derive(Debug, Clone)]

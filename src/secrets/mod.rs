@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::catalogue::{self, Part};
-use crate::config::Config;
+use crate::config::{Config, Node};
 use crate::error::{Error, Result};
 use crate::issuing;
 use crate::store::Store;
@@ -182,7 +182,7 @@ impl Recipients {
     }
 
     /// The canonical recipients of a file: the admins, then the host keys of its readers.
-    fn of(&self, sealed: &nix::Sealed<'_>) -> Vec<String> {
+    fn of(&self, sealed: &Sealed<'_>) -> Vec<String> {
         let mut keys = self.admins.clone();
         for node in &sealed.readers {
             if let Some(key) = node.host_key.as_deref().map(seal::canonical)
@@ -195,18 +195,102 @@ impl Recipients {
     }
 }
 
-/// Every file that belongs in `secrets/` under `config`, with its readers.
-pub fn sealed_files(config: &Config) -> Vec<nix::Sealed<'_>> {
-    catalogue::items(config)
+/// One file of `secrets/`: what it holds and who may read it.
+pub struct Sealed<'c> {
+    /// The path under `pki/`; the encrypted copy is `secrets/REL.age`.
+    pub rel: String,
+    pub content: Content,
+    /// Its `age.secrets` name on the nodes that read it.
+    pub name: String,
+    /// The user that owns it on a node.
+    pub owner: &'static str,
+    /// The nodes the catalogue gives it to; those with a host key can decrypt it.
+    pub readers: Vec<&'c Node>,
+}
+
+/// What a sealed file holds, which decides how its public fingerprint is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// A certificate or public key: fingerprinted as it is.
+    Public,
+    /// A private key: fingerprinted by its public key.
+    PrivateKey,
+    /// The admin kubeconfig, made in memory from the admin certificate, key and CA.
+    AdminKubeconfig,
+}
+
+/// Where the admin kubeconfig is kept, relative to `pki/` (it never exists there in plaintext).
+pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.kubeconfig";
+
+/// Every file that belongs in `secrets/`: the catalogue's, the extra users' and the admin
+/// kubeconfig.
+pub fn sealed_files<'c>(config: &'c Config, users: &[String]) -> Vec<Sealed<'c>> {
+    let mut sealed: Vec<Sealed<'c>> = catalogue::items(config)
         .into_iter()
         .flat_map(|item| {
-            [Part::Cert, Part::Key].map(|part| nix::Sealed {
-                item,
-                part,
+            [Part::Cert, Part::Key].map(|part| Sealed {
+                rel: item.file(part),
+                content: content_of(part),
+                name: nix::secret_name(&item, part),
+                owner: item.entry.owner,
                 readers: item.readers(part, config),
             })
         })
-        .collect()
+        .collect();
+    for user in users {
+        for part in [Part::Cert, Part::Key] {
+            sealed.push(admin_only(
+                catalogue::user_file(user, part),
+                content_of(part),
+            ));
+        }
+    }
+    sealed.push(admin_only(
+        ADMIN_KUBECONFIG.to_string(),
+        Content::AdminKubeconfig,
+    ));
+    sealed
+}
+
+fn content_of(part: Part) -> Content {
+    match part {
+        Part::Cert => Content::Public,
+        Part::Key => Content::PrivateKey,
+    }
+}
+
+/// A file for the admins only.
+fn admin_only<'c>(rel: String, content: Content) -> Sealed<'c> {
+    Sealed {
+        name: String::new(),
+        rel,
+        content,
+        owner: "root",
+        readers: Vec::new(),
+    }
+}
+
+/// The extra client users (`kpki issue client`), from `pki/users/` and `secrets/users/`.
+pub fn users(store: &Store) -> Result<Vec<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    for (dir, suffix) in [
+        (store.pki_path(catalogue::USERS_DIR), ".pem"),
+        (store.secrets_path(catalogue::USERS_DIR), ".pem.age"),
+    ] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for entry in entries {
+            let name = entry.map_err(|e| Error::io(&dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(user) = name.strip_suffix(suffix).filter(|u| !u.ends_with("-key")) {
+                names.insert(user.to_string());
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
 }
 
 /// What [`seal`] changed.
@@ -224,13 +308,24 @@ pub struct Sealing {
 pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<Sealing> {
     let store = vault.store();
     let old = Manifest::load(store)?;
-    let sealed = sealed_files(config);
-    let results = sealed
+    let sealed = sealed_files(config, &users(store)?);
+    let (files, derived): (Vec<&Sealed<'_>>, Vec<&Sealed<'_>>) = sealed
+        .iter()
+        .partition(|s| s.content != Content::AdminKubeconfig);
+    let mut results = files
         .par_iter()
-        .map(|s| seal_one(vault, &old, recipients, s))
+        .map(|s| seal_file(vault, &old, recipients, s))
         .collect::<Result<Vec<_>>>()?;
-    let mut sealing = Sealing::default();
     let mut manifest = Manifest::default();
+    for (rel, entry, _) in &results {
+        manifest.files.insert(rel.clone(), entry.clone());
+    }
+    for s in derived {
+        results.push(seal_admin_kubeconfig(
+            vault, config, &old, &manifest, recipients, s,
+        )?);
+    }
+    let mut sealing = Sealing::default();
     for (rel, entry, encrypted) in results {
         if encrypted {
             sealing.encrypted.push(format!("{rel}.age"));
@@ -253,61 +348,184 @@ pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<S
     Ok(sealing)
 }
 
-/// Seals one file if needed; returns its path, its manifest entry and whether it was encrypted.
-fn seal_one(
+/// One sealing result: the file, its manifest entry, whether it was encrypted anew.
+type Sealed1 = (String, Entry, bool);
+
+/// Seals one file of `pki/` if its fingerprint or recipients changed.
+fn seal_file(
     vault: &Vault,
     old: &Manifest,
     recipients: &Recipients,
-    sealed: &nix::Sealed<'_>,
-) -> Result<(String, Entry, bool)> {
+    sealed: &Sealed<'_>,
+) -> Result<Sealed1> {
     let store = vault.store();
-    let rel = sealed.item.file(sealed.part);
-    let keys = recipients.of(sealed);
-    let plaintext = store.read_pki(&rel)?.map(Zeroizing::new);
-    let previous = old
-        .files
-        .get(&rel)
-        .filter(|_| store.secret_path(&rel).exists());
+    let rel = &sealed.rel;
+    let plaintext = store.read_pki(rel)?.map(Zeroizing::new);
+    let previous = previous_entry(store, old, rel);
     let public = match (&plaintext, previous) {
-        (Some(text), _) => public_fingerprint(text, sealed.part, &store.pki_path(&rel))?,
+        (Some(text), _) => public_fingerprint(text, sealed.content, &store.pki_path(rel))?,
         (None, Some(entry)) => entry.public.clone(),
         (None, None) => {
             return Err(Error::file(
-                &store.pki_path(&rel),
+                &store.pki_path(rel),
                 "is missing, and secrets/ has no copy",
             ));
         }
     };
+    seal_if_changed(
+        vault,
+        recipients,
+        sealed,
+        previous,
+        public,
+        || match plaintext {
+            Some(text) => Ok(text),
+            None => Ok(vault.read(rel)?.expect("the secret exists")),
+        },
+    )
+}
+
+/// Seals the admin kubeconfig, fingerprinted by the fingerprints of what it embeds.
+fn seal_admin_kubeconfig(
+    vault: &Vault,
+    config: &Config,
+    old: &Manifest,
+    files: &Manifest,
+    recipients: &Recipients,
+    sealed: &Sealed<'_>,
+) -> Result<Sealed1> {
+    let admin = catalogue::Item {
+        entry: catalogue::entry("admin").expect("admin is catalogued"),
+        node: None,
+    };
+    let ca = catalogue::Item {
+        entry: catalogue::ca_entry(catalogue::CaName::Kubernetes),
+        node: None,
+    };
+    let inputs: Vec<&str> = [admin.file(Part::Cert), ca.file(Part::Cert)]
+        .iter()
+        .map(|rel| {
+            files
+                .files
+                .get(rel)
+                .map(|e| e.public.as_str())
+                .unwrap_or_default()
+        })
+        .chain([
+            config.cluster.name.as_str(),
+            config.cluster.api_server.as_str(),
+        ])
+        .collect();
+    let public = manifest::fingerprint(
+        inputs
+            .join(
+                "
+",
+            )
+            .as_bytes(),
+    );
+    let previous = previous_entry(vault.store(), old, &sealed.rel);
+    seal_if_changed(vault, recipients, sealed, previous, public, || {
+        let text = admin_kubeconfig(vault, config, &config.cluster.api_server)?;
+        Ok(text)
+    })
+}
+
+/// The admin kubeconfig for `server`, from the vault.
+pub fn admin_kubeconfig(vault: &Vault, config: &Config, server: &str) -> Result<Zeroizing<String>> {
+    let admin = catalogue::Item {
+        entry: catalogue::entry("admin").expect("admin is catalogued"),
+        node: None,
+    };
+    client_kubeconfig(
+        vault,
+        config,
+        &admin.file(Part::Cert),
+        &admin.file(Part::Key),
+        "kubernetes-admin",
+        server,
+    )
+}
+
+/// A kubeconfig for the client whose certificate and key are `cert` and `key` under `pki/`.
+pub fn client_kubeconfig(
+    vault: &Vault,
+    config: &Config,
+    cert: &str,
+    key: &str,
+    user: &str,
+    server: &str,
+) -> Result<Zeroizing<String>> {
+    let ca_rel = catalogue::Item {
+        entry: catalogue::ca_entry(catalogue::CaName::Kubernetes),
+        node: None,
+    }
+    .file(Part::Cert);
+    let need = |rel: &str| {
+        vault.read(rel)?.ok_or_else(|| {
+            Error::file(
+                &vault.store().pki_path(rel),
+                "is missing; run kpki init first",
+            )
+        })
+    };
+    let (ca, cert, key) = (need(&ca_rel)?, need(cert)?, need(key)?);
+    let kubeconfig = crate::kubeconfig::Kubeconfig {
+        cluster: &config.cluster.name,
+        server,
+        ca_pem: &ca,
+        user,
+        cert_pem: &cert,
+        key_pem: &key,
+    };
+    Ok(Zeroizing::new(kubeconfig.render()))
+}
+
+/// The manifest entry of `rel`, if its encrypted copy still exists.
+fn previous_entry<'m>(store: &Store, old: &'m Manifest, rel: &str) -> Option<&'m Entry> {
+    old.files
+        .get(rel)
+        .filter(|_| store.secret_path(rel).exists())
+}
+
+/// Encrypts `plaintext()` to the file's recipients unless the manifest already says the same.
+fn seal_if_changed(
+    vault: &Vault,
+    recipients: &Recipients,
+    sealed: &Sealed<'_>,
+    previous: Option<&Entry>,
+    public: String,
+    plaintext: impl FnOnce() -> Result<Zeroizing<String>>,
+) -> Result<Sealed1> {
     let entry = Entry {
         public,
-        recipients: keys,
+        recipients: recipients.of(sealed),
     };
     if previous == Some(&entry) {
-        return Ok((rel, entry, false));
+        return Ok((sealed.rel.clone(), entry, false));
     }
-    let text = match plaintext {
-        Some(text) => text,
-        None => vault.read(&rel)?.expect("the secret exists"),
-    };
+    let text = plaintext()?;
     let parsed: Vec<&Recipient> = entry
         .recipients
         .iter()
         .map(|k| &recipients.parsed[k])
         .collect();
-    let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &rel)?;
-    store.write_secret(&format!("{rel}.age"), &ciphertext)?;
-    Ok((rel, entry, true))
+    let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &sealed.rel)?;
+    vault
+        .store()
+        .write_secret(&format!("{}.age", sealed.rel), &ciphertext)?;
+    Ok((sealed.rel.clone(), entry, true))
 }
 
 /// The fingerprint of a file's public material: the file itself for certificates and public
 /// keys, the public key derived from it for private keys.
-fn public_fingerprint(text: &str, part: Part, path: &Path) -> Result<String> {
-    match part {
-        Part::Cert => Ok(manifest::fingerprint(text.as_bytes())),
-        Part::Key => {
+fn public_fingerprint(text: &str, content: Content, path: &Path) -> Result<String> {
+    match content {
+        Content::PrivateKey => {
             use rcgen::PublicKeyData;
             let key = issuing::parse_key(text).map_err(|m| Error::file(path, m))?;
             Ok(manifest::fingerprint(&key.subject_public_key_info()))
         }
+        Content::Public | Content::AdminKubeconfig => Ok(manifest::fingerprint(text.as_bytes())),
     }
 }

@@ -5,16 +5,9 @@ use std::fmt::Write;
 
 use std::collections::HashMap;
 
+use super::Sealed;
 use crate::catalogue::{Item, Part, Scope};
-use crate::config::{Config, Node};
-
-/// One encrypted file as the Nix files see it.
-pub struct Sealed<'c> {
-    pub item: Item<'c>,
-    pub part: Part,
-    /// The nodes the catalogue gives it to; those with a host key can decrypt it.
-    pub readers: Vec<&'c Node>,
-}
+use crate::config::Config;
 
 /// A Nix string literal.
 fn string(s: &str) -> String {
@@ -53,7 +46,7 @@ pub fn secrets_nix(config: &Config, admins: &[String], sealed: &[Sealed<'_>]) ->
         } else {
             format!("admins ++ [ {} ]", hosts.join(" "))
         };
-        let name = string(&format!("{}.age", s.item.file(s.part)));
+        let name = string(&format!("{}.age", s.rel));
         let _ = writeln!(out, "  {name}.publicKeys = {keys};");
     }
     out.push_str("}\n");
@@ -91,16 +84,16 @@ pub fn module_nix(config: &Config, sealed: &[Sealed<'_>]) -> String {
     for node in &config.nodes {
         let _ = writeln!(out, "    {} = {{", string(&node.name));
         for s in by_node.get(node.name.as_str()).into_iter().flatten() {
-            let mode = match s.part {
-                Part::Cert => "0444",
-                Part::Key => "0400",
+            let mode = match s.content {
+                super::Content::Public => "0444",
+                _ => "0400",
             };
             let _ = writeln!(
                 out,
                 "      {} = secret ./{}.age {} {};",
-                string(&secret_name(&s.item, s.part)),
-                s.item.file(s.part),
-                string(s.item.entry.owner),
+                string(&s.name),
+                s.rel,
+                string(s.owner),
                 string(mode)
             );
         }

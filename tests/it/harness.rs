@@ -188,3 +188,49 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// `git` in the cluster directory; its stdout.
+pub fn git(cluster: &Cluster, args: &[&str]) -> String {
+    let mut all = vec!["-C", s(cluster.path())];
+    all.extend_from_slice(args);
+    run_ok("git", &all)
+}
+
+/// A git repository in the cluster directory with everything committed.
+pub fn commit_all(cluster: &Cluster) {
+    git(cluster, &["init", "-q"]);
+    git(cluster, &["add", "-A"]);
+    git(
+        cluster,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "pki",
+        ],
+    );
+}
+
+/// A fixture file (test-only keys).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Verifies `pki/LEAF.pem` with openssl under the CA certificate decrypted from
+/// `secrets/CA/ca.pem.age` by the age CLI with the test admin identity.
+pub fn verify_under_sealed_ca(cluster: &Cluster, ca: &str, leaf: &str) {
+    let sealed = cluster.path().join(format!("secrets/{ca}/ca.pem.age"));
+    let ca_pem = run_ok(
+        "age",
+        &["-d", "-i", s(&fixture("admin-identity.txt")), s(&sealed)],
+    );
+    let ca_file = cluster.path().join(format!("{ca}-ca-from-secrets.pem"));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let leaf = cluster.pki(&format!("{leaf}.pem"));
+    run_ok("openssl", &["verify", "-CAfile", s(&ca_file), s(&leaf)]);
+}

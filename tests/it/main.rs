@@ -5,6 +5,7 @@ mod config_errors;
 mod etcd;
 mod harness;
 mod init;
+mod issue;
 mod netns;
 mod openssl;
 mod secrets;

@@ -6,14 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, DEFAULT_CONFIG, run, run_ok, s};
-
-/// A fixture file (test-only keys).
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+use crate::harness::{
+    Cluster, DEFAULT_CONFIG, commit_all, fixture, git, run, run_ok, s, verify_under_sealed_ca,
+};
 
 /// The public key of fixture `name`, as in the config.
 fn public(name: &str) -> String {
@@ -280,30 +275,6 @@ fn the_nixos_module_declares_exactly_the_hosts_files() {
     );
 }
 
-/// `git` in the cluster directory.
-fn git(cluster: &Cluster, args: &[&str]) -> String {
-    let mut all = vec!["-C", s(cluster.path())];
-    all.extend_from_slice(args);
-    run_ok("git", &all)
-}
-
-fn commit_all(cluster: &Cluster) {
-    git(cluster, &["init", "-q"]);
-    git(cluster, &["add", "-A"]);
-    git(
-        cluster,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "pki",
-        ],
-    );
-}
-
 #[test]
 fn reruns_are_churn_free_and_a_new_host_key_reseals_only_what_that_host_reads() {
     let cluster = Cluster::initialized(&config_with_keys());
@@ -389,23 +360,7 @@ fn a_fresh_clone_signs_with_the_ca_key_decrypted_from_secrets() {
     cluster
         .kpki(&["init", "-i", s(&fixture("admin-identity.txt"))])
         .success();
-    let ca = age_decrypt(
-        &cluster,
-        &fixture("admin-identity.txt"),
-        "kubernetes/ca.pem",
-    )
-    .unwrap();
-    let ca_file = cluster.path().join("ca-from-secrets.pem");
-    std::fs::write(&ca_file, ca).unwrap();
-    run_ok(
-        "openssl",
-        &[
-            "verify",
-            "-CAfile",
-            s(&ca_file),
-            s(&cluster.pki("node-06/kubelet.pem")),
-        ],
-    );
+    verify_under_sealed_ca(&cluster, "kubernetes", "node-06/kubelet");
     assert!(
         age_decrypt(
             &cluster,
