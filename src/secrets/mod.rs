@@ -293,6 +293,77 @@ pub fn users(store: &Store) -> Result<Vec<String>> {
     Ok(names.into_iter().collect())
 }
 
+/// What `secrets/` must hold under the current `pki/` and config.
+pub struct SealPlan<'c> {
+    pub sealed: Vec<Sealed<'c>>,
+    /// The manifest entry each sealed file must have, in the same order.
+    pub entries: Vec<Entry>,
+    /// Whether each file's encrypted copy is missing or out of date, in the same order.
+    pub stale: Vec<bool>,
+}
+
+impl SealPlan<'_> {
+    /// The files whose encrypted copy is missing or out of date.
+    pub fn stale_files(&self) -> impl Iterator<Item = &Sealed<'_>> {
+        self.sealed
+            .iter()
+            .zip(&self.stale)
+            .filter(|(_, s)| **s)
+            .map(|(f, _)| f)
+    }
+
+    /// The manifest that describes `secrets/` once the plan is carried out.
+    pub fn manifest(&self) -> Manifest {
+        let files = self.sealed.iter().zip(&self.entries);
+        Manifest {
+            files: files.map(|(s, e)| (s.rel.clone(), e.clone())).collect(),
+        }
+    }
+}
+
+/// Compares every file of `pki/` (plaintext, or the manifest's word for a file only `secrets/`
+/// holds) and its due recipients with the manifest. Reads only.
+pub fn plan<'c>(
+    vault: &Vault,
+    config: &'c Config,
+    recipients: &Recipients,
+) -> Result<SealPlan<'c>> {
+    let store = vault.store();
+    let old = Manifest::load(store)?;
+    let sealed = sealed_files(config, &users(store)?);
+    let mut entries = sealed
+        .par_iter()
+        .filter(|s| s.content != Content::AdminKubeconfig)
+        .map(|s| file_entry(store, &old, recipients, s))
+        .collect::<Result<Vec<_>>>()?;
+    let files = Manifest {
+        files: sealed
+            .iter()
+            .map(|s| s.rel.clone())
+            .zip(entries.iter().cloned())
+            .collect(),
+    };
+    for s in sealed
+        .iter()
+        .filter(|s| s.content == Content::AdminKubeconfig)
+    {
+        entries.push(Entry {
+            public: admin_kubeconfig_fingerprint(config, &files),
+            recipients: recipients.of(s),
+        });
+    }
+    let stale = sealed
+        .iter()
+        .zip(&entries)
+        .map(|(s, e)| previous_entry(store, &old, &s.rel) != Some(e))
+        .collect();
+    Ok(SealPlan {
+        sealed,
+        entries,
+        stale,
+    })
+}
+
 /// What [`seal`] changed.
 #[derive(Debug, Default)]
 pub struct Sealing {
@@ -307,40 +378,25 @@ pub struct Sealing {
 /// where their text changed.
 pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<Sealing> {
     let store = vault.store();
-    let old = Manifest::load(store)?;
-    let sealed = sealed_files(config, &users(store)?);
-    let (files, derived): (Vec<&Sealed<'_>>, Vec<&Sealed<'_>>) = sealed
+    let plan = plan(vault, config, recipients)?;
+    let work: Vec<(&Sealed<'_>, &Entry)> = plan
+        .sealed
         .iter()
-        .partition(|s| s.content != Content::AdminKubeconfig);
-    let mut results = files
+        .zip(&plan.entries)
+        .zip(&plan.stale)
+        .filter(|(_, stale)| **stale)
+        .map(|(pair, _)| pair)
+        .collect();
+    let mut encrypted = work
         .par_iter()
-        .map(|s| seal_file(vault, &old, recipients, s))
+        .map(|(s, entry)| encrypt_file(vault, config, recipients, s, entry))
         .collect::<Result<Vec<_>>>()?;
-    let mut manifest = Manifest::default();
-    for (rel, entry, _) in &results {
-        manifest.files.insert(rel.clone(), entry.clone());
-    }
-    for s in derived {
-        results.push(seal_admin_kubeconfig(
-            vault, config, &old, &manifest, recipients, s,
-        )?);
-    }
-    let mut sealing = Sealing::default();
-    for (rel, entry, encrypted) in results {
-        if encrypted {
-            sealing.encrypted.push(format!("{rel}.age"));
-        }
-        manifest.files.insert(rel, entry);
-    }
-    let files = [
-        (manifest::FILE, manifest.render()),
-        (
-            "secrets.nix",
-            nix::secrets_nix(config, recipients.admins(), &sealed),
-        ),
-        ("kpki.nix", nix::module_nix(config, &sealed)),
-    ];
-    for (name, text) in files {
+    encrypted.sort();
+    let mut sealing = Sealing {
+        encrypted,
+        written: Vec::new(),
+    };
+    for (name, text) in nix_files(config, recipients, &plan) {
         if store.write_secret_if_changed(name, text.as_bytes())? {
             sealing.written.push(name.to_string());
         }
@@ -348,52 +404,51 @@ pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<S
     Ok(sealing)
 }
 
-/// One sealing result: the file, its manifest entry, whether it was encrypted anew.
-type Sealed1 = (String, Entry, bool);
-
-/// Seals one file of `pki/` if its fingerprint or recipients changed.
-fn seal_file(
-    vault: &Vault,
-    old: &Manifest,
+/// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.
+pub fn nix_files(
+    config: &Config,
     recipients: &Recipients,
-    sealed: &Sealed<'_>,
-) -> Result<Sealed1> {
-    let store = vault.store();
-    let rel = &sealed.rel;
-    let plaintext = store.read_pki(rel)?.map(Zeroizing::new);
-    let previous = previous_entry(store, old, rel);
-    let public = match (&plaintext, previous) {
-        (Some(text), _) => public_fingerprint(text, sealed.content, &store.pki_path(rel))?,
-        (None, Some(entry)) => entry.public.clone(),
-        (None, None) => {
-            return Err(Error::file(
-                &store.pki_path(rel),
-                "is missing, and secrets/ has no copy",
-            ));
-        }
-    };
-    seal_if_changed(
-        vault,
-        recipients,
-        sealed,
-        previous,
-        public,
-        || match plaintext {
-            Some(text) => Ok(text),
-            None => Ok(vault.read(rel)?.expect("the secret exists")),
-        },
-    )
+    plan: &SealPlan<'_>,
+) -> [(&'static str, String); 3] {
+    [
+        (manifest::FILE, plan.manifest().render()),
+        (
+            "secrets.nix",
+            nix::secrets_nix(config, recipients.admins(), &plan.sealed),
+        ),
+        ("kpki.nix", nix::module_nix(config, &plan.sealed)),
+    ]
 }
 
-/// Seals the admin kubeconfig, fingerprinted by the fingerprints of what it embeds.
-fn seal_admin_kubeconfig(
-    vault: &Vault,
-    config: &Config,
+/// The entry a file of `pki/` must have: its public fingerprint and due recipients.
+fn file_entry(
+    store: &Store,
     old: &Manifest,
-    files: &Manifest,
     recipients: &Recipients,
     sealed: &Sealed<'_>,
-) -> Result<Sealed1> {
+) -> Result<Entry> {
+    let rel = &sealed.rel;
+    let public = match store.read_pki(rel)?.map(Zeroizing::new) {
+        Some(text) => public_fingerprint(&text, sealed.content, &store.pki_path(rel))?,
+        None => match previous_entry(store, old, rel) {
+            Some(entry) => entry.public.clone(),
+            None => {
+                return Err(Error::file(
+                    &store.pki_path(rel),
+                    "is missing, and secrets/ has no copy",
+                ));
+            }
+        },
+    };
+    Ok(Entry {
+        public,
+        recipients: recipients.of(sealed),
+    })
+}
+
+/// The admin kubeconfig's fingerprint: that of what it embeds, so it is sealed again exactly
+/// when the admin certificate, the CA, the cluster name or the server changes.
+fn admin_kubeconfig_fingerprint(config: &Config, files: &Manifest) -> String {
     let admin = catalogue::Item {
         entry: catalogue::entry("admin").expect("admin is catalogued"),
         node: None,
@@ -402,7 +457,7 @@ fn seal_admin_kubeconfig(
         entry: catalogue::ca_entry(catalogue::CaName::Kubernetes),
         node: None,
     };
-    let inputs: Vec<&str> = [admin.file(Part::Cert), ca.file(Part::Cert)]
+    let mut inputs: Vec<&str> = [admin.file(Part::Cert), ca.file(Part::Cert)]
         .iter()
         .map(|rel| {
             files
@@ -411,24 +466,37 @@ fn seal_admin_kubeconfig(
                 .map(|e| e.public.as_str())
                 .unwrap_or_default()
         })
-        .chain([
-            config.cluster.name.as_str(),
-            config.cluster.api_server.as_str(),
-        ])
         .collect();
-    let public = manifest::fingerprint(
-        inputs
-            .join(
-                "
-",
-            )
-            .as_bytes(),
-    );
-    let previous = previous_entry(vault.store(), old, &sealed.rel);
-    seal_if_changed(vault, recipients, sealed, previous, public, || {
-        let text = admin_kubeconfig(vault, config, &config.cluster.api_server)?;
-        Ok(text)
-    })
+    inputs.extend([
+        config.cluster.name.as_str(),
+        config.cluster.api_server.as_str(),
+    ]);
+    manifest::fingerprint(inputs.join("\n").as_bytes())
+}
+
+/// Encrypts one file to `entry`'s recipients; returns its path under `secrets/`.
+fn encrypt_file(
+    vault: &Vault,
+    config: &Config,
+    recipients: &Recipients,
+    sealed: &Sealed<'_>,
+    entry: &Entry,
+) -> Result<String> {
+    let text = match sealed.content {
+        Content::AdminKubeconfig => admin_kubeconfig(vault, config, &config.cluster.api_server)?,
+        _ => vault
+            .read(&sealed.rel)?
+            .ok_or_else(|| Error::file(&vault.store().pki_path(&sealed.rel), "is missing"))?,
+    };
+    let parsed: Vec<&Recipient> = entry
+        .recipients
+        .iter()
+        .map(|k| &recipients.parsed[k])
+        .collect();
+    let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &sealed.rel)?;
+    let rel = format!("{}.age", sealed.rel);
+    vault.store().write_secret(&rel, &ciphertext)?;
+    Ok(rel)
 }
 
 /// The admin kubeconfig for `server`, from the vault.
@@ -486,35 +554,6 @@ fn previous_entry<'m>(store: &Store, old: &'m Manifest, rel: &str) -> Option<&'m
     old.files
         .get(rel)
         .filter(|_| store.secret_path(rel).exists())
-}
-
-/// Encrypts `plaintext()` to the file's recipients unless the manifest already says the same.
-fn seal_if_changed(
-    vault: &Vault,
-    recipients: &Recipients,
-    sealed: &Sealed<'_>,
-    previous: Option<&Entry>,
-    public: String,
-    plaintext: impl FnOnce() -> Result<Zeroizing<String>>,
-) -> Result<Sealed1> {
-    let entry = Entry {
-        public,
-        recipients: recipients.of(sealed),
-    };
-    if previous == Some(&entry) {
-        return Ok((sealed.rel.clone(), entry, false));
-    }
-    let text = plaintext()?;
-    let parsed: Vec<&Recipient> = entry
-        .recipients
-        .iter()
-        .map(|k| &recipients.parsed[k])
-        .collect();
-    let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &sealed.rel)?;
-    vault
-        .store()
-        .write_secret(&format!("{}.age", sealed.rel), &ciphertext)?;
-    Ok((sealed.rel.clone(), entry, true))
 }
 
 /// The fingerprint of a file's public material: the file itself for certificates and public
