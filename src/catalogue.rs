@@ -512,6 +512,19 @@ pub fn user_file(user: &str, part: Part) -> String {
     }
 }
 
+/// During a rotation of `ca`: the new CA certificate cross-signed by the old CA.
+pub fn cross_file(ca: CaName) -> String {
+    format!("{}/ca-cross.pem", ca.dir())
+}
+
+/// During a rotation of `ca`: the old CA's key, deleted when the rotation finishes.
+pub fn previous_key_file(ca: CaName) -> String {
+    format!("{}/ca-previous-key.pem", ca.dir())
+}
+
+/// Every CA.
+pub const CAS: [CaName; 3] = [CaName::Kubernetes, CaName::Etcd, CaName::FrontProxy];
+
 /// Keeps the first occurrence of each SAN, in order.
 fn dedup(sans: Vec<San>) -> Vec<San> {
     let mut seen = std::collections::HashSet::new();

@@ -70,6 +70,45 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<std::path::PathBuf>,
     },
+    /// One row per CA, key pair and certificate: expiry, time left and state (ok, renew, expired,
+    /// drift, missing, stale-secret). Exit 1 when any row needs action.
+    Status {
+        /// Evaluate as of this date (YYYY-MM-DD or RFC 3339): what will need renewal by then.
+        #[arg(long, value_name = "DATE")]
+        at: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deep check of chains, key pairs, subjects, SANs, usages, secrets' recipients, the Nix
+    /// files, key file modes and git. One line per problem; exit 1 if any.
+    Verify,
+    /// Renew every leaf that expires within the window or drifted from the config, and
+    /// re-encrypt secrets whose recipients changed. With --ca or --service-account: rotate a CA
+    /// or the service-account key with a trust overlap (then --finish).
+    Rotate {
+        /// Renew what expires within DUR (default: keys.renew_before).
+        #[arg(long, value_name = "DUR", conflicts_with_all = ["ca", "service_account", "all"])]
+        within: Option<String>,
+        /// Renew every leaf.
+        #[arg(long, conflicts_with_all = ["ca", "service_account"])]
+        all: bool,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the existing keys of renewed certificates.
+        #[arg(long)]
+        keep_key: bool,
+        /// Rotate this CA: kubernetes, etcd or front-proxy.
+        #[arg(long, value_name = "NAME", conflicts_with = "service_account")]
+        ca: Option<String>,
+        /// Rotate the service-account signing key.
+        #[arg(long)]
+        service_account: bool,
+        /// Finish the rotation started with --ca or --service-account.
+        #[arg(long)]
+        finish: bool,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to complete for.

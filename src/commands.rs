@@ -3,12 +3,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::catalogue::{self, Item, Kind, Part, Scope, Subject};
-use crate::config::{Config, DEFAULT_CONFIG, Node, Role, Span};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
+use crate::config::{self, Config, DEFAULT_CONFIG, Node, Role, Span};
 use crate::error::{Error, Result};
+use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
 use crate::plan;
+use crate::rotation;
 use crate::secrets::{self, Recipients, Vault};
 use crate::store::{self, Store};
 
@@ -123,18 +125,192 @@ fn config(store: &Store) -> Result<Config> {
     Config::load(&path)
 }
 
-/// A cluster whose PKI `init` has completed: config, recipients and vault.
-fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
+/// An initialized cluster: config, recipients and vault.
+fn cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
     let config = config(&ctx.store)?;
     let admins = secrets::admins(&ctx.store, &config)?;
-    if admins.generated.is_some() || !plan::init(&ctx.vault(), &config)?.is_empty() {
+    if admins.generated.is_some() {
         return Err(Error::usage(
-            "the PKI is incomplete (kpki init has not run since the config changed)",
+            "secrets.admins is empty and there is no pki/admin.agekey: kpki init has not run here",
             Some("run kpki init first".into()),
         ));
     }
     let recipients = Recipients::new(&config, admins.recipients)?;
     Ok((config, recipients, ctx.vault()))
+}
+
+/// A cluster whose PKI `init` has completed.
+fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
+    let (config, recipients, vault) = cluster(ctx)?;
+    if !plan::init(&vault, &config)?.is_empty() {
+        return Err(Error::usage(
+            "the PKI is incomplete (kpki init has not run since the config changed)",
+            Some("run kpki init first".into()),
+        ));
+    }
+    Ok((config, recipients, vault))
+}
+
+/// `kpki status`; returns whether anything needs action.
+pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
+    let (config, recipients, vault) = cluster(ctx)?;
+    let at = match at {
+        Some(date) => {
+            config::parse_date(date).map_err(|e| Error::usage(format!("--at: {e}"), None))?
+        }
+        None => issuing::now(),
+    };
+    let seal = secrets::plan(&vault, &config, &recipients)?;
+    let rotations = rotation::in_progress(&vault)?;
+    let report = status::report(&vault, &config, &seal, at, rotations)?;
+    let text = if json {
+        serde_json::to_string_pretty(&report).expect("a report serializes") + "\n"
+    } else {
+        status::table(&report)
+    };
+    print(&text)?;
+    Ok(report.needs_action())
+}
+
+/// Writes `text` to stdout.
+fn print(text: &str) -> Result<()> {
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(Path::new("stdout"), e))
+}
+
+/// `kpki verify`; returns whether it found problems.
+pub fn verify(ctx: &Context) -> Result<bool> {
+    let (config, recipients, vault) = cluster(ctx)?;
+    let seal = secrets::plan(&vault, &config, &recipients)?;
+    let mut problems = inspection::verify::verify(&vault, &config, &recipients, &seal)?;
+    problems.sort();
+    problems.dedup();
+    for problem in &problems {
+        println!("{problem}");
+    }
+    if problems.is_empty() {
+        ctx.say("verified: no problems");
+    }
+    Ok(!problems.is_empty())
+}
+
+/// What `kpki rotate` was asked to do.
+pub struct RotateRequest<'a> {
+    pub within: Option<&'a str>,
+    pub all: bool,
+    pub dry_run: bool,
+    pub keep_key: bool,
+    pub ca: Option<&'a str>,
+    pub service_account: bool,
+    pub finish: bool,
+}
+
+/// `kpki rotate`.
+pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
+    let (config, recipients, vault) = cluster(ctx)?;
+    let now = issuing::now();
+    let written = match (request.ca, request.service_account) {
+        (Some(ca), _) => {
+            let ca = ca_name(ca)?;
+            complete_cluster(ctx)?;
+            if request.dry_run {
+                return dry_run(
+                    ctx,
+                    &format!(
+                        "{} the {} CA",
+                        if request.finish {
+                            "finish rotating"
+                        } else {
+                            "rotate"
+                        },
+                        ca.dir()
+                    ),
+                );
+            }
+            match request.finish {
+                true => rotation::finish_ca(&vault, &config, ca)?,
+                false => rotation::start_ca(&vault, &config, ca, request.keep_key, now)?,
+            }
+        }
+        (None, true) => {
+            complete_cluster(ctx)?;
+            if request.dry_run {
+                return dry_run(
+                    ctx,
+                    if request.finish {
+                        "finish rotating the service-account key"
+                    } else {
+                        "rotate the service-account key"
+                    },
+                );
+            }
+            match request.finish {
+                true => rotation::finish_sa(&vault)?,
+                false => rotation::start_sa(&vault, &config)?,
+            }
+        }
+        (None, false) if request.finish => {
+            return Err(Error::usage(
+                "--finish goes with --ca NAME or --service-account",
+                None,
+            ));
+        }
+        (None, false) => {
+            let within = match request.within {
+                Some(w) => w
+                    .parse::<Span>()
+                    .map_err(|e| Error::usage(format!("--within: {e}"), None))?,
+                None => config.keys.renew_before,
+            };
+            let seal = secrets::plan(&vault, &config, &recipients)?;
+            let assessed = status::assess(&vault, &config, &seal, now)?;
+            let renewals = rotation::renewals(assessed, within, request.all);
+            for r in &renewals {
+                ctx.say(format_args!("renew {} ({})", r.name, r.reason));
+            }
+            if request.dry_run {
+                for s in seal.stale_files() {
+                    ctx.say(format_args!("re-encrypt secrets/{}.age", s.rel));
+                }
+                return dry_run(ctx, "");
+            }
+            rotation::renew(&vault, &config, &renewals, request.keep_key, now)?
+        }
+    };
+    let mut written = written;
+    written.sort();
+    for file in &written {
+        ctx.say(format_args!("wrote pki/{file}"));
+    }
+    let sealing = secrets::seal(&vault, &config, &recipients)?;
+    report_sealing(ctx, &sealing);
+    if written.is_empty() && sealing.encrypted.is_empty() && sealing.written.is_empty() {
+        ctx.say("nothing to do: nothing is due, drifted or stale");
+    }
+    Ok(())
+}
+
+/// Ends a dry run, saying what would have been done.
+fn dry_run(ctx: &Context, what: &str) -> Result<()> {
+    if !what.is_empty() {
+        ctx.say(format_args!("would {what}"));
+    }
+    ctx.say("dry run: nothing changed");
+    Ok(())
+}
+
+/// A CA named on the command line.
+fn ca_name(name: &str) -> Result<CaName> {
+    catalogue::CAS
+        .into_iter()
+        .find(|c| c.dir() == name)
+        .ok_or_else(|| {
+            Error::usage(
+                format!("--ca: unknown CA \"{name}\""),
+                Some("valid: kubernetes, etcd, front-proxy".into()),
+            )
+        })
 }
 
 /// `--validity DUR`.

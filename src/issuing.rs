@@ -51,16 +51,22 @@ pub fn parse_key(pem: &str) -> std::result::Result<KeyPair, String> {
 
 /// A CA that can sign: its certificate (PEM, possibly a bundle, newest first) and its key.
 pub struct Authority {
-    pub cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// Certificates appended to every leaf it signs: during a rotation, the new CA cross-signed
+    /// by the old one, so that peers still trusting only the old CA accept the new leaves.
+    chain: String,
 }
 
 impl Authority {
     /// A CA from its certificate and key; the first certificate in `cert_pem` is the signer.
-    pub fn new(cert_pem: String, key: KeyPair) -> std::result::Result<Authority, String> {
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+    pub fn new(
+        cert_pem: &str,
+        key: KeyPair,
+        chain: String,
+    ) -> std::result::Result<Authority, String> {
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
             .map_err(|e| format!("not a CA certificate kpki can sign with ({e})"))?;
-        Ok(Authority { cert_pem, issuer })
+        Ok(Authority { issuer, chain })
     }
 }
 
@@ -155,6 +161,23 @@ pub fn self_signed_ca(
     Ok(cert.pem())
 }
 
+/// The parameters of a CA certificate with path length `path_len`.
+fn ca_params(
+    subject: &Subject,
+    now: OffsetDateTime,
+    validity: Span,
+    path_len: u8,
+) -> Result<CertificateParams> {
+    let mut params = base_params(subject, now, validity)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 /// A leaf certificate for `public_key`, signed by `ca`.
 pub fn sign_leaf(
     subject: &Subject,
@@ -181,6 +204,23 @@ pub fn sign_leaf(
     let cert = params
         .signed_by(public_key, &ca.issuer)
         .map_err(|e| Error::crypto(format!("signing {}", subject.common_name), e))?;
+    Ok(cert.pem() + &ca.chain)
+}
+
+/// The CA certificate of `key` signed by the CA `by` (path length 0): the link by which leaves of
+/// a new CA verify up to the old one during a rotation.
+pub fn cross_signed_ca(
+    subject: &Subject,
+    key: &KeyPair,
+    by: &Authority,
+    now: OffsetDateTime,
+    validity: Span,
+) -> Result<String> {
+    let mut params = ca_params(subject, now, validity, 0)?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(key, &by.issuer)
+        .map_err(|e| Error::crypto(format!("cross-signing CA {}", subject.common_name), e))?;
     Ok(cert.pem())
 }
 

@@ -1,10 +1,12 @@
-//! The `kpki` binary: parse, dispatch, and turn the outcome into an exit code.
+//! The `kpki` binary: parse, dispatch, and turn the outcome into an exit code
+//! (0 success, 1 a check found something to act on, 2 an error).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use kpki::cli::{Cli, Command};
-use kpki::commands::{self, Context};
+use kpki::commands::{self, Context, IssueRequest, RotateRequest};
+use kpki::error::Result;
 use kpki::store::Store;
 
 fn main() -> ExitCode {
@@ -14,42 +16,9 @@ fn main() -> ExitCode {
         identity: cli.identity.clone(),
         quiet: cli.quiet,
     };
-    let result = match cli.command {
-        Command::Init => commands::init(&ctx),
-        Command::Issue {
-            profile,
-            node,
-            keep_key,
-            validity,
-            cn,
-            groups,
-        } => commands::issue(
-            &ctx,
-            &commands::IssueRequest {
-                profile: &profile,
-                node: node.as_deref(),
-                keep_key,
-                validity: validity.as_deref(),
-                cn: cn.as_deref(),
-                groups: &groups,
-            },
-        ),
-        Command::Kubeconfig {
-            who,
-            name,
-            server,
-            output,
-        } => commands::kubeconfig(
-            &ctx,
-            &who,
-            name.as_deref(),
-            server.as_deref(),
-            output.as_deref(),
-        ),
-        Command::Completions { shell } => commands::completions(shell),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch(&ctx, cli.command) {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(1),
         Err(e) => {
             eprintln!("kpki: error: {e}");
             if let Some(hint) = e.hint() {
@@ -57,5 +26,66 @@ fn main() -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs one command; `Ok(true)` when a check found something that needs action.
+fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
+    let done = |r: Result<()>| r.map(|()| false);
+    match command {
+        Command::Init => done(commands::init(ctx)),
+        Command::Issue {
+            profile,
+            node,
+            keep_key,
+            validity,
+            cn,
+            groups,
+        } => done(commands::issue(
+            ctx,
+            &IssueRequest {
+                profile: &profile,
+                node: node.as_deref(),
+                keep_key,
+                validity: validity.as_deref(),
+                cn: cn.as_deref(),
+                groups: &groups,
+            },
+        )),
+        Command::Kubeconfig {
+            who,
+            name,
+            server,
+            output,
+        } => done(commands::kubeconfig(
+            ctx,
+            &who,
+            name.as_deref(),
+            server.as_deref(),
+            output.as_deref(),
+        )),
+        Command::Status { at, json } => commands::status(ctx, at.as_deref(), json),
+        Command::Verify => commands::verify(ctx),
+        Command::Rotate {
+            within,
+            all,
+            dry_run,
+            keep_key,
+            ca,
+            service_account,
+            finish,
+        } => done(commands::rotate(
+            ctx,
+            &RotateRequest {
+                within: within.as_deref(),
+                all,
+                dry_run,
+                keep_key,
+                ca: ca.as_deref(),
+                service_account,
+                finish,
+            },
+        )),
+        Command::Completions { shell } => done(commands::completions(shell)),
     }
 }

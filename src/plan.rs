@@ -102,7 +102,13 @@ pub fn load_authority(vault: &Vault, name: CaName) -> Result<Authority> {
     };
     let cert = read_required(vault, &item.file(Part::Cert))?;
     let key = load_key(vault, &item.file(Part::Key))?;
-    Authority::new(cert.to_string(), key)
+    let chain = vault.read(&catalogue::cross_file(name))?;
+    let chain = chain
+        .as_deref()
+        .map(String::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Authority::new(&cert, key, chain)
         .map_err(|m| Error::file(&vault.store().pki_path(&item.file(Part::Cert)), m))
 }
 
@@ -114,7 +120,7 @@ fn read_required(vault: &Vault, rel: &str) -> Result<zeroize::Zeroizing<String>>
 }
 
 /// The private key `pki/REL`.
-fn load_key(vault: &Vault, rel: &str) -> Result<rcgen::KeyPair> {
+pub fn load_key(vault: &Vault, rel: &str) -> Result<rcgen::KeyPair> {
     let pem = read_required(vault, rel)?;
     issuing::parse_key(&pem).map_err(|m| Error::file(&vault.store().pki_path(rel), m))
 }

@@ -104,6 +104,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Removes `pki/REL` if it exists.
+    pub fn remove_pki(&self, rel: &str) -> Result<()> {
+        remove_optional(&self.pki_path(rel))
+    }
+
+    /// Removes `secrets/REL` if it exists.
+    pub fn remove_secret(&self, rel: &str) -> Result<()> {
+        remove_optional(&self.secrets_path(rel))
+    }
+
     /// Creates `pki/` and its `.gitignore` when missing; returns whether anything was written.
     pub fn prepare_pki(&self) -> Result<bool> {
         create_private_dir(&self.pki_dir())?;
@@ -113,6 +123,14 @@ impl Store {
         }
         write_atomic(&gitignore, PKI_GITIGNORE.as_bytes(), PUBLIC_MODE)?;
         Ok(true)
+    }
+}
+
+/// Removes a file that may not exist.
+fn remove_optional(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
     }
 }
 

@@ -222,9 +222,13 @@ pub enum Content {
 /// Where the admin kubeconfig is kept, relative to `pki/` (it never exists there in plaintext).
 pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.kubeconfig";
 
-/// Every file that belongs in `secrets/`: the catalogue's, the extra users' and the admin
-/// kubeconfig.
-pub fn sealed_files<'c>(config: &'c Config, users: &[String]) -> Vec<Sealed<'c>> {
+/// Every file that belongs in `secrets/`: the catalogue's, the extra users', the files of
+/// rotations in progress and the admin kubeconfig.
+pub fn sealed_files<'c>(
+    config: &'c Config,
+    users: &[String],
+    rotation: &[(String, Content)],
+) -> Vec<Sealed<'c>> {
     let mut sealed: Vec<Sealed<'c>> = catalogue::items(config)
         .into_iter()
         .flat_map(|item| {
@@ -244,6 +248,9 @@ pub fn sealed_files<'c>(config: &'c Config, users: &[String]) -> Vec<Sealed<'c>>
                 content_of(part),
             ));
         }
+    }
+    for (rel, content) in rotation {
+        sealed.push(admin_only(rel.clone(), *content));
     }
     sealed.push(admin_only(
         ADMIN_KUBECONFIG.to_string(),
@@ -330,7 +337,7 @@ pub fn plan<'c>(
 ) -> Result<SealPlan<'c>> {
     let store = vault.store();
     let old = Manifest::load(store)?;
-    let sealed = sealed_files(config, &users(store)?);
+    let sealed = sealed_files(config, &users(store)?, &rotation_files(vault));
     let mut entries = sealed
         .par_iter()
         .filter(|s| s.content != Content::AdminKubeconfig)
@@ -362,6 +369,20 @@ pub fn plan<'c>(
         entries,
         stale,
     })
+}
+
+/// The files of CA rotations in progress: the cross-signed CA and the previous CA key.
+fn rotation_files(vault: &Vault) -> Vec<(String, Content)> {
+    catalogue::CAS
+        .iter()
+        .flat_map(|ca| {
+            [
+                (catalogue::cross_file(*ca), Content::Public),
+                (catalogue::previous_key_file(*ca), Content::PrivateKey),
+            ]
+        })
+        .filter(|(rel, _)| vault.exists(rel))
+        .collect()
 }
 
 /// What [`seal`] changed.

@@ -132,3 +132,61 @@ pub fn generate_identity() -> (Zeroizing<String>, String) {
     );
     (Zeroizing::new(text), recipient)
 }
+
+/// The recipient stanzas of an age file's header as `(type, tag)`: SSH stanzas name the key by
+/// a tag, X25519 stanzas name nothing. Read without decrypting; grease stanzas are skipped.
+pub fn header_stanzas(
+    ciphertext: &[u8],
+) -> std::result::Result<Vec<(String, Option<String>)>, String> {
+    let mut binary = Vec::new();
+    age::armor::ArmoredReader::new(ciphertext)
+        .read_to_end(&mut binary)
+        .map_err(|e| format!("is not a valid age file ({e})"))?;
+    let text = String::from_utf8_lossy(&binary);
+    let header = text
+        .split("\n--- ")
+        .next()
+        .filter(|h| h.starts_with("age-encryption.org/v1\n"))
+        .ok_or("is not an age v1 file")?;
+    Ok(header
+        .lines()
+        .filter_map(|l| l.strip_prefix("-> "))
+        .filter(|stanza| {
+            ["X25519 ", "ssh-ed25519 ", "ssh-rsa "]
+                .iter()
+                .any(|k| stanza.starts_with(k))
+        })
+        .map(|stanza| {
+            let mut words = stanza.split(' ');
+            let kind = words.next().unwrap_or_default().to_string();
+            let tag = kind
+                .starts_with("ssh-")
+                .then(|| words.next().unwrap_or_default().to_string());
+            (kind, tag)
+        })
+        .collect())
+}
+
+/// The stanzas an age file encrypted to `recipients` (canonical) has, as [`header_stanzas`]
+/// reports them.
+pub fn expected_stanzas(recipients: &[String]) -> Vec<(String, Option<String>)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    recipients
+        .iter()
+        .map(|r| {
+            let mut words = r.split(' ');
+            match (words.next(), words.next()) {
+                (Some(kind), Some(blob)) if kind.starts_with("ssh-") => {
+                    let blob = STANDARD.decode(blob).unwrap_or_default();
+                    let digest = ring::digest::digest(&ring::digest::SHA256, &blob);
+                    (
+                        kind.to_string(),
+                        Some(STANDARD_NO_PAD.encode(&digest.as_ref()[..4])),
+                    )
+                }
+                _ => ("X25519".to_string(), None),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,241 @@
+//! Reading the PKI back with x509-parser: what a certificate says, whether it still matches the
+//! catalogue under today's config (drift), and whether chains and key pairs hold together.
+
+pub mod status;
+pub mod verify;
+
+use ::time::OffsetDateTime;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
+use x509_parser::prelude::*;
+
+use crate::catalogue::{Item, Kind, Subject, Usage};
+use crate::config::{Algorithm, Config, San};
+use crate::issuing;
+
+/// What kpki compares of a certificate.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub subject: Subject,
+    pub server: bool,
+    pub client: bool,
+    pub is_ca: bool,
+    pub algorithm: Option<Algorithm>,
+    /// The DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
+    pub subject_raw: Vec<u8>,
+    pub issuer_raw: Vec<u8>,
+    pub subject_key_id: Option<Vec<u8>>,
+    pub authority_key_id: Option<Vec<u8>>,
+}
+
+/// The certificates of a PEM file, in order.
+pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("is not valid PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    Ok(certs)
+}
+
+/// The public keys of a `PUBLIC KEY` PEM file (the service-account file may hold two).
+pub fn pem_public_keys(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let keys = SubjectPublicKeyInfoDer::pem_slice_iter(text.as_bytes())
+        .map(|k| k.map(|k| k.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("is not valid PEM ({e})"))?;
+    if keys.is_empty() {
+        return Err("holds no public key".into());
+    }
+    Ok(keys)
+}
+
+/// The DER SubjectPublicKeyInfo of a PKCS#8 PEM private key.
+pub fn key_spki(pem: &str) -> Result<Vec<u8>, String> {
+    use rcgen::PublicKeyData;
+    Ok(issuing::parse_key(pem)?.subject_public_key_info())
+}
+
+/// Reads what kpki compares of one DER certificate.
+pub fn facts(der: &[u8]) -> Result<Facts, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("is not a valid certificate ({e})"))?;
+    let time = |t: ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    };
+    let strings = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| -> Vec<String> {
+        it.filter_map(|a| a.as_str().ok().map(String::from))
+            .collect()
+    };
+    let eku = cert.extended_key_usage().ok().flatten().map(|e| e.value);
+    let mut subject_key_id = None;
+    let mut authority_key_id = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => subject_key_id = Some(id.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                authority_key_id = aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
+            _ => {}
+        }
+    }
+    Ok(Facts {
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+        subject: Subject {
+            common_name: strings(&mut cert.subject().iter_common_name()).join(","),
+            organizations: strings(&mut cert.subject().iter_organization()),
+            sans: sans(&cert),
+        },
+        server: eku.is_some_and(|e| e.server_auth),
+        client: eku.is_some_and(|e| e.client_auth),
+        is_ca: cert.is_ca(),
+        algorithm: algorithm(cert.public_key()),
+        spki: cert.public_key().raw.to_vec(),
+        subject_raw: cert.subject().as_raw().to_vec(),
+        issuer_raw: cert.issuer().as_raw().to_vec(),
+        subject_key_id,
+        authority_key_id,
+    })
+}
+
+fn sans(cert: &X509Certificate<'_>) -> Vec<San> {
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(d) => Some(San::Dns(d.to_ascii_lowercase())),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(San::Ip(<[u8; 4]>::try_from(*b).ok()?.into())),
+                16 => Some(San::Ip(<[u8; 16]>::try_from(*b).ok()?.into())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn algorithm(spki: &SubjectPublicKeyInfo<'_>) -> Option<Algorithm> {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ED25519,
+    };
+    let oid = &spki.algorithm.algorithm;
+    if *oid == OID_SIG_ED25519 {
+        return Some(Algorithm::Ed25519);
+    }
+    if *oid != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return None;
+    }
+    let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+    if curve == OID_EC_P256 {
+        Some(Algorithm::EcdsaP256)
+    } else if curve == OID_NIST_EC_P384 {
+        Some(Algorithm::EcdsaP384)
+    } else {
+        None
+    }
+}
+
+/// Whether `der`'s signature verifies with the public key of the certificate `issuer_der`.
+pub fn signed_by(der: &[u8], issuer_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        X509Certificate::from_der(der),
+        X509Certificate::from_der(issuer_der),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Why a leaf no longer matches what the catalogue says under `config` and the current CA
+/// (`ca`, the first certificate of `ca.pem`), or `None` when it matches.
+pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>) -> Option<String> {
+    let Kind::Leaf { usage, .. } = item.entry.kind else {
+        return None;
+    };
+    let want = item.subject(config);
+    if leaf.subject.common_name != want.common_name
+        || leaf.subject.organizations != want.organizations
+    {
+        return Some(format!(
+            "subject is CN={} O={:?}, the catalogue says CN={} O={:?}",
+            leaf.subject.common_name,
+            leaf.subject.organizations,
+            want.common_name,
+            want.organizations
+        ));
+    }
+    let mut have = leaf.subject.sans.clone();
+    let mut wanted = want.sans.clone();
+    have.sort_by_key(san_text);
+    wanted.sort_by_key(san_text);
+    if have != wanted {
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|s| !have.contains(s))
+            .map(san_text)
+            .collect();
+        let extra: Vec<String> = have
+            .iter()
+            .filter(|s| !wanted.contains(s))
+            .map(san_text)
+            .collect();
+        return Some(format!(
+            "SANs differ (missing: {}; extra: {})",
+            list(&missing),
+            list(&extra)
+        ));
+    }
+    if (leaf.server, leaf.client) != (usage.server(), usage.client()) {
+        return Some(format!(
+            "usages are {}, the catalogue says {}",
+            usage_text(leaf.server, leaf.client),
+            usage_name(usage)
+        ));
+    }
+    if leaf.algorithm != Some(config.keys.algorithm) {
+        return Some(format!("key algorithm is not {:?}", config.keys.algorithm));
+    }
+    match ca {
+        Some(ca) if ca.subject_key_id.is_some() && leaf.authority_key_id != ca.subject_key_id => {
+            Some("issued by another CA than the current one".into())
+        }
+        _ => None,
+    }
+}
+
+/// A SAN as text, for messages and sorting.
+pub fn san_text(san: &San) -> String {
+    match san {
+        San::Dns(d) => format!("DNS:{d}"),
+        San::Ip(ip) => format!("IP:{ip}"),
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn usage_text(server: bool, client: bool) -> &'static str {
+    match (server, client) {
+        (true, true) => "server + client",
+        (true, false) => "server",
+        (false, true) => "client",
+        (false, false) => "none",
+    }
+}
+
+fn usage_name(usage: Usage) -> &'static str {
+    usage_text(usage.server(), usage.client())
+}
