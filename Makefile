@@ -22,6 +22,18 @@ issue: build ## Reissue a certificate: make issue PROFILE=kubelet NODE=node-02 (
 kubeconfig: build ## Write the admin kubeconfig to pki/admin.kubeconfig (git-ignored)
 	$(KPKI) kubeconfig admin -o pki/admin.kubeconfig
 
+.PHONY: status
+status: build ## Show every certificate's expiry and state (exit 1 when something needs action)
+	$(KPKI) status
+
+.PHONY: verify
+verify: build ## Deep check of chains, keys, SANs, secrets' recipients, Nix files and git
+	$(KPKI) verify
+
+.PHONY: rotate
+rotate: build ## Renew what is due or drifted and re-encrypt what changed recipients (DRY_RUN=1 to preview)
+	$(KPKI) rotate $(if $(DRY_RUN),--dry-run)
+
 .PHONY: test
 test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantiate: see .ci/run)
 	cargo test --locked

@@ -3,7 +3,9 @@
 //! the address the peer connects from, so a wrong SAN breaks the cluster here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, DEFAULT_CONFIG, s};
@@ -45,7 +47,11 @@ impl Etcd {
             .zip(ADDRESSES)
             .map(|(n, a)| format!("{n}=https://[{a}]:2380"))
             .collect();
-        let log = std::fs::File::create(self.data.path().join(format!("{node}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("{node}.log")))
+            .unwrap();
         self.hosts
             .command(i, "etcd")
             .args(["--name", node, "--data-dir"])
@@ -101,17 +107,23 @@ impl Etcd {
             .join("\n")
     }
 
-    /// Runs etcdctl on host `i` against that host's member, as the client `cert`/`key`.
-    pub fn ctl(&self, i: usize, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> Output {
-        self.hosts
-            .command(i, "etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &format!("https://[{}]:2379", ADDRESSES[i])])
-            .args(["--cacert", s(ca), "--cert", s(cert), "--key", s(key)])
-            .args(["--dial-timeout", "2s", "--command-timeout", "4s"])
-            .args(args)
-            .output()
-            .unwrap()
+    /// Restarts member `i` with the files now on disk (its data is kept).
+    pub fn restart(&mut self, i: usize, pki: &Path) {
+        let old = &mut self.members[i];
+        let _ = old.kill();
+        let _ = old.wait();
+        self.members[i] = self.spawn(i, pki);
+    }
+
+    /// Every member's whole log.
+    pub fn full_logs(&self) -> String {
+        NODES
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(self.data.path().join(format!("{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Waits until every member reports healthy through `client`.
@@ -164,8 +176,31 @@ impl Client {
         }
     }
 
+    /// Runs etcdctl on host `host` against that host's member.
     pub fn run(&self, etcd: &Etcd, host: usize, args: &[&str]) -> Output {
-        etcd.ctl(host, &self.ca, &self.cert, &self.key, args)
+        let endpoint = format!("https://[{}]:2379", ADDRESSES[host]);
+        self.ctl(&etcd.hosts.ns(host), &endpoint, args)
+    }
+
+    /// Runs etcdctl in namespace `ns` against `endpoints` (comma-separated).
+    pub fn ctl(&self, ns: &str, endpoints: &str, args: &[&str]) -> Output {
+        Command::new(crate::harness::require("ip"))
+            .args(["netns", "exec", ns])
+            .arg(crate::harness::require("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoints])
+            .args([
+                "--cacert",
+                s(&self.ca),
+                "--cert",
+                s(&self.cert),
+                "--key",
+                s(&self.key),
+            ])
+            .args(["--dial-timeout", "2s", "--command-timeout", "4s"])
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -204,5 +239,137 @@ fn three_member_ipv6_etcd_cluster_with_mutual_tls() {
     assert_eq!(
         String::from_utf8_lossy(&get.stdout).trim(),
         "written-on-node-01"
+    );
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies a client's files aside, so they outlive a rotation.
+fn keep_copy(cluster: &Cluster, client: &Client) -> Client {
+    let copy = |p: &Path, name: &str| {
+        let to = cluster.path().join(name);
+        std::fs::copy(p, &to).unwrap();
+        to
+    };
+    Client {
+        ca: copy(&client.ca, "old-etcd-ca.pem"),
+        cert: copy(&client.cert, "old-client.pem"),
+        key: copy(&client.key, "old-client-key.pem"),
+    }
+}
+
+#[test]
+fn etcd_ca_rotation_keeps_every_member_through_rolling_restarts() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let pki = cluster.pki("");
+    let mut etcd = Etcd::start(&pki);
+    let client = Client::of(&cluster, "etcd/apiserver-etcd-client");
+    etcd.wait_healthy(&client);
+    let old_client = keep_copy(&cluster, &client);
+    let endpoints: Vec<String> = ADDRESSES
+        .iter()
+        .map(|a| format!("https://[{a}]:2379"))
+        .collect();
+    let endpoints = endpoints.join(",");
+    let writer_ns = etcd.hosts.ns(0);
+    let stop = AtomicBool::new(false);
+    let written = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                // Like the apiserver, retry a request cut off by a member that is restarting.
+                let key = format!("/rotation/{n:05}");
+                let errors: Vec<String> = (0..3)
+                    .map_while(|attempt| {
+                        if attempt > 0 {
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        let out = client.ctl(&writer_ns, &endpoints, &["put", &key, "x"]);
+                        (!out.status.success())
+                            .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+                    })
+                    .collect();
+                if errors.len() < 3 {
+                    written.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failures.lock().unwrap().extend(errors);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Stops the writer also when a step below panics, so the scope can end.
+        let _stop = StopOnDrop(&stop);
+        // Each step must let a few writes through before the next one.
+        let progress = || {
+            let from = written.load(Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while written.load(Ordering::SeqCst) < from + 3 {
+                assert!(Instant::now() < deadline, "writes stalled");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        progress();
+        for step in [
+            ["rotate", "--ca", "etcd"].as_slice(),
+            &["rotate", "--ca", "etcd", "--finish"],
+        ] {
+            cluster.kpki(step).success();
+            progress();
+            for i in 0..NODES.len() {
+                etcd.restart(i, &pki);
+                etcd.wait_healthy(&client);
+                progress();
+            }
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "writes failed during the rotation: {failures:?}\n{}",
+        etcd.logs()
+    );
+    let rejected = etcd.full_logs();
+    for needle in [
+        "unknown authority",
+        "bad certificate",
+        "certificate required",
+    ] {
+        assert!(
+            !rejected.contains(needle),
+            "a member rejected a peer or client: {needle}\n{}",
+            etcd.logs()
+        );
+    }
+    let keys = client.run(&etcd, 2, &["get", "--prefix", "/rotation/", "--keys-only"]);
+    let keys = String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(
+        keys,
+        written.load(Ordering::SeqCst),
+        "every acknowledged write is readable on another member"
+    );
+    let refused = old_client.run(&etcd, 1, &["put", "/rotation/old", "x"]);
+    assert!(
+        !refused.status.success(),
+        "a client of the old CA was accepted after finish"
+    );
+    let members = client.run(&etcd, 1, &["member", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&members.stdout)
+            .matches(", started, ")
+            .count(),
+        3
     );
 }
