@@ -64,11 +64,7 @@ pub fn init(ctx: &Context) -> Result<()> {
         ctx.say("created pki/.gitignore");
     }
     if default {
-        store::write_atomic(
-            &store.config_path(),
-            DEFAULT_CONFIG.as_bytes(),
-            store::PUBLIC_MODE,
-        )?;
+        store.write_config(DEFAULT_CONFIG)?;
         ctx.say("created pki/kpki.toml (the embedded default: edit it, then run kpki init again)");
     }
     if let Some(identity) = &admins.generated {

@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         identity: cli.identity.clone(),
         quiet: cli.quiet,
     };
-    match dispatch(&ctx, cli.command) {
+    let outcome = dispatch(&ctx, cli.command);
+    // Whatever happened, make the renames done so far durable.
+    let outcome = outcome.and_then(|found| ctx.store.sync().map(|()| found));
+    match outcome {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),
         Err(e) => {

@@ -3,10 +3,12 @@
 //! Every write is atomic (a temp file in the same directory, fsync, rename, fsync of the
 //! directory), so a crash leaves either the old file or the new one, never half of one.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -23,15 +25,67 @@ pub const PUBLIC_DIR_MODE: u32 = 0o755;
 pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n*.kubeconfig\n";
 
 /// A cluster directory: `pki/` (plaintext, git-ignored) and `secrets/` (encrypted, committed).
+///
+/// Writes are atomic per file; the directories they renamed into are fsynced once, by
+/// [`Store::sync`], rather than after every file (thousands of files at fleet size).
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    dirs: Arc<Mutex<Dirs>>,
+}
+
+/// Directories this run created or renamed files into.
+#[derive(Debug, Default)]
+struct Dirs {
+    existing: HashSet<PathBuf>,
+    unsynced: HashSet<PathBuf>,
 }
 
 impl Store {
     /// The cluster directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store {
+            root: root.into(),
+            dirs: Arc::default(),
+        }
+    }
+
+    /// Makes every rename so far durable: fsyncs the directories written into.
+    pub fn sync(&self) -> Result<()> {
+        let dirs: Vec<PathBuf> = self.lock().unsynced.drain().collect();
+        for dir in dirs {
+            fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dirs> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates `dir` (mode `mode`) unless this run already did.
+    fn ensure_dir(&self, dir: &Path, mode: u32) -> Result<()> {
+        if self.lock().existing.contains(dir) {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        self.lock().existing.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Writes `path` atomically in a directory made with `dir_mode`; its directory is synced later.
+    fn write(&self, path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> Result<()> {
+        let dir = path.parent().expect("written paths have a parent");
+        self.ensure_dir(dir, dir_mode)?;
+        replace(path, contents, mode)?;
+        self.lock().unsynced.insert(dir.to_path_buf());
+        Ok(())
     }
 
     /// `pki/`.
@@ -61,11 +115,8 @@ impl Store {
 
     /// Writes `pki/REL` atomically; private material gets mode 0600, the rest 0644.
     pub fn write_pki(&self, rel: &str, contents: &[u8], private: bool) -> Result<()> {
-        let path = self.pki_path(rel);
-        let parent = path.parent().expect("pki paths have a parent");
-        create_private_dir(parent)?;
         let mode = if private { SECRET_MODE } else { PUBLIC_MODE };
-        write_atomic(&path, contents, mode)
+        self.write(&self.pki_path(rel), contents, mode, PRIVATE_DIR_MODE)
     }
 
     /// `secrets/`.
@@ -85,14 +136,12 @@ impl Store {
 
     /// Writes `secrets/REL` atomically (committed, so readable: 0644 in 0755 directories).
     pub fn write_secret(&self, rel: &str, contents: &[u8]) -> Result<()> {
-        let path = self.secrets_path(rel);
-        let parent = path.parent().expect("secret paths have a parent");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(PUBLIC_DIR_MODE)
-            .create(parent)
-            .map_err(|e| Error::io(parent, e))?;
-        write_atomic(&path, contents, PUBLIC_MODE)
+        self.write(
+            &self.secrets_path(rel),
+            contents,
+            PUBLIC_MODE,
+            PUBLIC_DIR_MODE,
+        )
     }
 
     /// Writes `secrets/REL` unless it already holds exactly `contents`; returns whether it wrote.
@@ -116,13 +165,28 @@ impl Store {
 
     /// Creates `pki/` and its `.gitignore` when missing; returns whether anything was written.
     pub fn prepare_pki(&self) -> Result<bool> {
-        create_private_dir(&self.pki_dir())?;
         let gitignore = self.pki_dir().join(".gitignore");
+        self.ensure_dir(&self.pki_dir(), PRIVATE_DIR_MODE)?;
         if gitignore.exists() {
             return Ok(false);
         }
-        write_atomic(&gitignore, PKI_GITIGNORE.as_bytes(), PUBLIC_MODE)?;
+        self.write(
+            &gitignore,
+            PKI_GITIGNORE.as_bytes(),
+            PUBLIC_MODE,
+            PRIVATE_DIR_MODE,
+        )?;
         Ok(true)
+    }
+
+    /// Writes `pki/kpki.toml`.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        self.write(
+            &self.config_path(),
+            text.as_bytes(),
+            PUBLIC_MODE,
+            PRIVATE_DIR_MODE,
+        )
     }
 }
 
@@ -152,29 +216,32 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Creates `dir` and its missing parents with mode 0700.
-fn create_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir)
-        .map_err(|e| Error::io(dir, e))
-}
-
-/// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+/// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename, its data
+/// on disk first. The rename itself is durable once the directory is synced.
+fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().expect("written paths have a parent");
     let io = |e| Error::io(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(".kpki-")
+        .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    tmp.as_file().sync_data().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Replaces a file outside the cluster directory (a kubeconfig) atomically and durably.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    replace(path, contents, mode)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
