@@ -38,6 +38,10 @@ rotate: build ## Renew what is due or drifted and re-encrypt what changed recipi
 test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantiate: see .ci/run)
 	cargo test --locked
 
+.PHONY: bench
+bench: build ## Time kpki init against the openssl + age workflow (3/100/1,000 nodes); writes target/bench/results.md
+	bash tests/bench/bench.sh
+
 .PHONY: lint
 lint: ## Check formatting and run clippy with warnings as errors
 	cargo fmt --all -- --check

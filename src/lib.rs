@@ -12,6 +12,7 @@ pub mod inspection;
 pub mod issuing;
 pub mod kubeconfig;
 pub mod plan;
+pub mod progress;
 pub mod rotation;
 pub mod secrets;
 pub mod store;

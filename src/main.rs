@@ -11,6 +11,9 @@ use kpki::store::Store;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.quiet {
+        kpki::progress::enable();
+    }
     let ctx = Context {
         store: Store::new(&cli.dir),
         identity: cli.identity.clone(),

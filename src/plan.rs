@@ -69,9 +69,14 @@ pub fn apply(
         .collect::<Result<Vec<_>>>()?
         .concat();
     let authorities = load_authorities(vault, &rest)?;
+    let bar = crate::progress::bar(rest.len(), "issuing");
     let leaves = rest
         .par_iter()
-        .map(|a| apply_one(vault, config, a, Some(&authorities), now))
+        .map(|a| {
+            let done = apply_one(vault, config, a, Some(&authorities), now);
+            bar.inc();
+            done
+        })
         .collect::<Result<Vec<_>>>()?;
     written.extend(leaves.concat());
     Ok(written)

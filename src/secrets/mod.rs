@@ -408,9 +408,14 @@ pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<S
         .filter(|(_, stale)| **stale)
         .map(|(pair, _)| pair)
         .collect();
+    let bar = crate::progress::bar(work.len(), "encrypting");
     let mut encrypted = work
         .par_iter()
-        .map(|(s, entry)| encrypt_file(vault, config, recipients, s, entry))
+        .map(|(s, entry)| {
+            let done = encrypt_file(vault, config, recipients, s, entry);
+            bar.inc();
+            done
+        })
         .collect::<Result<Vec<_>>>()?;
     encrypted.sort();
     let mut sealing = Sealing {
