@@ -226,7 +226,11 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             }
             match request.finish {
                 true => rotation::finish_ca(&vault, &config, ca)?,
-                false => rotation::start_ca(&vault, &config, ca, request.keep_key, now)?,
+                false => {
+                    let plan = secrets::plan(&vault, &config, &recipients)?;
+                    let sealed = secrets::is_current(&ctx.store, &config, &recipients, &plan)?;
+                    rotation::start_ca(&vault, &config, ca, request.keep_key, sealed, now)?
+                }
             }
         }
         (None, true) => {

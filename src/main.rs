@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         identity: cli.identity.clone(),
         quiet: cli.quiet,
     };
-    let outcome = dispatch(&ctx, cli.command);
+    let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
     // Whatever happened, make the renames done so far durable.
     let outcome = outcome.and_then(|found| ctx.store.sync().map(|()| found));
     match outcome {
@@ -33,6 +33,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The cluster directory's lock: exclusive for the commands that write, shared for the others.
+fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
+    let exclusive = match command {
+        Command::Init | Command::Issue { .. } | Command::Rotate { .. } => true,
+        Command::Status { .. } | Command::Verify | Command::Kubeconfig { .. } => false,
+        Command::Completions { .. } => return Ok(None),
+    };
+    ctx.store.lock(exclusive).map(Some)
 }
 
 /// Runs one command; `Ok(true)` when a check found something that needs action.

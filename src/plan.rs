@@ -13,6 +13,7 @@ use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::catalogue::{Subject, Usage};
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
+use crate::inspection;
 use crate::issuing::{self, Authority};
 use crate::secrets::Vault;
 
@@ -99,8 +100,18 @@ fn load_authorities(vault: &Vault, actions: &[&Action<'_>]) -> Result<HashMap<Ca
         .collect()
 }
 
-/// The CA `name`, from `pki/` or decrypted from `secrets/`.
+/// The CA `name`, from `pki/` or decrypted from `secrets/`, checked before it signs.
 pub fn load_authority(vault: &Vault, name: CaName) -> Result<Authority> {
+    read_authority(vault, name, false)
+}
+
+/// The CA `name` as [`load_authority`] reads it, but also when it has expired: the CA a
+/// rotation replaces.
+pub fn load_outgoing_authority(vault: &Vault, name: CaName) -> Result<Authority> {
+    read_authority(vault, name, true)
+}
+
+fn read_authority(vault: &Vault, name: CaName, allow_expired: bool) -> Result<Authority> {
     let item = Item {
         entry: catalogue::ca_entry(name),
         node: None,
@@ -113,8 +124,49 @@ pub fn load_authority(vault: &Vault, name: CaName) -> Result<Authority> {
         .map(String::as_str)
         .unwrap_or_default()
         .to_string();
+    check_authority(vault, name, &cert, &key, allow_expired)?;
     Authority::new(&cert, key, chain)
         .map_err(|m| Error::file(&vault.store().pki_path(&item.file(Part::Cert)), m))
+}
+
+/// Refuses to sign with a CA whose key does not match its certificate or (unless
+/// `allow_expired`, for rotating it away) that has expired.
+fn check_authority(
+    vault: &Vault,
+    name: CaName,
+    cert: &str,
+    key: &rcgen::KeyPair,
+    allow_expired: bool,
+) -> Result<()> {
+    use rcgen::PublicKeyData;
+    let item = Item {
+        entry: catalogue::ca_entry(name),
+        node: None,
+    };
+    let path = |part| vault.store().pki_path(&item.file(part));
+    let facts = inspection::pem_certs(cert)
+        .and_then(|certs| inspection::facts(&certs[0]))
+        .map_err(|m| Error::file(&path(Part::Cert), m))?;
+    if key.subject_public_key_info() != facts.spki {
+        return Err(Error::file(
+            &path(Part::Key),
+            format!(
+                "does not match the CA certificate {}",
+                item.file(Part::Cert)
+            ),
+        ));
+    }
+    if !allow_expired && facts.not_after <= issuing::now() {
+        return Err(Error::usage(
+            format!(
+                "the {} CA ({}) has expired",
+                name.dir(),
+                item.file(Part::Cert)
+            ),
+            Some(format!("rotate it: kpki rotate --ca {}", name.dir())),
+        ));
+    }
+    Ok(())
 }
 
 /// A file of the PKI that must exist, in plaintext or encrypted.

@@ -13,7 +13,7 @@ use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::status::{Assessed, State};
-use crate::inspection::{facts, pem_certs, pem_public_keys, signed_by};
+use crate::inspection::{facts, key_spki, pem_certs, pem_public_keys, signed_by};
 use crate::issuing;
 use crate::plan::{self, Action};
 use crate::secrets::Vault;
@@ -107,11 +107,42 @@ fn first_block(text: &str, label: &str) -> String {
     }
 }
 
+/// Where a rotation of a CA stands, read from its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Idle,
+    /// A start was interrupted before it published the bundle: the previous key still matches
+    /// `ca.pem`, and the start can be rolled back and run again.
+    StartInterrupted,
+    /// The bundle new + old is published.
+    Started,
+    /// A finish was interrupted after `ca.pem` lost the old CA: run the finish again.
+    FinishInterrupted,
+}
+
+fn stage(vault: &Vault, ca: CaName) -> Result<Stage> {
+    let rel = ca_item(ca).file(Part::Cert);
+    let bundle = read(vault, &rel)?;
+    let certs = pem_certs(&bundle).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
+    if certs.len() > 1 {
+        return Ok(Stage::Started);
+    }
+    let Some(previous) = vault.read(&catalogue::previous_key_file(ca))? else {
+        return Ok(Stage::Idle);
+    };
+    let current = facts(&certs[0]).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
+    Ok(match key_spki(&previous) {
+        Ok(spki) if spki == current.spki => Stage::StartInterrupted,
+        _ => Stage::FinishInterrupted,
+    })
+}
+
 /// Whether a rotation of `ca` is in progress.
 fn rotating(vault: &Vault, ca: CaName) -> Result<bool> {
-    let bundle = read(vault, &ca_item(ca).file(Part::Cert))?;
-    Ok(vault.exists(&catalogue::previous_key_file(ca))
-        || pem_certs(&bundle).map(|c| c.len() > 1).unwrap_or(false))
+    Ok(matches!(
+        stage(vault, ca)?,
+        Stage::Started | Stage::FinishInterrupted
+    ))
 }
 
 /// A file of the PKI that must exist.
@@ -141,27 +172,38 @@ pub fn in_progress(vault: &Vault) -> Result<Vec<String>> {
     Ok(found)
 }
 
-/// Starts the rotation of `ca`; returns the files written under `pki/`.
+/// Starts the rotation of `ca`; returns the files written under `pki/`. An interrupted start is
+/// rolled back and run again; a started rotation whose leaves are not all reissued yet (the run
+/// was interrupted) is completed; a complete one (`sealed`: secrets/ is up to date) is an error.
 pub fn start_ca(
     vault: &Vault,
     config: &Config,
     ca: CaName,
     keep_key: bool,
+    sealed: bool,
     now: OffsetDateTime,
 ) -> Result<Vec<String>> {
     let item = ca_item(ca);
-    if rotating(vault, ca)? {
-        return Err(Error::usage(
-            format!("a rotation of the {} CA is already in progress", ca.dir()),
-            Some(format!(
-                "finish it first with kpki rotate --ca {} --finish",
-                ca.dir()
-            )),
-        ));
+    match stage(vault, ca)? {
+        Stage::Idle => {}
+        Stage::StartInterrupted => roll_back_start(vault, ca)?,
+        Stage::Started => return resume_start(vault, config, ca, keep_key, sealed, now),
+        Stage::FinishInterrupted => {
+            return Err(Error::usage(
+                format!(
+                    "finishing the rotation of the {} CA was interrupted",
+                    ca.dir()
+                ),
+                Some(format!(
+                    "complete it with kpki rotate --ca {} --finish",
+                    ca.dir()
+                )),
+            ));
+        }
     }
     let old_cert = read(vault, &item.file(Part::Cert))?;
     let old_key = read(vault, &item.file(Part::Key))?;
-    let old = plan::load_authority(vault, ca)?;
+    let old = plan::load_outgoing_authority(vault, ca)?;
     let users = leaves_users(vault, ca)?;
     let key = issuing::generate_key(config.keys.algorithm)?;
     let subject = item.subject(config);
@@ -195,6 +237,68 @@ pub fn start_ca(
         )?);
     }
     Ok(written)
+}
+
+/// Undoes the first steps of an interrupted start: the CA key back to the previous one, the
+/// cross-signed link and the kept key gone. No leaf was issued under the new key yet.
+fn roll_back_start(vault: &Vault, ca: CaName) -> Result<()> {
+    let store = vault.store();
+    let previous = read(vault, &catalogue::previous_key_file(ca))?;
+    store.write_pki(&ca_item(ca).file(Part::Key), previous.as_bytes(), true)?;
+    for rel in [catalogue::cross_file(ca), catalogue::previous_key_file(ca)] {
+        store.remove_pki(&rel)?;
+        store.remove_secret(&format!("{rel}.age"))?;
+    }
+    Ok(())
+}
+
+/// Reissues the leaves of `ca` that the new CA has not signed yet (nothing, when only the sealing
+/// was interrupted: the caller seals), or says the rotation is already under way.
+fn resume_start(
+    vault: &Vault,
+    config: &Config,
+    ca: CaName,
+    keep_key: bool,
+    sealed: bool,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let pending = not_yet_reissued(vault, config, ca)?;
+    if pending.is_empty() && sealed {
+        return Err(Error::usage(
+            format!("a rotation of the {} CA is already in progress", ca.dir()),
+            Some(format!(
+                "finish it first with kpki rotate --ca {} --finish",
+                ca.dir()
+            )),
+        ));
+    }
+    let actions: Vec<Action<'_>> = pending
+        .into_iter()
+        .map(|item| Action {
+            item,
+            keep_key,
+            validity: None,
+        })
+        .collect();
+    plan::apply(vault, config, &actions, now)
+}
+
+/// The leaves of `ca` whose certificate the current (first) CA of the bundle did not sign.
+fn not_yet_reissued<'c>(vault: &Vault, config: &'c Config, ca: CaName) -> Result<Vec<Item<'c>>> {
+    let rel = ca_item(ca).file(Part::Cert);
+    let bundle = read(vault, &rel)?;
+    let current = pem_certs(&bundle).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
+    let mut pending = Vec::new();
+    for item in leaves_of(config, ca) {
+        let signed = match vault.read(&item.file(Part::Cert))? {
+            Some(text) => pem_certs(&text).is_ok_and(|c| signed_by(&c[0], &current[0])),
+            None => false,
+        };
+        if !signed {
+            pending.push(item);
+        }
+    }
+    Ok(pending)
 }
 
 /// The catalogue leaves `ca` signs.
@@ -304,12 +408,13 @@ pub fn start_sa(vault: &Vault, config: &Config) -> Result<Vec<String>> {
     let key = issuing::generate_key(issuing::service_account_algorithm(config.keys.algorithm))?;
     let store = vault.store();
     let public = key.public_key_pem() + &old_public;
-    store.write_pki(&item.file(Part::Cert), public.as_bytes(), false)?;
+    // The key first: interrupted before the bundle, a new start simply runs again.
     store.write_pki(
         &item.file(Part::Key),
         issuing::key_pem(&key).as_bytes(),
         true,
     )?;
+    store.write_pki(&item.file(Part::Cert), public.as_bytes(), false)?;
     Ok(vec![item.file(Part::Cert), item.file(Part::Key)])
 }
 

@@ -58,7 +58,7 @@ impl Vault {
             return Ok(Some(Zeroizing::new(text)));
         }
         let path = self.store.secret_path(rel);
-        let Some(ciphertext) = crate::store::read_optional_bytes(&path)? else {
+        let Some(ciphertext) = self.store.read_secret(&format!("{rel}.age"))? else {
             return Ok(None);
         };
         let plaintext = seal::decrypt(&ciphertext, self.identities()?, &path)?;
@@ -428,6 +428,26 @@ pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<S
         }
     }
     Ok(sealing)
+}
+
+/// Whether `secrets/` already is what `plan` describes: no stale file, and the manifest and Nix
+/// files as they must read.
+pub fn is_current(
+    store: &Store,
+    config: &Config,
+    recipients: &Recipients,
+    plan: &SealPlan<'_>,
+) -> Result<bool> {
+    if plan.stale_files().next().is_some() {
+        return Ok(false);
+    }
+    for (name, text) in nix_files(config, recipients, plan) {
+        if crate::store::read_optional(&store.secrets_path(name))?.as_deref() != Some(text.as_str())
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.

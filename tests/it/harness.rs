@@ -55,9 +55,17 @@ impl Cluster {
 
     /// Runs kpki on this cluster directory.
     pub fn kpki(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--dir", s(self.path())];
-        all.extend_from_slice(args);
-        kpki(&all)
+        self.kpki_env(args, &[])
+    }
+
+    /// Runs kpki on this cluster directory with extra environment variables.
+    pub fn kpki_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = kpki_command();
+        cmd.arg("--dir")
+            .arg(self.path())
+            .args(args)
+            .envs(env.iter().copied());
+        Run::of(cmd)
     }
 
     /// Every file below the cluster directory with its bytes, mode, inode and mtime.
@@ -94,12 +102,17 @@ impl Cluster {
 
 /// Runs kpki with exactly `args`, without an identity from the environment.
 pub fn kpki(args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpki"));
-    // Hermetic: no identity from the environment, no ~/.ssh/id_ed25519 of the machine.
-    cmd.args(args)
-        .env_remove("KPKI_IDENTITY")
-        .env("HOME", "/nonexistent");
+    let mut cmd = kpki_command();
+    cmd.args(args);
     Run::of(cmd)
+}
+
+/// The kpki binary, hermetic: no identity from the environment, no ~/.ssh/id_ed25519 of the
+/// machine.
+fn kpki_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpki"));
+    cmd.env_remove("KPKI_IDENTITY").env("HOME", "/nonexistent");
+    cmd
 }
 
 /// A finished process and assertions on it.

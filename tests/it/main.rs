@@ -2,6 +2,7 @@
 //! programs (openssl, etcd) and by a second parser (rustls-webpki), never by kpki's own code.
 
 mod config_errors;
+mod crash;
 mod etcd;
 mod harness;
 mod init;

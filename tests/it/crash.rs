@@ -1,0 +1,149 @@
+//! Crash safety: kpki is aborted after its Nth file operation, for every N over a whole `init`,
+//! an `issue` and a `rotate --ca`; the same command run again completes the job, `kpki verify`
+//! passes, no temporary file is left, and no CA is lost or replaced.
+
+use std::os::unix::process::ExitStatusExt;
+
+use crate::harness::{Cluster, fixture, s};
+use crate::secrets::admin_recipient;
+
+/// A one-node cluster with the test admin, small enough to crash at every step.
+fn config() -> String {
+    format!(
+        "[cluster]\nservice_cidr = \"fd00:10:96::/112\"\napi_server = \"https://[2001:db8::1]:6443\"\n\
+         [secrets]\nadmins = [\"{}\"]\n[[node]]\nname = \"node-01\"\naddresses = [\"2001:db8::1\"]\n",
+        admin_recipient()
+    )
+}
+
+/// The CA files present, by path.
+fn cas(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
+    ["kubernetes", "etcd", "front-proxy"]
+        .iter()
+        .flat_map(|ca| [format!("{ca}/ca.pem"), format!("{ca}/ca-key.pem")])
+        .filter_map(|rel| Some((rel.clone(), std::fs::read(cluster.pki(&rel)).ok()?)))
+        .collect()
+}
+
+/// For N = 1, 2, ...: `prepare` a cluster, run `args` aborting after N file operations, run
+/// `args` again, and check the result with `check(cluster, CA files after the crash)`, until a
+/// run completes without reaching N.
+fn sweep(
+    prepare: impl Fn() -> Cluster,
+    args: &[&str],
+    check: impl Fn(&Cluster, &[(String, Vec<u8>)]),
+) -> u64 {
+    let identity = fixture("admin-identity.txt");
+    let mut all = args.to_vec();
+    all.extend(["-q", "-i", s(&identity)]);
+    for n in 1u64.. {
+        let cluster = prepare();
+        let crashed = cluster.kpki_env(&all, &[("KPKI_FAULT_AFTER", &n.to_string())]);
+        if crashed.output.status.success() {
+            return n - 1;
+        }
+        assert_eq!(
+            crashed.output.status.signal(),
+            Some(6),
+            "N={n}: not aborted: {}",
+            crashed.stderr()
+        );
+        let after_crash = cas(&cluster);
+        let rerun = cluster.kpki(&all);
+        // Aborted after its last operation, a CA rotation was complete: starting it again is
+        // then refused, as it must be.
+        let complete = rerun.stderr().contains("already in progress");
+        assert!(
+            rerun.output.status.success() || complete,
+            "N={n}: the re-run failed: {}",
+            rerun.stderr()
+        );
+        let verify = cluster.kpki(&["verify", "-i", s(&identity)]);
+        assert_eq!(verify.code(), Some(0), "N={n}: {}", verify.stdout());
+        let left: Vec<String> = cluster
+            .snapshot()
+            .into_keys()
+            .filter(|p| p.contains(".kpki-"))
+            .collect();
+        assert!(left.is_empty(), "N={n}: temporary files left: {left:?}");
+        check(&cluster, &after_crash);
+    }
+    unreachable!()
+}
+
+#[test]
+fn init_survives_a_crash_at_every_file_operation() {
+    let operations = sweep(
+        || Cluster::with_config(&config()),
+        &["init"],
+        |cluster, after_crash| {
+            for (rel, bytes) in after_crash {
+                let now = std::fs::read(cluster.pki(rel)).unwrap();
+                if rel.ends_with("-key.pem") {
+                    assert_eq!(&now, bytes, "{rel} was replaced");
+                }
+            }
+        },
+    );
+    assert!(operations > 60, "only {operations} file operations");
+}
+
+#[test]
+fn issue_survives_a_crash_at_every_file_operation() {
+    let template = Cluster::initialized(&config());
+    let before = cas(&template);
+    let operations = sweep(
+        || {
+            let copy = Cluster::new();
+            crate::harness::run_ok(
+                "cp",
+                &["-a", &format!("{}/.", s(template.path())), s(copy.path())],
+            );
+            copy
+        },
+        &["issue", "kubelet", "node-01"],
+        |cluster, _| assert_eq!(cas(cluster), before, "a CA changed"),
+    );
+    assert!(operations >= 8, "only {operations} file operations");
+}
+
+#[test]
+fn ca_rotation_survives_a_crash_at_every_file_operation() {
+    let template = Cluster::initialized(&config());
+    let old_ca = std::fs::read_to_string(template.pki("etcd/ca.pem")).unwrap();
+    let old_key = std::fs::read(template.pki("etcd/ca-key.pem")).unwrap();
+    let operations = sweep(
+        || {
+            let copy = Cluster::new();
+            crate::harness::run_ok(
+                "cp",
+                &["-a", &format!("{}/.", s(template.path())), s(copy.path())],
+            );
+            copy
+        },
+        &["rotate", "--ca", "etcd"],
+        |cluster, _| {
+            let bundle = std::fs::read_to_string(cluster.pki("etcd/ca.pem")).unwrap();
+            assert_eq!(
+                bundle.matches("BEGIN CERTIFICATE").count(),
+                2,
+                "the rotation did not start"
+            );
+            assert!(
+                bundle.ends_with(&old_ca),
+                "the old CA was lost from the bundle"
+            );
+            assert_eq!(
+                std::fs::read(cluster.pki("etcd/ca-previous-key.pem")).unwrap(),
+                old_key
+            );
+            assert_eq!(
+                crate::harness::kpki(&["--dir", s(cluster.path()), "rotate", "--ca", "etcd"])
+                    .code(),
+                Some(2),
+                "a second start must be refused"
+            );
+        },
+    );
+    assert!(operations >= 20, "only {operations} file operations");
+}
