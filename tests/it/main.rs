@@ -9,6 +9,7 @@ mod harness;
 mod init;
 mod issue;
 mod lifecycle;
+mod locking;
 mod netns;
 mod openssl;
 mod secrets;
