@@ -5,6 +5,7 @@ mod bad_input;
 mod config_errors;
 mod crash;
 mod etcd;
+mod fuzz_corpus;
 mod harness;
 mod init;
 mod issue;
