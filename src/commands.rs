@@ -60,6 +60,7 @@ pub fn init(ctx: &Context) -> Result<()> {
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
     let vault = ctx.vault();
     let actions = plan::init(&vault, &config)?;
+    store.ensure_room(4 * actions.len() + 8)?;
     if store.prepare_pki()? {
         ctx.say("created pki/.gitignore");
     }
@@ -269,6 +270,10 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             for r in &renewals {
                 ctx.say(format_args!("renew {} ({})", r.name, r.reason));
             }
+            if !request.dry_run {
+                ctx.store
+                    .ensure_room(4 * renewals.len() + seal.stale_files().count() + 8)?;
+            }
             if request.dry_run {
                 for s in seal.stale_files() {
                     ctx.say(format_args!("re-encrypt secrets/{}.age", s.rel));
@@ -339,6 +344,7 @@ pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
     let now = issuing::now();
     let mut written = if request.profile == "client" {
         let subject = client_subject(request)?;
+        ctx.store.ensure_room(12)?;
         plan::issue_user(&vault, &config, &subject, request.keep_key, validity, now)?
     } else {
         if request.cn.is_some() || !request.groups.is_empty() {
@@ -349,6 +355,7 @@ pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
         }
         let items = issue_targets(&config, request.profile, request.node)?;
         let actions = plan::issue(&vault, items, request.keep_key, validity)?;
+        ctx.store.ensure_room(4 * actions.len() + 8)?;
         plan::apply(&vault, &config, &actions, now)?
     };
     written.sort();

@@ -24,6 +24,10 @@ pub const PUBLIC_DIR_MODE: u32 = 0o755;
 /// What `pki/.gitignore` says: no plaintext certificate, key or identity ever enters git.
 pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n*.kubeconfig\n";
 
+/// Room one written file may take: a block for the file and one for its temporary copy,
+/// generously.
+const ROOM_PER_FILE: u64 = 16 * 1024;
+
 /// The prefix of temporary files, which never end in `.pem`.
 const TEMP_PREFIX: &str = ".kpki-";
 
@@ -119,6 +123,38 @@ impl Store {
                     remove_optional(entry.path())?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses to start writing `files` files when the filesystem has clearly too little room
+    /// for them, so that a full disk stops a command before it changed anything.
+    pub fn ensure_room(&self, files: usize) -> Result<()> {
+        let at = if self.root.exists() {
+            self.root.as_path()
+        } else {
+            Path::new(".")
+        };
+        let Ok(fs) = rustix::fs::statvfs(at) else {
+            return Ok(());
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let rewritten: u64 = ["manifest.toml", "secrets.nix", "kpki.nix"]
+            .iter()
+            .filter_map(|f| fs::metadata(self.secrets_path(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        let need = files as u64 * ROOM_PER_FILE + 2 * rewritten;
+        if free < need {
+            return Err(Error::usage(
+                format!(
+                    "{}: {} KiB free, but about {} KiB are needed; nothing was written",
+                    self.root.display(),
+                    free / 1024,
+                    need / 1024
+                ),
+                Some("free some space, then run this again".into()),
+            ));
         }
         Ok(())
     }

@@ -357,3 +357,40 @@ fn a_read_only_cluster_directory_is_a_clear_error() {
     );
     assert_eq!(kpki(&["status"]).code(), Some(0), "reading still works");
 }
+
+#[test]
+fn a_full_disk_stops_a_command_before_it_writes() {
+    let fs = Tmpfs::new("2m");
+    let dir = fs.0.path().join("cluster");
+    let kpki = |args: &[&str]| {
+        let mut all = vec!["--dir", s(&dir)];
+        all.extend_from_slice(args);
+        crate::harness::kpki(&all)
+    };
+    std::fs::create_dir_all(dir.join("pki")).unwrap();
+    std::fs::write(dir.join("pki/kpki.toml"), config_with_keys()).unwrap();
+    kpki(&["init", "-q"]).success();
+    let filler = fs.0.path().join("filler");
+    let free = {
+        let out = run_ok("df", &["--output=avail", "-B1", s(fs.0.path())]);
+        out.lines().last().unwrap().trim().parse::<u64>().unwrap()
+    };
+    std::fs::write(&filler, vec![0u8; (free - 48 * 1024) as usize]).unwrap();
+    let snapshot = || {
+        walkdir::WalkDir::new(&dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot();
+    let line = kpki(&["issue", "node", "node-01"]).fails_with(2);
+    assert!(
+        line.contains("KiB free") && line.contains("nothing was written"),
+        "{line}"
+    );
+    assert!(before == snapshot(), "a full disk left a half-done issue");
+    std::fs::remove_file(&filler).unwrap();
+    kpki(&["issue", "node", "node-01"]).success();
+}
