@@ -143,3 +143,34 @@ fn an_unwritable_cluster_directory_is_a_one_line_error() {
     let line = crate::harness::kpki(&["--dir", "/proc/kpki", "init"]).fails_with(2);
     assert!(line.contains("/proc/kpki"), "{line}");
 }
+
+#[test]
+fn modes_do_not_depend_on_the_umask() {
+    for umask in ["000", "077"] {
+        let cluster = Cluster::new();
+        let out = crate::harness::run(
+            "sh",
+            &[
+                "-c",
+                &format!("umask {umask} && exec \"$0\" --dir \"$1\" init -q",),
+                env!("CARGO_BIN_EXE_kpki"),
+                crate::harness::s(cluster.path()),
+            ],
+        );
+        assert!(out.status.success(), "umask {umask}: {out:?}");
+        let mode = |rel: &str| {
+            std::fs::metadata(cluster.pki(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("kubernetes/ca-key.pem"), 0o600, "umask {umask}");
+        assert_eq!(mode("admin.agekey"), 0o600, "umask {umask}");
+        assert_eq!(mode("kubernetes/ca.pem"), 0o644, "umask {umask}");
+        assert_eq!(mode("node-01"), 0o700, "umask {umask}");
+        let secret =
+            std::fs::metadata(cluster.path().join("secrets/node-01/kubelet.pem.age")).unwrap();
+        assert_eq!(secret.permissions().mode() & 0o777, 0o644, "umask {umask}");
+    }
+}
