@@ -329,6 +329,24 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// An initialized cluster directory on this tmpfs.
+    fn initialized_cluster(&self) -> std::path::PathBuf {
+        let dir = self.0.path().join("cluster");
+        std::fs::create_dir_all(dir.join("pki")).unwrap();
+        std::fs::write(dir.join("pki/kpki.toml"), config_with_keys()).unwrap();
+        kpki_in(&dir, &["init", "-q"]).success();
+        dir
+    }
+}
+
+/// kpki on the cluster directory `dir`.
+fn kpki_in(dir: &Path, args: &[&str]) -> crate::harness::Run {
+    let mut all = vec!["--dir", s(dir)];
+    all.extend_from_slice(args);
+    crate::harness::kpki(&all)
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -340,15 +358,8 @@ impl Drop for Tmpfs {
 #[test]
 fn a_read_only_cluster_directory_is_a_clear_error() {
     let fs = Tmpfs::new("8m");
-    let dir = fs.0.path().join("cluster");
-    let kpki = |args: &[&str]| {
-        let mut all = vec!["--dir", s(&dir)];
-        all.extend_from_slice(args);
-        crate::harness::kpki(&all)
-    };
-    std::fs::create_dir_all(dir.join("pki")).unwrap();
-    std::fs::write(dir.join("pki/kpki.toml"), config_with_keys()).unwrap();
-    kpki(&["init", "-q"]).success();
+    let dir = fs.initialized_cluster();
+    let kpki = |args: &[&str]| kpki_in(&dir, args);
     run_ok("mount", &["-o", "remount,ro", s(fs.0.path())]);
     let line = kpki(&["issue", "kubelet", "node-02"]).fails_with(2);
     assert!(
@@ -361,15 +372,8 @@ fn a_read_only_cluster_directory_is_a_clear_error() {
 #[test]
 fn a_full_disk_stops_a_command_before_it_writes() {
     let fs = Tmpfs::new("2m");
-    let dir = fs.0.path().join("cluster");
-    let kpki = |args: &[&str]| {
-        let mut all = vec!["--dir", s(&dir)];
-        all.extend_from_slice(args);
-        crate::harness::kpki(&all)
-    };
-    std::fs::create_dir_all(dir.join("pki")).unwrap();
-    std::fs::write(dir.join("pki/kpki.toml"), config_with_keys()).unwrap();
-    kpki(&["init", "-q"]).success();
+    let dir = fs.initialized_cluster();
+    let kpki = |args: &[&str]| kpki_in(&dir, args);
     let filler = fs.0.path().join("filler");
     let free = {
         let out = run_ok("df", &["--output=avail", "-B1", s(fs.0.path())]);

@@ -93,14 +93,7 @@ fn issue_survives_a_crash_at_every_file_operation() {
     let template = Cluster::initialized(&config());
     let before = cas(&template);
     let operations = sweep(
-        || {
-            let copy = Cluster::new();
-            crate::harness::run_ok(
-                "cp",
-                &["-a", &format!("{}/.", s(template.path())), s(copy.path())],
-            );
-            copy
-        },
+        || template.copy(),
         &["issue", "kubelet", "node-01"],
         |cluster, _| assert_eq!(cas(cluster), before, "a CA changed"),
     );
@@ -113,14 +106,7 @@ fn ca_rotation_survives_a_crash_at_every_file_operation() {
     let old_ca = std::fs::read_to_string(template.pki("etcd/ca.pem")).unwrap();
     let old_key = std::fs::read(template.pki("etcd/ca-key.pem")).unwrap();
     let operations = sweep(
-        || {
-            let copy = Cluster::new();
-            crate::harness::run_ok(
-                "cp",
-                &["-a", &format!("{}/.", s(template.path())), s(copy.path())],
-            );
-            copy
-        },
+        || template.copy(),
         &["rotate", "--ca", "etcd"],
         |cluster, _| {
             let bundle = std::fs::read_to_string(cluster.pki("etcd/ca.pem")).unwrap();

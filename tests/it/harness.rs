@@ -38,6 +38,16 @@ impl Cluster {
         c
     }
 
+    /// A new cluster directory holding a copy of this one.
+    pub fn copy(&self) -> Cluster {
+        let copy = Cluster::new();
+        run_ok(
+            "cp",
+            &["-a", &format!("{}/.", s(self.path())), s(copy.path())],
+        );
+        copy
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

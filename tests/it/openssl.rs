@@ -382,18 +382,17 @@ fn serials_validity_and_key_algorithm() {
         let t = text(&path);
         assert!(t.contains("ASN1 OID: prime256v1"), "{}: not P-256", e.file);
     }
-    let sa = run_ok(
-        "openssl",
-        &[
-            "pkey",
-            "-pubin",
-            "-noout",
-            "-text",
-            "-in",
-            s(&cluster.pki("service-account/sa.pem")),
-        ],
-    );
+    let sa = sa_key_text(&cluster);
     assert!(sa.contains("prime256v1"), "{sa}");
+}
+
+/// openssl's description of the service-account public key.
+fn sa_key_text(cluster: &Cluster) -> String {
+    let sa = cluster.pki("service-account/sa.pem");
+    run_ok(
+        "openssl",
+        &["pkey", "-pubin", "-noout", "-text", "-in", s(&sa)],
+    )
 }
 
 fn parse_openssl_date(s: &str) -> time::OffsetDateTime {
@@ -421,17 +420,7 @@ fn p384_and_ed25519_clusters_verify() {
             let t = text(&cluster.pki(&format!("{}.pem", e.file)));
             assert!(t.contains(marker), "{algorithm} {}", e.file);
         }
-        let sa = run_ok(
-            "openssl",
-            &[
-                "pkey",
-                "-pubin",
-                "-noout",
-                "-text",
-                "-in",
-                s(&cluster.pki("service-account/sa.pem")),
-            ],
-        );
+        let sa = sa_key_text(&cluster);
         assert!(
             sa.contains(sa_marker),
             "{algorithm}: service-account key: {sa}"
