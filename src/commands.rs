@@ -139,13 +139,19 @@ fn cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
 /// A cluster whose PKI `init` has completed.
 fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
     let (config, recipients, vault) = cluster(ctx)?;
-    if !plan::init(&vault, &config)?.is_empty() {
+    require_complete(&vault, &config)?;
+    Ok((config, recipients, vault))
+}
+
+/// Refuses to work on a PKI that `init` has not completed under the current config.
+fn require_complete(vault: &Vault, config: &Config) -> Result<()> {
+    if !plan::init(vault, config)?.is_empty() {
         return Err(Error::usage(
             "the PKI is incomplete (kpki init has not run since the config changed)",
             Some("run kpki init first".into()),
         ));
     }
-    Ok((config, recipients, vault))
+    Ok(())
 }
 
 /// `kpki status`; returns whether anything needs action.
@@ -210,7 +216,7 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
     let written = match (request.ca, request.service_account) {
         (Some(ca), _) => {
             let ca = ca_name(ca)?;
-            complete_cluster(ctx)?;
+            require_complete(&vault, &config)?;
             if request.dry_run {
                 return dry_run(
                     ctx,
@@ -235,7 +241,7 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             }
         }
         (None, true) => {
-            complete_cluster(ctx)?;
+            require_complete(&vault, &config)?;
             if request.dry_run {
                 return dry_run(
                     ctx,
