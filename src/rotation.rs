@@ -159,11 +159,18 @@ fn read(vault: &Vault, rel: &str) -> Result<zeroize::Zeroizing<String>> {
 pub fn in_progress(vault: &Vault) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for ca in catalogue::CAS {
-        if vault.exists(&ca_item(ca).file(Part::Cert)) && rotating(vault, ca)? {
-            let name = ca.dir();
-            found.push(format!(
+        if !vault.exists(&ca_item(ca).file(Part::Cert)) {
+            continue;
+        }
+        let name = ca.dir();
+        match stage(vault, ca)? {
+            Stage::Idle => {}
+            Stage::StartInterrupted => found.push(format!(
+                "starting the rotation of the {name} CA was interrupted: run kpki rotate --ca {name} again"
+            )),
+            Stage::Started | Stage::FinishInterrupted => found.push(format!(
                 "the {name} CA is being rotated: once every node runs with the new certificates, run kpki rotate --ca {name} --finish"
-            ));
+            )),
         }
     }
     if sa_keys(vault)?.is_some_and(|n| n > 1) {

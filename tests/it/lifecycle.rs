@@ -339,3 +339,24 @@ fn ca_rotation_errors_and_the_bundle() {
     assert_eq!(cluster.kpki(&["status"]).code(), Some(0));
     assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
 }
+
+#[test]
+fn status_tells_an_interrupted_ca_rotation_from_a_running_one() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    // Aborted right after the previous key was kept: the rotation never published its bundle.
+    let crashed = cluster.kpki_env(&["rotate", "--ca", "etcd"], &[("KPKI_FAULT_AFTER", "2")]);
+    assert!(!crashed.output.status.success());
+    assert!(cluster.pki("etcd/ca-previous-key.pem").exists());
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        status
+            .stdout()
+            .contains("starting the rotation of the etcd CA was interrupted"),
+        "{}",
+        status.stdout()
+    );
+    cluster.kpki(&["rotate", "--ca", "etcd"]).success();
+    let status = cluster.kpki(&["status"]).stdout();
+    assert!(status.contains("the etcd CA is being rotated"), "{status}");
+}
