@@ -27,13 +27,19 @@ pub struct Action<'c> {
     pub validity: Option<Span>,
 }
 
-/// What `init` must do: create every missing item, reusing any key already on disk.
+/// What `init` must do: create every missing item, reusing any key already on disk, and
+/// complete a re-key that a crash cut between its key and its certificate.
 pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
     let mut actions = Vec::new();
     for item in catalogue::items(config) {
         let cert = vault.exists(&item.file(Part::Cert));
         let key = vault.exists(&item.file(Part::Key));
         match (cert, key) {
+            (true, true) if interrupted_rekey(vault, &item) => actions.push(Action {
+                item,
+                keep_key: true,
+                validity: None,
+            }),
             (true, true) => {}
             (true, false) if matches!(item.entry.kind, Kind::Ca(_)) => {
                 return Err(Error::file(
@@ -52,6 +58,42 @@ pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
         }
     }
     Ok(actions)
+}
+
+/// Whether a leaf's key is newer than its certificate and does not match it: a re-key writes
+/// the key first, so a crash in between leaves exactly this. Only such pairs are parsed.
+/// CAs are left to `rotate --ca`, which reads its own stages.
+fn interrupted_rekey(vault: &Vault, item: &Item<'_>) -> bool {
+    if matches!(item.entry.kind, Kind::Ca(_)) {
+        return false;
+    }
+    let [cert, key] = [Part::Cert, Part::Key].map(|p| vault.store().pki_path(&item.file(p)));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&cert), modified(&key)) {
+        (Some(c), Some(k)) if k > c => {}
+        _ => return false,
+    }
+    let read = |rel: String| {
+        vault
+            .store()
+            .read_pki(&rel)
+            .ok()
+            .flatten()
+            .map(zeroize::Zeroizing::new)
+    };
+    let (Some(cert), Some(key)) = (read(item.file(Part::Cert)), read(item.file(Part::Key))) else {
+        return false;
+    };
+    let public = match item.entry.kind {
+        Kind::KeyPair => inspection::pem_public_keys(&cert)
+            .ok()
+            .map(|k| k[0].clone()),
+        _ => inspection::pem_certs(&cert)
+            .ok()
+            .and_then(|c| inspection::facts(&c[0]).ok())
+            .map(|f| f.spki),
+    };
+    public.is_some() && public != inspection::key_spki(&key).ok()
 }
 
 /// Carries out `actions` in order of dependency; returns the files written, relative to `pki/`.

@@ -174,3 +174,32 @@ fn modes_do_not_depend_on_the_umask() {
         assert_eq!(secret.permissions().mode() & 0o777, 0o644, "umask {umask}");
     }
 }
+
+#[test]
+fn init_completes_a_rekey_cut_between_key_and_certificate() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    // Aborted right after the new key was renamed into place, before its certificate.
+    let crashed = cluster.kpki_env(
+        &["issue", "kubelet", "node-02"],
+        &[("KPKI_FAULT_AFTER", "2")],
+    );
+    assert!(!crashed.output.status.success());
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1));
+    assert!(
+        verify
+            .stdout()
+            .contains("pki/node-02/kubelet-key.pem: does not match"),
+        "{}",
+        verify.stdout()
+    );
+    let key = std::fs::read(cluster.pki("node-02/kubelet-key.pem")).unwrap();
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(out.contains("created pki/node-02/kubelet.pem"), "{out}");
+    assert_eq!(
+        std::fs::read(cluster.pki("node-02/kubelet-key.pem")).unwrap(),
+        key,
+        "the new key is kept"
+    );
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+}
