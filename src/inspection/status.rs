@@ -70,6 +70,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Encrypted files out of date (relative to `secrets/`).
     pub stale_secrets: Vec<String>,
+    /// Encrypted files that belong to nothing in the config any more (relative to `secrets/`).
+    pub orphaned_secrets: Vec<String>,
     /// Rotations in progress, as sentences.
     pub rotations: Vec<String>,
 }
@@ -79,6 +81,7 @@ impl Report {
     pub fn needs_action(&self) -> bool {
         self.rows.iter().any(|r| r.state != State::Ok)
             || !self.stale_secrets.is_empty()
+            || !self.orphaned_secrets.is_empty()
             || !self.rotations.is_empty()
     }
 }
@@ -260,6 +263,7 @@ pub fn report(
         at: rfc3339(at),
         rows: assessed.into_iter().map(|a| a.row).collect(),
         stale_secrets,
+        orphaned_secrets: seal.orphans(vault.store()),
         rotations,
     })
 }
@@ -315,6 +319,13 @@ pub fn table(report: &Report) -> String {
             "\nsecrets: {} out of date: {}\n",
             report.stale_secrets.len(),
             report.stale_secrets.join(", ")
+        );
+    }
+    if !report.orphaned_secrets.is_empty() {
+        out += &format!(
+            "secrets: {} no longer in the config (a removed node?), delete them: {}\n",
+            report.orphaned_secrets.len(),
+            report.orphaned_secrets.join(", ")
         );
     }
     for rotation in &report.rotations {

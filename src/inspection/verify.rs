@@ -276,6 +276,11 @@ fn check_secrets(
             })
             .collect::<Vec<_>>(),
     );
+    problems.extend(
+        plan.orphans(store).into_iter().map(|rel| {
+            format!("secrets/{rel}: no longer in the config (a removed node?); delete it")
+        }),
+    );
     for (name, text) in secrets::nix_files(config, recipients, plan) {
         let current = crate::store::read_optional(&store.secrets_path(name))
             .ok()

@@ -8,7 +8,7 @@ pub mod manifest;
 pub mod nix;
 pub mod seal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -383,6 +383,29 @@ fn rotation_files(vault: &Vault) -> Vec<(String, Content)> {
         })
         .filter(|(rel, _)| vault.exists(rel))
         .collect()
+}
+
+impl SealPlan<'_> {
+    /// Encrypted files in `secrets/` that nothing in the catalogue, the users or a rotation
+    /// accounts for, such as the files of a node removed from the config (relative to `secrets/`).
+    pub fn orphans(&self, store: &Store) -> Vec<String> {
+        let known: HashSet<String> = self
+            .sealed
+            .iter()
+            .map(|s| format!("{}.age", s.rel))
+            .collect();
+        let dir = store.secrets_dir();
+        let mut found: Vec<String> = walkdir::WalkDir::new(&dir)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| Some(e.path().strip_prefix(&dir).ok()?.to_str()?.to_string()))
+            .filter(|rel| rel.ends_with(".age") && !known.contains(rel))
+            .collect();
+        found.sort();
+        found
+    }
 }
 
 /// What [`seal`] changed.

@@ -360,3 +360,36 @@ fn status_tells_an_interrupted_ca_rotation_from_a_running_one() {
     let status = cluster.kpki(&["status"]).stdout();
     assert!(status.contains("the etcd CA is being rotated"), "{status}");
 }
+
+#[test]
+fn secrets_of_a_removed_node_are_reported_until_deleted() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let without = config_with_keys();
+    let at = without.find("\n[[node]]\nname = \"node-04\"").unwrap();
+    cluster.write_config(&without[..at]);
+    cluster.kpki(&["init", "-q"]).success();
+    let (report, code) = status(&cluster, &[]);
+    assert_eq!(code, Some(1));
+    let orphans: Vec<&str> = report["orphaned_secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        orphans,
+        [
+            "node-04/kubelet-key.pem.age",
+            "node-04/kubelet-serving-key.pem.age",
+            "node-04/kubelet-serving.pem.age",
+            "node-04/kubelet.pem.age"
+        ]
+    );
+    let verify = cluster.kpki(&["verify"]).stdout();
+    assert!(
+        verify.contains("secrets/node-04/kubelet.pem.age: no longer in the config"),
+        "{verify}"
+    );
+    std::fs::remove_dir_all(cluster.path().join("secrets/node-04")).unwrap();
+    assert_eq!(status(&cluster, &[]).1, Some(0));
+}
