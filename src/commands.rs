@@ -145,7 +145,7 @@ fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
 
 /// Refuses to work on a PKI that `init` has not completed under the current config.
 fn require_complete(vault: &Vault, config: &Config) -> Result<()> {
-    if !plan::init(vault, config)?.is_empty() {
+    if !plan::missing(vault, config)?.is_empty() {
         return Err(Error::usage(
             "the PKI is incomplete (kpki init has not run since the config changed)",
             Some("run kpki init first".into()),

@@ -30,16 +30,29 @@ pub struct Action<'c> {
 /// What `init` must do: create every missing item, reusing any key already on disk, and
 /// complete a re-key that a crash cut between its key and its certificate.
 pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
+    let mut actions = missing(vault, config)?;
+    // A missing item has no pair on disk to compare, so the two lists never overlap.
+    let repairs = catalogue::items(config)
+        .into_iter()
+        .filter(|item| interrupted_rekey(vault, item))
+        .map(|item| Action {
+            item,
+            keep_key: true,
+            validity: None,
+        });
+    actions.extend(repairs);
+    Ok(actions)
+}
+
+/// The items whose certificate or key exists neither in `pki/` nor in `secrets/`, to be created
+/// (reusing a key that exists). A CA certificate without its key is an error: kpki never
+/// replaces a CA.
+pub fn missing<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
     let mut actions = Vec::new();
     for item in catalogue::items(config) {
         let cert = vault.exists(&item.file(Part::Cert));
         let key = vault.exists(&item.file(Part::Key));
         match (cert, key) {
-            (true, true) if interrupted_rekey(vault, &item) => actions.push(Action {
-                item,
-                keep_key: true,
-                validity: None,
-            }),
             (true, true) => {}
             (true, false) if matches!(item.entry.kind, Kind::Ca(_)) => {
                 return Err(Error::file(
@@ -60,8 +73,9 @@ pub fn init<'c>(vault: &Vault, config: &'c Config) -> Result<Vec<Action<'c>>> {
     Ok(actions)
 }
 
-/// Whether a leaf's key is newer than its certificate and does not match it: a re-key writes
-/// the key first, so a crash in between leaves exactly this. Only such pairs are parsed.
+/// Whether a leaf's key is newer than its certificate and, both readable, does not match it: a
+/// re-key writes the key first, so a crash in between leaves exactly this. Only such pairs are
+/// parsed; a broken file is left for `verify` to name.
 /// CAs are left to `rotate --ca`, which reads its own stages.
 fn interrupted_rekey(vault: &Vault, item: &Item<'_>) -> bool {
     if matches!(item.entry.kind, Kind::Ca(_)) {
@@ -93,7 +107,7 @@ fn interrupted_rekey(vault: &Vault, item: &Item<'_>) -> bool {
             .and_then(|c| inspection::facts(&c[0]).ok())
             .map(|f| f.spki),
     };
-    public.is_some() && public != inspection::key_spki(&key).ok()
+    matches!((public, inspection::key_spki(&key)), (Some(p), Ok(k)) if p != k)
 }
 
 /// Carries out `actions` in order of dependency; returns the files written, relative to `pki/`.
