@@ -19,9 +19,12 @@ fn main() -> ExitCode {
         identity: cli.identity.clone(),
         quiet: cli.quiet,
     };
-    let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
-    // Whatever happened, make the renames done so far durable.
-    let outcome = outcome.and_then(|found| ctx.store.sync().map(|()| found));
+    let outcome = lock(&ctx, &cli.command).and_then(|_lock| {
+        let outcome = dispatch(&ctx, cli.command);
+        // Whatever happened, make the renames done so far durable before the lock is released.
+        let synced = ctx.store.sync();
+        outcome.and_then(|found| synced.map(|()| found))
+    });
     match outcome {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use rayon::prelude::*;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use super::{Facts, drift, facts, key_spki, pem_certs, pem_public_keys, signed_by};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
@@ -66,13 +67,9 @@ fn check_item(
         Kind::Ca(_) => check_ca(vault, item, now),
         Kind::KeyPair => {
             let mut problems = Vec::new();
-            let (Some(public), Some(private)) = (
-                need(vault, &cert, &mut problems)?,
-                need(vault, &key, &mut problems)?,
-            ) else {
+            let Some((public, private)) = pair(vault, &cert, &key, &mut problems)? else {
                 return Ok(problems);
             };
-            key_mode(vault, &key, &mut problems);
             let first = pem_public_keys(&public).map(|keys| keys[0].clone());
             match (first, key_spki(&private)) {
                 (Ok(p), Ok(k)) if p == k => {}
@@ -100,16 +97,25 @@ fn current_ca(vault: &Vault, ca: CaName) -> Result<Option<Facts>> {
         .and_then(|certs| facts(&certs[0]).ok()))
 }
 
+/// The texts of a public file and its private key, with the key's mode checked; `None` (and the
+/// problems) when either is missing.
+fn pair(
+    vault: &Vault,
+    public: &str,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Result<Option<(Zeroizing<String>, Zeroizing<String>)>> {
+    let (text, private) = (need(vault, public, problems)?, need(vault, key, problems)?);
+    key_mode(vault, key, problems);
+    Ok(text.zip(private))
+}
+
 fn check_ca(vault: &Vault, item: &Item<'_>, now: OffsetDateTime) -> Result<Vec<String>> {
     let [cert, key] = [Part::Cert, Part::Key].map(|p| item.file(p));
     let mut problems = Vec::new();
-    let (Some(text), Some(private)) = (
-        need(vault, &cert, &mut problems)?,
-        need(vault, &key, &mut problems)?,
-    ) else {
+    let Some((text, private)) = pair(vault, &cert, &key, &mut problems)? else {
         return Ok(problems);
     };
-    key_mode(vault, &key, &mut problems);
     let certs = match pem_certs(&text) {
         Ok(c) => c,
         Err(e) => return Ok(vec![format!("pki/{cert}: {e}")]),
@@ -168,14 +174,11 @@ fn check_leaf_files(
         node: None,
     }
     .file(Part::Cert);
-    let (Some(text), Some(private), Some(bundle)) = (
-        need(vault, cert, &mut problems)?,
-        need(vault, key, &mut problems)?,
-        vault.read(&ca_rel)?,
-    ) else {
+    let (Some((text, private)), Some(bundle)) =
+        (pair(vault, cert, key, &mut problems)?, vault.read(&ca_rel)?)
+    else {
         return Ok((problems, None));
     };
-    key_mode(vault, key, &mut problems);
     let (certs, cas) = match (pem_certs(&text), pem_certs(&bundle)) {
         (Ok(c), Ok(b)) => (c, b),
         (Err(e), _) => return Ok((vec![format!("pki/{cert}: {e}")], None)),
@@ -281,14 +284,12 @@ fn check_secrets(
             format!("secrets/{rel}: no longer in the config (a removed node?); delete it")
         }),
     );
-    for (name, text) in secrets::nix_files(config, recipients, plan) {
-        let current = crate::store::read_optional(&store.secrets_path(name))
-            .ok()
-            .flatten();
-        if current.as_deref() != Some(text.as_str()) {
-            problems.push(format!("secrets/{name}: not current (run kpki init)"));
-        }
-    }
+    let outdated = secrets::outdated_files(store, config, recipients, plan).unwrap_or_default();
+    problems.extend(
+        outdated
+            .into_iter()
+            .map(|name| format!("secrets/{name}: not current (run kpki init)")),
+    );
     problems
 }
 

@@ -461,16 +461,25 @@ pub fn is_current(
     recipients: &Recipients,
     plan: &SealPlan<'_>,
 ) -> Result<bool> {
-    if plan.stale_files().next().is_some() {
-        return Ok(false);
-    }
+    Ok(plan.stale_files().next().is_none()
+        && outdated_files(store, config, recipients, plan)?.is_empty())
+}
+
+/// Which of the manifest, `secrets.nix` and `kpki.nix` do not read as `plan` says they must.
+pub fn outdated_files(
+    store: &Store,
+    config: &Config,
+    recipients: &Recipients,
+    plan: &SealPlan<'_>,
+) -> Result<Vec<&'static str>> {
+    let mut outdated = Vec::new();
     for (name, text) in nix_files(config, recipients, plan) {
         if crate::store::read_optional(&store.secrets_path(name))?.as_deref() != Some(text.as_str())
         {
-            return Ok(false);
+            outdated.push(name);
         }
     }
-    Ok(true)
+    Ok(outdated)
 }
 
 /// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.

@@ -60,11 +60,7 @@ fn sweep(
         );
         let verify = cluster.kpki(&["verify", "-i", s(&identity)]);
         assert_eq!(verify.code(), Some(0), "N={n}: {}", verify.stdout());
-        let left: Vec<String> = cluster
-            .snapshot()
-            .into_keys()
-            .filter(|p| p.contains(".kpki-"))
-            .collect();
+        let left = cluster.temp_files();
         assert!(left.is_empty(), "N={n}: temporary files left: {left:?}");
         check(&cluster, &after_crash);
     }

@@ -100,6 +100,14 @@ impl Cluster {
             .collect()
     }
 
+    /// Temporary files (`.kpki-*`) left anywhere below the cluster directory.
+    pub fn temp_files(&self) -> Vec<String> {
+        self.snapshot()
+            .into_keys()
+            .filter(|p| p.contains(".kpki-"))
+            .collect()
+    }
+
     /// The relative paths of every `.pem` file under `pki/`.
     pub fn pem_files(&self) -> Vec<String> {
         self.snapshot()

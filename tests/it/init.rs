@@ -32,11 +32,7 @@ fn keys_are_0600_in_0700_directories() {
         }
         assert_eq!(mode(path.parent().unwrap()), 0o700, "{file}");
     }
-    let leftovers: Vec<_> = cluster
-        .snapshot()
-        .into_keys()
-        .filter(|p| p.contains(".kpki-"))
-        .collect();
+    let leftovers = cluster.temp_files();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 

@@ -224,3 +224,12 @@ fn a_fresh_clone_verifies_from_secrets_with_an_identity() {
     let run = cluster.kpki(&["verify", "-i", s(&fixture("admin-identity.txt"))]);
     assert_eq!(run.code(), Some(0), "{}", run.stdout());
 }
+
+#[test]
+fn a_hand_edited_nix_module() {
+    let cluster = clean(DEFAULT_CONFIG);
+    let module = cluster.path().join("secrets/kpki.nix");
+    let text = std::fs::read_to_string(&module).unwrap();
+    std::fs::write(&module, text.replace("\"0400\"", "\"0444\"")).unwrap();
+    finds(&cluster, "secrets/kpki.nix: not current (run kpki init)");
+}
