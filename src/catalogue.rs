@@ -504,6 +504,26 @@ impl<'c> Item<'c> {
 /// The directory under `pki/` of the extra client certificates (`kpki issue client`).
 pub const USERS_DIR: &str = "users";
 
+/// Checks the name of an extra client (`kpki issue client --cn NAME`, `kpki kubeconfig user
+/// NAME`), which is also its file name under `pki/users/`: letters, digits, `.`, `_`, `-`, `@`,
+/// at most 64, not starting with `.` or `-`, not ending in `-key`. No path can be formed from it.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with("-key")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name (letters, digits, '.', '_', '-', '@'; at most 64; not starting with '.' or '-', not ending in -key)"
+        ))
+    }
+}
+
 /// The path under `pki/` of an extra client's certificate or key.
 pub fn user_file(user: &str, part: Part) -> String {
     match part {
@@ -611,6 +631,37 @@ mod tests {
                 Kind::Ca(_) => assert_eq!(e.key_readers, Readers::Admins),
                 _ => {}
             }
+        }
+    }
+
+    #[test]
+    fn every_directory_kpki_uses_is_reserved_from_node_names() {
+        use crate::config::RESERVED_NAMES;
+        for e in ENTRIES {
+            if let Scope::Cluster { dir } = e.scope {
+                assert!(RESERVED_NAMES.contains(&dir), "{dir}");
+            }
+        }
+        assert!(RESERVED_NAMES.contains(&USERS_DIR));
+    }
+
+    #[test]
+    fn user_names_cannot_form_paths() {
+        for bad in [
+            "../kubernetes/ca",
+            "a/b",
+            "..",
+            ".x",
+            "-x",
+            "bob-key",
+            "",
+            "a b",
+            "a\nb",
+        ] {
+            assert!(check_user_name(bad).is_err(), "{bad}");
+        }
+        for good in ["alice", "bob@example.org", "ci_bot-2"] {
+            assert!(check_user_name(good).is_ok(), "{good}");
         }
     }
 

@@ -1,7 +1,13 @@
-//! One function per subcommand, composing the library's floors.
+//! One function per subcommand, composing the library's floors. Every writer opens the state,
+//! refuses plaintext changed outside kpki, makes its changes in memory, and commits them with the
+//! sealing in one transaction.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
+
+use zeroize::Zeroizing;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
 use crate::config::{self, Config, DEFAULT_CONFIG, Node, Role, Span};
@@ -9,9 +15,10 @@ use crate::error::{Error, Result};
 use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
-use crate::plan;
+use crate::plan::{self, Applied};
 use crate::rotation;
-use crate::secrets::{self, Recipients, Vault};
+use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
+use crate::state::{ADMIN_IDENTITY, Access, Place, State};
 use crate::store::{self, Store};
 
 /// What every command works on.
@@ -20,25 +27,45 @@ pub struct Context {
     /// The admin identity from `-i` or `KPKI_IDENTITY`.
     pub identity: Option<std::path::PathBuf>,
     pub quiet: bool,
+    /// Standard output; once it is closed (`| head`), nothing more is written to it.
+    out: Mutex<bool>,
 }
 
 impl Context {
-    /// The PKI material of this cluster directory, plaintext or decrypted.
-    fn vault(&self) -> Vault {
-        Vault::new(self.store.clone(), self.identity.clone())
+    pub fn new(store: Store, identity: Option<std::path::PathBuf>, quiet: bool) -> Context {
+        Context {
+            store,
+            identity,
+            quiet,
+            out: Mutex::new(false),
+        }
     }
 
-    /// Prints a warning on stderr unless `--quiet`.
+    /// Prints a warning on stderr (even with `--quiet`: a warning needs reading).
     fn warn(&self, line: impl std::fmt::Display) {
-        if !self.quiet {
-            eprintln!("kpki: warning: {line}");
-        }
+        eprintln!("kpki: warning: {line}");
     }
 
     /// Prints a progress or result line unless `--quiet`.
     fn say(&self, line: impl std::fmt::Display) {
         if !self.quiet {
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            self.print(&format!("{line}\n"));
+        }
+    }
+
+    /// Writes requested output to stdout; a closed stdout ends the output quietly.
+    fn print(&self, text: &str) {
+        let mut closed = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            *closed = true;
         }
     }
 }
@@ -46,84 +73,60 @@ impl Context {
 /// The config on disk, or the embedded default (then `true`: it still has to be written).
 fn config_or_default(store: &Store) -> Result<(Config, bool)> {
     let path = store.config_path();
-    match store::read_optional(&path)? {
+    match store.read_text(&path)? {
         Some(text) => Ok((Config::parse(&text, &path)?, false)),
-        None => Ok((Config::parse(DEFAULT_CONFIG, &path)?, true)),
+        None => {
+            refuse_lost_config(store)?;
+            Ok((Config::parse(DEFAULT_CONFIG, &path)?, true))
+        }
     }
 }
 
-/// `kpki init`.
-pub fn init(ctx: &Context) -> Result<()> {
-    let store = &ctx.store;
-    let (config, default) = config_or_default(store)?;
-    let admins = secrets::admins(store, &config)?;
-    let recipients = Recipients::new(&config, admins.recipients.clone())?;
-    let vault = ctx.vault();
-    let actions = plan::init(&vault, &config)?;
-    store.ensure_room(4 * actions.len() + 8)?;
-    if store.prepare_pki()? {
-        ctx.say("created pki/.gitignore");
+/// An existing cluster (a manifest or encrypted files in `secrets/`) whose config is gone is
+/// not a new cluster: refuse rather than start over with the default config.
+fn refuse_lost_config(store: &Store) -> Result<()> {
+    let sealed = store.secrets_path(secrets::manifest::FILE).exists()
+        || store
+            .list(&store.secrets_dir())?
+            .iter()
+            .any(|f| f.ends_with(".age"));
+    if !sealed {
+        return Ok(());
     }
-    if default {
-        store.write_config(DEFAULT_CONFIG)?;
-        ctx.say("created pki/kpki.toml (the embedded default: edit it, then run kpki init again)");
-    }
-    if let Some(identity) = &admins.generated {
-        store.write_pki(secrets::ADMIN_IDENTITY, identity.as_bytes(), true)?;
-        ctx.say(format_args!(
-            "created pki/{} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins",
-            secrets::ADMIN_IDENTITY
-        ));
-    }
-    let mut written = plan::apply(&vault, &config, &actions, issuing::now())?;
-    written.sort();
-    for file in &written {
-        ctx.say(format_args!("created pki/{file}"));
-    }
-    for node in config.nodes.iter().filter(|n| n.host_key.is_none()) {
-        ctx.warn(format_args!(
-            "node \"{}\" has no host_key: its secrets are encrypted to the admins only",
-            node.name
-        ));
-    }
-    let sealing = secrets::seal(&vault, &config, &recipients)?;
-    report_sealing(ctx, &sealing);
-    if written.is_empty() && sealing.encrypted.is_empty() && sealing.written.is_empty() {
-        ctx.say("nothing to do: every CA, key, certificate and secret is up to date");
-    } else {
-        ctx.say(format_args!(
-            "{} files created in pki/, {} encrypted into secrets/",
-            written.len(),
-            sealing.encrypted.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Prints what sealing wrote.
-fn report_sealing(ctx: &Context, sealing: &secrets::Sealing) {
-    for file in &sealing.encrypted {
-        ctx.say(format_args!("encrypted secrets/{file}"));
-    }
-    for file in &sealing.written {
-        ctx.say(format_args!("wrote secrets/{file}"));
-    }
+    Err(Error::usage(
+        format!(
+            "{}: missing, but {} holds an existing cluster's secrets",
+            store.config_path().display(),
+            store.secrets_dir().display()
+        ),
+        Some("restore it (git checkout pki/kpki.toml); kpki will not start a new cluster over existing secrets".into()),
+    ))
 }
 
 /// The config on disk, which must exist.
 fn config(store: &Store) -> Result<Config> {
     let path = store.config_path();
-    if !path.exists() {
-        return Err(Error::usage(
-            format!("{}: no config here", path.display()),
-            Some("run kpki init first, or point --dir at the cluster directory".into()),
-        ));
+    match store.read_text(&path)? {
+        Some(text) => Config::parse(&text, &path),
+        None => {
+            refuse_lost_config(store)?;
+            Err(Error::usage(
+                format!("{}: no config here", path.display()),
+                Some("run kpki init first, or point --dir at the cluster directory".into()),
+            ))
+        }
     }
-    Config::load(&path)
 }
 
-/// An initialized cluster: config, recipients and vault.
-fn cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
+/// An initialized cluster: config, recipients and state.
+struct Cluster {
+    config: Config,
+    recipients: Recipients,
+    state: State,
+}
+
+/// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
+fn cluster(ctx: &Context, access: Access) -> Result<Cluster> {
     let config = config(&ctx.store)?;
     let admins = secrets::admins(&ctx.store, &config)?;
     if admins.generated.is_some() {
@@ -133,64 +136,273 @@ fn cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
         ));
     }
     let recipients = Recipients::new(&config, admins.recipients)?;
-    Ok((config, recipients, ctx.vault()))
+    let state = State::open(ctx.store.clone(), ctx.identity.clone(), access)?;
+    if access == Access::Write {
+        state.audit()?;
+    }
+    Ok(Cluster {
+        config,
+        recipients,
+        state,
+    })
 }
 
-/// A cluster whose PKI `init` has completed.
-fn complete_cluster(ctx: &Context) -> Result<(Config, Recipients, Vault)> {
-    let (config, recipients, vault) = cluster(ctx)?;
-    require_complete(&vault, &config)?;
-    Ok((config, recipients, vault))
+/// Warns when `dir` lies inside another cluster directory (where `kpki init` was probably meant
+/// to run).
+fn warn_nested(ctx: &Context) {
+    let Ok(dir) = std::fs::canonicalize(ctx.store.root()) else {
+        return;
+    };
+    for parent in dir.ancestors().skip(1) {
+        let other = Store::new(parent);
+        if other.config_path().is_file() || other.secrets_path(secrets::manifest::FILE).is_file() {
+            ctx.warn(format_args!(
+                "{} is inside the cluster directory {}: this creates a second cluster there (use --dir {} for the existing one)",
+                dir.display(),
+                parent.display(),
+                parent.display()
+            ));
+            return;
+        }
+    }
 }
 
-/// Refuses to work on a PKI that `init` has not completed under the current config.
-fn require_complete(vault: &Vault, config: &Config) -> Result<()> {
-    if !plan::missing(vault, config)?.is_empty() {
-        return Err(Error::usage(
-            "the PKI is incomplete (kpki init has not run since the config changed)",
-            Some("run kpki init first".into()),
+/// `kpki init`.
+pub fn init(ctx: &Context) -> Result<()> {
+    let store = &ctx.store;
+    let (config, default) = config_or_default(store)?;
+    if default {
+        warn_nested(ctx);
+    }
+    let admins = secrets::admins(store, &config)?;
+    let recipients = Recipients::new(&config, admins.recipients.clone())?;
+    let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
+    state.audit()?;
+    let actions = plan::missing(&state, &config)?;
+    let applied = plan::apply(&state, &config, &actions, issuing::now())?;
+    let mut extras = Vec::new();
+    if let Some(text) = gitignore_update(store)? {
+        extras.push(extra(
+            store.pki_path(".gitignore"),
+            text.as_bytes(),
+            store::PUBLIC_MODE,
+        ));
+    }
+    if default {
+        extras.push(extra(
+            store.config_path(),
+            DEFAULT_CONFIG.as_bytes(),
+            store::PUBLIC_MODE,
+        ));
+    }
+    if let Some(identity) = &admins.generated {
+        extras.push(extra(
+            store.pki_path(ADMIN_IDENTITY),
+            identity.as_bytes(),
+            store::SECRET_MODE,
+        ));
+    }
+    let wrote_extras: Vec<String> = extras.iter().map(|e| shown(store, &e.path)).collect();
+    let drifted = drifted(&state, &config)?;
+    let sealing = secrets::commit(&state, &config, &recipients, extras)?;
+    for file in &wrote_extras {
+        ctx.say(format_args!("created {file}"));
+    }
+    if default {
+        ctx.say("wrote pki/kpki.toml: the example cluster (3 nodes at 2001:db8::1..3); for your own nodes, edit it and run kpki init again");
+    }
+    if admins.generated.is_some() {
+        ctx.warn(format_args!(
+            "created pki/{ADMIN_IDENTITY} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins"
+        ));
+    }
+    report_applied(ctx, &applied, "created");
+    for node in config.nodes.iter().filter(|n| n.host_key.is_none()) {
+        ctx.warn(format_args!(
+            "node \"{}\" has no host_key: its secrets are encrypted to the admins only",
+            node.name
+        ));
+    }
+    report_sealing(ctx, &sealing);
+    if !drifted.is_empty() {
+        ctx.warn(format_args!(
+            "{} certificates drifted from the config ({}): run kpki rotate",
+            drifted.len(),
+            abbreviate(&drifted)
+        ));
+    }
+    if applied.written.is_empty() && sealing.is_empty() && wrote_extras.is_empty() {
+        if drifted.is_empty() {
+            ctx.say("nothing to do: every CA, key, certificate and secret is up to date");
+        }
+    } else {
+        ctx.say(format_args!(
+            "{} files created in pki/, {} encrypted into secrets/",
+            applied.written.len(),
+            sealing.encrypted.len()
         ));
     }
     Ok(())
 }
 
+/// The first few names of a list, for a summary line.
+fn abbreviate(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    match names.len() {
+        n if n > 5 => format!("{}, and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
+    }
+}
+
+/// A file written with a command's changes.
+fn extra(path: std::path::PathBuf, contents: &[u8], mode: u32) -> Extra {
+    Extra {
+        path,
+        contents: Zeroizing::new(contents.to_vec()),
+        mode,
+    }
+}
+
+/// `pki/.gitignore` as it must read: kpki's own when missing, or when it is kpki's and older
+/// (without the line for kpki's bookkeeping). A user's own file is left alone.
+fn gitignore_update(store: &Store) -> Result<Option<&'static str>> {
+    let current = store.read_text(&store.pki_path(".gitignore"))?;
+    let header = store::PKI_GITIGNORE.lines().next().unwrap_or_default();
+    Ok(match current {
+        None => Some(store::PKI_GITIGNORE),
+        Some(text) if text.starts_with(header) && text != store::PKI_GITIGNORE => {
+            Some(store::PKI_GITIGNORE)
+        }
+        Some(_) => None,
+    })
+}
+
+/// A path relative to the cluster directory, for output.
+fn shown(store: &Store, path: &Path) -> String {
+    path.strip_prefix(store.root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The certificates (and CAs) that no longer match the config; none are named when reading
+/// them would need an identity that is not at hand (a fresh clone with nothing to do).
+fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
+    match status::assess(state, config, &HashMap::new(), issuing::now()) {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .filter(|a| a.row.state == status::State::Drift)
+            .map(|a| a.row.name)
+            .collect()),
+        Err(Error::Identity { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Prints what a plan changed in `pki/`, with `verb`, and the leaves cut short at their CA.
+fn report_applied(ctx: &Context, applied: &Applied, verb: &str) {
+    for file in &applied.written {
+        ctx.say(format_args!("{verb} pki/{file}"));
+    }
+    for capped in &applied.capped {
+        ctx.warn(capped);
+    }
+}
+
+/// Prints what committing wrote.
+fn report_sealing(ctx: &Context, sealing: &Sealing) {
+    for file in &sealing.refreshed {
+        ctx.say(format_args!(
+            "refreshed {file} from secrets/ (committed since this cache was made)"
+        ));
+    }
+    for file in &sealing.encrypted {
+        ctx.say(format_args!("encrypted {file}"));
+    }
+    for file in &sealing.written {
+        ctx.say(format_args!("wrote {file}"));
+    }
+}
+
+/// Notes on the plaintext cache and on what could not be checked, for readers.
+fn cache_notes(state: &State, unchecked: usize) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let divergent = state.divergent()?;
+    let behind = divergent
+        .iter()
+        .filter(|(_, p)| matches!(p, Place::Stale { .. } | Place::Removed))
+        .count();
+    if behind > 0 {
+        notes.push(format!(
+            "{behind} files in pki/ are behind secrets/ (another admin committed since); the committed versions were used, and kpki init refreshes pki/"
+        ));
+    }
+    let changed: Vec<String> = divergent
+        .iter()
+        .filter(|(_, p)| matches!(p, Place::Changed { .. }))
+        .map(|(rel, _)| format!("pki/{rel}"))
+        .collect();
+    if !changed.is_empty() {
+        notes.push(format!(
+            "changed outside kpki, not used: {} (remove them to use the committed versions)",
+            abbreviate(&changed)
+        ));
+    }
+    if unchecked > 0 {
+        notes.push(format!(
+            "{unchecked} encrypted files changed since kpki last saw them and were not decrypted to check them: pass -i with an admin identity"
+        ));
+    }
+    Ok(notes)
+}
+
 /// `kpki status`; returns whether anything needs action.
 pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
-    let (config, recipients, vault) = cluster(ctx)?;
+    let Cluster {
+        config,
+        recipients,
+        state,
+    } = cluster(ctx, Access::Read)?;
     let at = match at {
         Some(date) => {
             config::parse_date(date).map_err(|e| Error::usage(format!("--at: {e}"), None))?
         }
         None => issuing::now(),
     };
-    let seal = secrets::plan(&vault, &config, &recipients)?;
-    let rotations = rotation::in_progress(&vault)?;
-    let report = status::report(&vault, &config, &seal, at, rotations)?;
+    let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
+    let rotations = rotation::in_progress(&state, &config)?;
+    let notes = cache_notes(&state, seal.unchecked())?;
+    let report = status::report(&state, &config, &seal, at, rotations, notes)?;
     let text = if json {
         serde_json::to_string_pretty(&report).expect("a report serializes") + "\n"
     } else {
         status::table(&report)
     };
-    print(&text)?;
+    ctx.print(&text);
     Ok(report.needs_action())
-}
-
-/// Writes `text` to stdout.
-fn print(text: &str) -> Result<()> {
-    std::io::stdout()
-        .write_all(text.as_bytes())
-        .map_err(|e| Error::io(Path::new("stdout"), e))
 }
 
 /// `kpki verify`; returns whether it found problems.
 pub fn verify(ctx: &Context) -> Result<bool> {
-    let (config, recipients, vault) = cluster(ctx)?;
-    let seal = secrets::plan(&vault, &config, &recipients)?;
-    let mut problems = inspection::verify::verify(&vault, &config, &recipients, &seal)?;
+    let Cluster {
+        config,
+        recipients,
+        state,
+    } = cluster(ctx, Access::Read)?;
+    let seal = secrets::plan(&state, &config, &recipients, Depth::All)?;
+    let mut problems = inspection::verify::verify(&state, &config, &recipients, &seal)?;
     problems.sort();
     problems.dedup();
     for problem in &problems {
-        println!("{problem}");
+        ctx.print(&format!("{problem}\n"));
+    }
+    for note in cache_notes(&state, 0)? {
+        eprintln!("kpki: note: {note}");
+    }
+    if !state.has_identity()? {
+        eprintln!(
+            "kpki: note: the contents of secrets/ were not decrypted and checked (no identity): pass -i with an admin identity"
+        );
     }
     if problems.is_empty() {
         ctx.say("verified: no problems");
@@ -211,103 +423,107 @@ pub struct RotateRequest<'a> {
 
 /// `kpki rotate`.
 pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
-    let (config, recipients, vault) = cluster(ctx)?;
+    if request.finish && request.ca.is_none() && !request.service_account {
+        return Err(Error::usage(
+            "--finish goes with --ca NAME or --service-account",
+            None,
+        ));
+    }
+    let within = span_arg("--within", request.within)?;
+    let ca = request.ca.map(ca_name).transpose()?;
+    let Cluster {
+        config,
+        recipients,
+        state,
+    } = cluster(ctx, Access::Write)?;
     let now = issuing::now();
-    let written = match (request.ca, request.service_account) {
-        (Some(ca), _) => {
-            let ca = ca_name(ca)?;
-            require_complete(&vault, &config)?;
-            if request.dry_run {
-                return dry_run(
-                    ctx,
-                    &format!(
-                        "{} the {} CA",
-                        if request.finish {
-                            "finish rotating"
-                        } else {
-                            "rotate"
-                        },
-                        ca.dir()
-                    ),
-                );
-            }
-            match request.finish {
-                true => rotation::finish_ca(&vault, &config, ca)?,
-                false => {
-                    let plan = secrets::plan(&vault, &config, &recipients)?;
-                    let sealed = secrets::is_current(&ctx.store, &config, &recipients, &plan)?;
-                    rotation::start_ca(&vault, &config, ca, request.keep_key, sealed, now)?
-                }
-            }
+    let applied = match (ca, request.service_account) {
+        (Some(ca), _) if request.dry_run => {
+            return dry_run(
+                ctx,
+                &format!("{} the {} CA", finishing(request.finish), ca.dir()),
+            );
         }
-        (None, true) => {
-            require_complete(&vault, &config)?;
-            if request.dry_run {
-                return dry_run(
-                    ctx,
-                    if request.finish {
-                        "finish rotating the service-account key"
-                    } else {
-                        "rotate the service-account key"
-                    },
-                );
-            }
-            match request.finish {
-                true => rotation::finish_sa(&vault)?,
-                false => rotation::start_sa(&vault, &config)?,
-            }
+        (None, true) if request.dry_run => {
+            return dry_run(
+                ctx,
+                &format!("{} the service-account key", finishing(request.finish)),
+            );
         }
-        (None, false) if request.finish => {
-            return Err(Error::usage(
-                "--finish goes with --ca NAME or --service-account",
-                None,
-            ));
+        (Some(ca), _) if request.finish => {
+            let finished = rotation::finish_ca(&state, &config, ca)?;
+            for rel in &finished.removed {
+                ctx.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
+            }
+            finished.applied
         }
+        (Some(ca), _) => rotation::start_ca(&state, &config, ca, request.keep_key, now)?,
+        (None, true) if request.finish => rotation::finish_sa(&state)?,
+        (None, true) => rotation::start_sa(&state, &config)?,
         (None, false) => {
-            let within = match request.within {
-                Some(w) => w
-                    .parse::<Span>()
-                    .map_err(|e| Error::usage(format!("--within: {e}"), None))?,
-                None => config.keys.renew_before,
-            };
-            let seal = secrets::plan(&vault, &config, &recipients)?;
-            let assessed = status::assess(&vault, &config, &seal, now)?;
+            let within = within.unwrap_or(config.keys.renew_before);
+            let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
+            let assessed = status::assess(&state, &config, &status::stale_files(&seal), now)?;
             let renewals = rotation::renewals(assessed, within, request.all);
             for r in &renewals {
                 ctx.say(format_args!("renew {} ({})", r.name, r.reason));
             }
-            if !request.dry_run {
-                ctx.store
-                    .ensure_room(4 * renewals.len() + seal.stale_files().count() + 8)?;
-            }
             if request.dry_run {
-                for s in seal.stale_files() {
-                    ctx.say(format_args!("re-encrypt secrets/{}.age", s.rel));
+                for (s, why) in seal.stale_files() {
+                    ctx.say(format_args!(
+                        "re-encrypt secrets/{}.age ({})",
+                        s.rel,
+                        why.describe()
+                    ));
+                }
+                for rel in stale_cache(&state)? {
+                    ctx.say(format_args!("refresh {rel} from secrets/"));
                 }
                 return dry_run(ctx, "");
             }
-            rotation::renew(&vault, &config, &renewals, request.keep_key, now)?
+            rotation::renew(&state, &config, &renewals, request.keep_key, now)?
         }
     };
-    let mut written = written;
-    written.sort();
-    for file in &written {
-        ctx.say(format_args!("wrote pki/{file}"));
-    }
-    let sealing = secrets::seal(&vault, &config, &recipients)?;
+    report_applied(ctx, &applied, "wrote");
+    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_sealing(ctx, &sealing);
-    if written.is_empty() && sealing.encrypted.is_empty() && sealing.written.is_empty() {
-        ctx.say("nothing to do: nothing is due, drifted or stale");
+    match ca {
+        Some(ca) if !request.finish => ctx.say(format_args!(
+            "next: deploy, restart every node on the new certificates one at a time, then run kpki rotate --ca {} --finish",
+            ca.dir()
+        )),
+        None if request.service_account && !request.finish => ctx.say(
+            "next: deploy, restart the apiservers and controller-managers; once tokens signed with the old key have expired, run kpki rotate --service-account --finish",
+        ),
+        _ if applied.written.is_empty() && sealing.is_empty() => {
+            ctx.say("nothing to do: nothing is due, drifted or stale")
+        }
+        _ => {}
     }
     Ok(())
 }
 
-/// Ends a dry run, saying what would have been done.
+/// Plaintext files a commit would refresh from `secrets/`.
+fn stale_cache(state: &State) -> Result<Vec<String>> {
+    Ok(state
+        .divergent()?
+        .into_iter()
+        .filter(|(_, p)| !matches!(p, Place::Changed { .. }))
+        .map(|(rel, _)| format!("pki/{rel}"))
+        .collect())
+}
+
+fn finishing(finish: bool) -> &'static str {
+    if finish { "finish rotating" } else { "rotate" }
+}
+
+/// Ends a dry run, saying what would have been done. Printed even with `--quiet`: the plan is
+/// what was asked for.
 fn dry_run(ctx: &Context, what: &str) -> Result<()> {
     if !what.is_empty() {
-        ctx.say(format_args!("would {what}"));
+        ctx.print(&format!("would {what}\n"));
     }
-    ctx.say("dry run: nothing changed");
+    ctx.print("dry run: nothing changed\n");
     Ok(())
 }
 
@@ -324,11 +540,11 @@ fn ca_name(name: &str) -> Result<CaName> {
         })
 }
 
-/// `--validity DUR`.
-fn validity(arg: Option<&str>) -> Result<Option<Span>> {
+/// A duration given with `flag`.
+fn span_arg(flag: &str, arg: Option<&str>) -> Result<Option<Span>> {
     arg.map(|v| {
         v.parse::<Span>()
-            .map_err(|e| Error::usage(format!("--validity: {e}"), None))
+            .map_err(|e| Error::usage(format!("{flag}: {e}"), None))
     })
     .transpose()
 }
@@ -345,30 +561,41 @@ pub struct IssueRequest<'a> {
 
 /// `kpki issue`.
 pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
-    let (config, recipients, vault) = complete_cluster(ctx)?;
-    let validity = validity(request.validity)?;
-    let now = issuing::now();
-    let mut written = if request.profile == "client" {
-        let subject = client_subject(request)?;
-        ctx.store.ensure_room(12)?;
-        plan::issue_user(&vault, &config, &subject, request.keep_key, validity, now)?
-    } else {
-        if request.cn.is_some() || !request.groups.is_empty() {
+    let validity = span_arg("--validity", request.validity)?;
+    if request.profile == "service-account" {
+        return Err(Error::usage(
+            "the service-account key is not reissued: a new key at once would invalidate every token",
+            Some("rotate it with an overlap: kpki rotate --service-account (then --finish)".into()),
+        ));
+    }
+    let subject = match request.profile {
+        "client" => Some(client_subject(request)?),
+        _ if request.cn.is_some() || !request.groups.is_empty() => {
             return Err(Error::usage(
                 "--cn and --group go with `kpki issue client` only",
                 None,
             ));
         }
-        let items = issue_targets(&config, request.profile, request.node)?;
-        let actions = plan::issue(&vault, items, request.keep_key, validity)?;
-        ctx.store.ensure_room(4 * actions.len() + 8)?;
-        plan::apply(&vault, &config, &actions, now)?
+        _ => None,
     };
-    written.sort();
-    for file in &written {
-        ctx.say(format_args!("issued pki/{file}"));
-    }
-    let sealing = secrets::seal(&vault, &config, &recipients)?;
+    let Cluster {
+        config,
+        recipients,
+        state,
+    } = cluster(ctx, Access::Write)?;
+    let now = issuing::now();
+    let applied = match subject {
+        Some(subject) => {
+            plan::issue_user(&state, &config, &subject, request.keep_key, validity, now)?
+        }
+        None => {
+            let items = issue_targets(&config, request.profile, request.node)?;
+            let actions = plan::issue(&state, items, request.keep_key, validity)?;
+            plan::apply(&state, &config, &actions, now)?
+        }
+    };
+    report_applied(ctx, &applied, "issued");
+    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_sealing(ctx, &sealing);
     Ok(())
 }
@@ -387,19 +614,7 @@ fn client_subject(request: &IssueRequest<'_>) -> Result<Subject> {
             Some("e.g. kpki issue client --cn alice --group developers".into()),
         )
     })?;
-    let valid_name = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && !name.ends_with("-key")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if !valid_name {
-        return Err(Error::usage(
-            format!("--cn: \"{name}\" is not a usable user name"),
-            Some("use letters, digits, '.', '_', '-', '@' (at most 64, not ending in -key)".into()),
-        ));
-    }
+    catalogue::check_user_name(name).map_err(|e| Error::usage(format!("--cn: {e}"), None))?;
     if request.groups.len() > 2 {
         return Err(Error::usage(
             format!(
@@ -439,7 +654,7 @@ fn issue_targets<'c>(
     let Some(entry) = catalogue::entry(profile) else {
         let mut valid: Vec<&str> = catalogue::ENTRIES
             .iter()
-            .filter(|e| !matches!(e.kind, Kind::Ca(_)))
+            .filter(|e| !matches!(e.kind, Kind::Ca(_) | Kind::KeyPair))
             .map(|e| e.profile)
             .collect();
         valid.extend(["node", "client"]);
@@ -507,7 +722,6 @@ pub fn kubeconfig(
     output: Option<&Path>,
 ) -> Result<()> {
     let config = config(&ctx.store)?;
-    let vault = ctx.vault();
     let server = match server {
         Some(s) => {
             kubeconfig::server_url(s).map_err(|e| Error::usage(format!("--server: {e}"), None))?
@@ -515,18 +729,23 @@ pub fn kubeconfig(
         None => config.cluster.api_server.clone(),
     };
     let (cert, key, user) = kubeconfig_client(&config, who, name)?;
-    let text = secrets::client_kubeconfig(&vault, &config, &cert, &key, &user, &server)?;
+    let state = State::open(ctx.store.clone(), ctx.identity.clone(), Access::Read)?;
+    if who == "user" && !state.exists(&cert)? {
+        return Err(Error::usage(
+            format!("no user \"{user}\" (pki/{cert} does not exist)"),
+            Some(format!("make one with kpki issue client --cn {user}")),
+        ));
+    }
+    let text = kubeconfig::client(&state, &config, &cert, &key, &user, &server)?;
     match output {
         Some(path) => {
-            store::write_atomic(path, text.as_bytes(), store::SECRET_MODE)?;
+            store::write_outside(path, text.as_bytes(), store::SECRET_MODE)?;
             ctx.say(format_args!(
                 "wrote {} ({user} at {server})",
                 path.display()
             ));
         }
-        None => std::io::stdout()
-            .write_all(text.as_bytes())
-            .map_err(|e| Error::io(Path::new("stdout"), e))?,
+        None => ctx.print(&text),
     }
     Ok(())
 }
@@ -563,11 +782,15 @@ fn kubeconfig_client(
                 node: Some(node),
             }))
         }
-        ("user", Some(user)) => Ok((
-            catalogue::user_file(user, Part::Cert),
-            catalogue::user_file(user, Part::Key),
-            user.to_string(),
-        )),
+        ("user", Some(user)) => {
+            catalogue::check_user_name(user)
+                .map_err(|e| Error::usage(format!("user: {e}"), None))?;
+            Ok((
+                catalogue::user_file(user, Part::Cert),
+                catalogue::user_file(user, Part::Key),
+                user.to_string(),
+            ))
+        }
         ("user", None) => Err(Error::usage(
             "`kubeconfig user` needs a user name",
             Some("users are made with kpki issue client --cn NAME".into()),
@@ -586,9 +809,11 @@ fn kubeconfig_client(
 }
 
 /// `kpki completions SHELL`.
-pub fn completions(shell: clap_complete::Shell) -> Result<()> {
+pub fn completions(ctx: &Context, shell: clap_complete::Shell) -> Result<()> {
     use clap::CommandFactory;
     let mut cmd = crate::cli::Cli::command();
-    clap_complete::generate(shell, &mut cmd, "kpki", &mut std::io::stdout());
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "kpki", &mut text);
+    ctx.print(&String::from_utf8_lossy(&text));
     Ok(())
 }

@@ -182,9 +182,12 @@ impl Config {
     }
 }
 
-/// A serde error as `line N: message`, on one line.
+/// A serde error as `line N: message`, on one line, with any private key it quotes left out.
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().trim().replace('\n', " ");
+    let mut message = e.message().trim().replace('\n', " ");
+    if crate::agefile::looks_private(&message) {
+        message = "a private key is written here (it is not repeated); only public keys belong in kpki.toml".into();
+    }
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -269,9 +272,10 @@ impl RawConfig {
         let keys = self.keys.validate()?;
         let admins = self.secrets.admins;
         for (i, admin) in admins.iter().enumerate() {
-            check_recipient(admin).map_err(|e| format!("secrets.admins[{i}]: {e}"))?;
+            crate::agefile::check_recipient(admin)
+                .map_err(|e| format!("secrets.admins[{i}]: {e}"))?;
         }
-        let nodes = validate_nodes(self.nodes)?;
+        let nodes = validate_nodes(self.nodes, cluster.service_ip)?;
         Ok(Config {
             cluster,
             keys,
@@ -297,8 +301,8 @@ impl RawCluster {
         }
         let service_ip =
             first_address(&self.service_cidr).map_err(|e| format!("cluster.service_cidr: {e}"))?;
-        let api_server_host =
-            url_host(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
+        let (api_server, api_server_host) =
+            api_server_url(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
         let api_sans = self
             .api_sans
             .iter()
@@ -309,7 +313,7 @@ impl RawCluster {
             name: self.name,
             domain: self.domain.to_ascii_lowercase(),
             service_ip,
-            api_server: self.api_server,
+            api_server,
             api_server_host,
             api_sans,
         })
@@ -345,23 +349,46 @@ impl RawKeys {
     }
 }
 
-fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<Node>, String> {
+/// Names kpki uses as directories under `pki/` and `secrets/`, which no node may take.
+pub const RESERVED_NAMES: &[&str] = &[
+    "kubernetes",
+    "etcd",
+    "front-proxy",
+    "service-account",
+    "users",
+];
+
+fn validate_nodes(raw: Vec<RawNode>, service_ip: IpAddr) -> Result<Vec<Node>, String> {
     if raw.is_empty() {
         return Err("node: no [[node]] is configured; at least one is needed".into());
     }
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
+    let mut host_keys = std::collections::HashMap::new();
     raw.into_iter()
         .map(|n| {
             let node = n.validate()?;
+            let at = |field: &str, e: String| format!("node \"{}\": {field}: {e}", node.name);
             if !names.insert(node.name.clone()) {
                 return Err(format!("node \"{}\": the name is used twice", node.name));
             }
             for a in &node.addresses {
-                if !addresses.insert(*a) {
-                    return Err(format!(
-                        "node \"{}\": addresses: {a} is used by another node too",
-                        node.name
+                if a.to_canonical() == service_ip.to_canonical() {
+                    return Err(at(
+                        "addresses",
+                        format!("{a} is the kubernetes service IP (the first address of cluster.service_cidr)"),
+                    ));
+                }
+                if !addresses.insert(a.to_canonical()) {
+                    return Err(at("addresses", format!("{a} is used by another node too")));
+                }
+            }
+            if let Some(key) = &node.host_key {
+                let key = crate::agefile::canonical(key);
+                if let Some(other) = host_keys.insert(key, node.name.clone()) {
+                    return Err(at(
+                        "host_key",
+                        format!("the same key as node \"{other}\" (each node must have its own: it could read the other's keys)"),
                     ));
                 }
             }
@@ -374,20 +401,37 @@ impl RawNode {
     fn validate(self) -> Result<Node, String> {
         if !is_dns_label(&self.name) {
             return Err(format!(
-                "node.name: \"{}\" is not a DNS label (lowercase letters, digits and '-', at most 63)",
+                "node.name: {:?} is not a DNS label (lowercase letters, digits and '-', at most 63)",
                 self.name
+            ));
+        }
+        if RESERVED_NAMES.contains(&self.name.as_str()) {
+            return Err(format!(
+                "node.name: \"{}\" is reserved: kpki keeps its own files in pki/{}/ (reserved: {})",
+                self.name,
+                self.name,
+                RESERVED_NAMES.join(", ")
             ));
         }
         let at = |field: &str, e: String| format!("node \"{}\": {field}: {e}", self.name);
         if self.addresses.is_empty() {
             return Err(at("addresses", "at least one address is needed".into()));
         }
-        let mut addresses = Vec::new();
+        let mut addresses: Vec<IpAddr> = Vec::new();
         for a in &self.addresses {
             let ip: IpAddr = a
                 .parse()
-                .map_err(|_| at("addresses", format!("\"{a}\" is not an IP address")))?;
-            if addresses.contains(&ip) {
+                .map_err(|_| at("addresses", format!("{a:?} is not an IP address")))?;
+            if let Some(why) = unusable_address(ip) {
+                return Err(at(
+                    "addresses",
+                    format!("{ip} is {why}, not a node's address"),
+                ));
+            }
+            if addresses
+                .iter()
+                .any(|x| x.to_canonical() == ip.to_canonical())
+            {
                 return Err(at("addresses", format!("{ip} is listed twice")));
             }
             addresses.push(ip);
@@ -397,7 +441,7 @@ impl RawNode {
             return Err(at("roles", "at least one role is needed".into()));
         }
         if let Some(key) = &self.host_key {
-            check_recipient(key).map_err(|e| at("host_key", e))?;
+            crate::agefile::check_recipient(key).map_err(|e| at("host_key", e))?;
         }
         Ok(Node {
             addresses,
@@ -408,21 +452,19 @@ impl RawNode {
     }
 }
 
-/// Checks that `s` is an age X25519 or SSH (ed25519, rsa) public key.
-fn check_recipient(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    let ok = if s.starts_with("age1") {
-        s.parse::<age::x25519::Recipient>().is_ok()
+/// Why an address cannot be a node's: unspecified, loopback, multicast or broadcast.
+fn unusable_address(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
     } else {
-        s.parse::<age::ssh::Recipient>().is_ok()
-    };
-    if ok {
-        Ok(())
-    } else {
-        let shown: String = s.chars().take(40).collect();
-        Err(format!(
-            "\"{shown}\" is not an age (age1...) or SSH (ssh-ed25519, ssh-rsa) public key"
-        ))
+        None
     }
 }
 
@@ -447,38 +489,88 @@ fn first_address(cidr: &str) -> Result<IpAddr, String> {
     }
 }
 
-/// The host of an `https://HOST[:PORT]` URL; IPv6 hosts must be bracketed.
-pub fn url_host(url: &str) -> Result<San, String> {
-    let bad = |why: &str| format!("\"{url}\" {why}");
+/// An API server URL, strictly: `https://HOST[:PORT]` with an optional trailing `/`, where HOST
+/// is a DNS name, an IPv4 address or a bracketed IPv6 address; no user name, path, query,
+/// fragment, whitespace or quotes. Returns the URL in canonical form and its host.
+pub fn api_server_url(url: &str) -> Result<(String, San), String> {
+    let bad = |why: &str| format!("{url:?} {why}");
+    if url.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '"' | '\'' | '\\' | '`' | '<' | '>' | '{' | '}' | '|' | '^'
+            )
+    }) {
+        return Err(bad(
+            "holds whitespace, quotes or other characters a URL cannot",
+        ));
+    }
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| bad("must start with https://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(bad(
+            "must have no path, query or fragment (https://HOST[:PORT])",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(bad("must not carry a user name or password"));
+    }
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
             let (host, after) = v6
                 .split_once(']')
                 .ok_or_else(|| bad("has an unclosed '['"))?;
-            (host, after.strip_prefix(':'))
+            let ip: std::net::Ipv6Addr = host
+                .parse()
+                .map_err(|_| bad("has an invalid IPv6 address in brackets"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("has text after ']'"))?,
+                ),
+            };
+            (San::Ip(IpAddr::V6(ip)), port)
         }
         None if authority.matches(':').count() > 1 => {
             return Err(bad(
                 "has an IPv6 host without brackets (write https://[addr]:port)",
             ));
         }
-        None => match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                return Err(bad("has an IPv6 host without brackets"));
+            }
+            (
+                host.parse::<San>()
+                    .map_err(|e| bad(&format!("has a bad host: {e}")))?,
+                port,
+            )
+        }
     };
-    if let Some(port) = port {
-        port.parse::<u16>()
-            .map_err(|_| bad("has an invalid port"))?;
-    }
-    if authority.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err() {
-        return Err(bad("has an invalid IPv6 address in brackets"));
-    }
-    host.parse().map_err(|e: String| bad(&e))
+    let port = port
+        .map(|p| match p.parse::<u16>() {
+            Ok(n) if n > 0 && !p.starts_with(['+', '0']) => Ok(n),
+            _ => Err(bad("has an invalid port")),
+        })
+        .transpose()?;
+    let host_text = match &host {
+        San::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        San::Ip(ip) => ip.to_string(),
+        San::Dns(name) => name.clone(),
+    };
+    let canonical = match port {
+        Some(p) => format!("https://{host_text}:{p}"),
+        None => format!("https://{host_text}"),
+    };
+    Ok((canonical, host))
 }
 
 fn is_name_char(c: char) -> bool {
@@ -528,14 +620,35 @@ mod tests {
     }
 
     #[test]
-    fn url_hosts() {
+    fn api_server_urls_are_strict_and_canonical() {
+        let ok = |u: &str| api_server_url(u).unwrap().0;
+        assert_eq!(ok("https://API.example.org"), "https://api.example.org");
         assert_eq!(
-            url_host("https://api.example.org").unwrap(),
-            San::Dns("api.example.org".into())
+            ok("https://[2001:DB8:0::1]:6443/"),
+            "https://[2001:db8::1]:6443"
         );
-        assert!(url_host("https://2001:db8::1:6443").is_err());
-        assert!(url_host("http://[::1]:6443").is_err());
-        assert!(url_host("https://[::1]:99999").is_err());
+        assert_eq!(ok("https://10.0.0.1:443"), "https://10.0.0.1:443");
+        for bad in [
+            "https://2001:db8::1:6443",
+            "http://[::1]:6443",
+            "https://[::1]:99999",
+            "https://[::1]:0",
+            "https://user@[::1]",
+            "https://[::1]:6443/path",
+            "https://[::1]:6443?x=1",
+            "https://[::1]:6443#f",
+            "https://[::1]:6443/\"\n  insecure-skip-tls-verify: true",
+            "https://[::1] ",
+            "https://[::1]x",
+            "https://",
+        ] {
+            assert!(api_server_url(bad).is_err(), "{bad}");
+        }
+        assert!(
+            api_server_url("https://user@[::1]")
+                .unwrap_err()
+                .contains("user name")
+        );
     }
 
     #[test]

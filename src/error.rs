@@ -24,6 +24,12 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// secrets/ must be decrypted, but no usable admin identity is at hand.
+    #[error("{message}")]
+    Identity {
+        message: String,
+        hint: Option<String>,
+    },
     /// A cryptographic library refused an operation that should not fail.
     #[error("{context}: {message}")]
     Crypto { context: String, message: String },
@@ -33,7 +39,9 @@ impl Error {
     /// A line of advice for the user, printed after the error.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Error::Usage { hint, .. } => hint.as_deref(),
+            Error::Usage { hint, .. } | Error::Identity { hint, .. } => {
+                hint.as_deref().filter(|h| !h.is_empty())
+            }
             Error::Config { .. } => Some("see README.md, section \"Configuration\""),
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the cluster directory")
@@ -63,6 +71,16 @@ impl Error {
         Error::Usage {
             message: message.into(),
             hint,
+        }
+    }
+
+    /// The same error, naming `path` (the path the user gave) instead of the file it was
+    /// about (a temporary file, a link's target).
+    pub fn at(self, path: &Path) -> Self {
+        match self {
+            Error::Io { source, .. } => Error::io(path, source),
+            Error::File { message, .. } => Error::file(path, message),
+            e => e,
         }
     }
 

@@ -11,12 +11,12 @@ use ring::rand::SecureRandom;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::catalogue::{Subject, Usage};
+use crate::catalogue::{CaName, Subject, Usage};
 use crate::config::{Algorithm, San, Span};
 use crate::error::{Error, Result};
 
 /// How far `not_before` lies in the past, to tolerate clock skew between nodes.
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+pub const BACKDATE: time::Duration = time::Duration::minutes(5);
 
 /// The OID of `organizationName`, for a second group (rcgen's name map holds one value per type).
 const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
@@ -44,36 +44,51 @@ pub fn key_pem(key: &KeyPair) -> Zeroizing<String> {
     Zeroizing::new(key.serialize_pem())
 }
 
-/// Parses a PKCS#8 PEM private key.
-pub fn parse_key(pem: &str) -> std::result::Result<KeyPair, String> {
-    KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 private key kpki can use ({e})"))
-}
-
 /// A CA that can sign: its certificate (PEM, possibly a bundle, newest first) and its key.
 pub struct Authority {
+    name: CaName,
     issuer: Issuer<'static, KeyPair>,
+    not_after: OffsetDateTime,
     /// Certificates appended to every leaf it signs: during a rotation, the new CA cross-signed
     /// by the old one, so that peers still trusting only the old CA accept the new leaves.
     chain: String,
 }
 
 impl Authority {
-    /// A CA from its certificate and key; the first certificate in `cert_pem` is the signer.
+    /// The CA `name` from its certificate and key; the first certificate in `cert_pem` is the
+    /// signer, valid until `not_after`.
     pub fn new(
+        name: CaName,
         cert_pem: &str,
         key: KeyPair,
         chain: String,
+        not_after: OffsetDateTime,
     ) -> std::result::Result<Authority, String> {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
             .map_err(|e| format!("not a CA certificate kpki can sign with ({e})"))?;
-        Ok(Authority { issuer, chain })
+        Ok(Authority {
+            name,
+            issuer,
+            not_after,
+            chain,
+        })
+    }
+
+    /// Which CA this is.
+    pub fn name(&self) -> CaName {
+        self.name
+    }
+
+    /// When its certificate expires: no certificate it signs may outlive it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 }
 
 /// The validity window of a certificate issued now.
-fn window(params: &mut CertificateParams, now: OffsetDateTime, validity: Span) {
+fn window(params: &mut CertificateParams, now: OffsetDateTime, until: OffsetDateTime) {
     params.not_before = now - BACKDATE;
-    params.not_after = now + validity.0;
+    params.not_after = until;
 }
 
 /// A positive 16-byte serial with its top byte in 1..=0x7f, so it encodes in exactly 16 bytes.
@@ -90,10 +105,10 @@ fn random_serial() -> Result<SerialNumber> {
 fn base_params(
     subject: &Subject,
     now: OffsetDateTime,
-    validity: Span,
+    until: OffsetDateTime,
 ) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
-    window(&mut params, now, validity);
+    window(&mut params, now, until);
     params.serial_number = Some(random_serial()?);
     params.distinguished_name = distinguished_name(subject)?;
     params.subject_alt_names = subject.sans.iter().map(san_type).collect::<Result<_>>()?;
@@ -148,13 +163,7 @@ pub fn self_signed_ca(
     now: OffsetDateTime,
     validity: Span,
 ) -> Result<String> {
-    let mut params = base_params(subject, now, validity)?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let params = ca_params(subject, now, now + validity.0, 1)?;
     let cert = params
         .self_signed(key)
         .map_err(|e| Error::crypto(format!("signing CA {}", subject.common_name), e))?;
@@ -165,10 +174,10 @@ pub fn self_signed_ca(
 fn ca_params(
     subject: &Subject,
     now: OffsetDateTime,
-    validity: Span,
+    until: OffsetDateTime,
     path_len: u8,
 ) -> Result<CertificateParams> {
-    let mut params = base_params(subject, now, validity)?;
+    let mut params = base_params(subject, now, until)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -185,9 +194,9 @@ pub fn sign_leaf(
     public_key: &impl PublicKeyData,
     ca: &Authority,
     now: OffsetDateTime,
-    validity: Span,
+    until: OffsetDateTime,
 ) -> Result<String> {
-    let mut params = base_params(subject, now, validity)?;
+    let mut params = base_params(subject, now, until)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -208,7 +217,7 @@ pub fn sign_leaf(
 }
 
 /// The CA certificate of `key` signed by the CA `by` (path length 0): the link by which leaves of
-/// a new CA verify up to the old one during a rotation.
+/// a new CA verify up to the old one during a rotation. It expires with `by`.
 pub fn cross_signed_ca(
     subject: &Subject,
     key: &KeyPair,
@@ -216,7 +225,8 @@ pub fn cross_signed_ca(
     now: OffsetDateTime,
     validity: Span,
 ) -> Result<String> {
-    let mut params = ca_params(subject, now, validity, 0)?;
+    let until = (now + validity.0).min(by.not_after);
+    let mut params = ca_params(subject, now, until, 0)?;
     params.use_authority_key_identifier_extension = true;
     let cert = params
         .signed_by(key, &by.issuer)

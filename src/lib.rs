@@ -1,8 +1,11 @@
 //! kpki: the PKI of a Kubernetes cluster on NixOS, from one config file.
 //!
-//! Floors, each using only those below it: `config`, `store`, `cli` at the bottom; then
-//! `catalogue`; then `issuing`, `secrets` and `inspection`; then `plan`; then `rotation`; then `commands`.
+//! Floors, each using only those below it: `error`, `store`, `pem`, `agefile` and `cli` at the
+//! bottom; `config`; `catalogue`, `secrets::manifest`; `state` (the one reader of PKI material);
+//! `issuing`, `inspection`, `kubeconfig`; `secrets` (what secrets/ must hold, committing);
+//! `plan`; `rotation`; `commands`.
 
+pub mod agefile;
 pub mod catalogue;
 pub mod cli;
 pub mod commands;
@@ -11,8 +14,10 @@ pub mod error;
 pub mod inspection;
 pub mod issuing;
 pub mod kubeconfig;
+pub mod pem;
 pub mod plan;
 pub mod progress;
 pub mod rotation;
 pub mod secrets;
+pub mod state;
 pub mod store;

@@ -14,17 +14,8 @@ fn main() -> ExitCode {
     if !cli.quiet {
         kpki::progress::enable();
     }
-    let ctx = Context {
-        store: Store::new(&cli.dir),
-        identity: cli.identity.clone(),
-        quiet: cli.quiet,
-    };
-    let outcome = lock(&ctx, &cli.command).and_then(|_lock| {
-        let outcome = dispatch(&ctx, cli.command);
-        // Whatever happened, make the renames done so far durable before the lock is released.
-        let synced = ctx.store.sync();
-        outcome.and_then(|found| synced.map(|()| found))
-    });
+    let ctx = Context::new(Store::new(&cli.dir), cli.identity.clone(), cli.quiet);
+    let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
     match outcome {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),
@@ -39,9 +30,14 @@ fn main() -> ExitCode {
 }
 
 /// The cluster directory's lock: exclusive for the commands that write, shared for the others.
+/// `init` creates the cluster directory first, so that it is locked before anything is written.
 fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
     let exclusive = match command {
-        Command::Init | Command::Issue { .. } | Command::Rotate { .. } => true,
+        Command::Init => {
+            ctx.store.create_root()?;
+            true
+        }
+        Command::Issue { .. } | Command::Rotate { .. } => true,
         Command::Status { .. } | Command::Verify | Command::Kubeconfig { .. } => false,
         Command::Completions { .. } => return Ok(None),
     };
@@ -105,6 +101,6 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
                 finish,
             },
         )),
-        Command::Completions { shell } => done(commands::completions(shell)),
+        Command::Completions { shell } => done(commands::completions(ctx, shell)),
     }
 }

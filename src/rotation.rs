@@ -5,23 +5,26 @@
 //! new + old, keeps the old key as `ca-previous-key.pem`, and reissues every leaf of that CA
 //! under the new one with the new CA cross-signed by the old appended (`ca-cross.pem`), so nodes
 //! still trusting only the old CA accept the new leaves during the rolling restart.
-//! `finish_ca` drops the old CA, its key and the cross-signed link.
+//! `finish_ca` drops the old CA, its key and the cross-signed link. Each step is one commit, so
+//! a crash leaves the rotation either not started or started, never half of it.
 
+use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
-use crate::inspection::status::{Assessed, State};
-use crate::inspection::{facts, key_spki, pem_certs, pem_public_keys, signed_by};
+use crate::inspection::status::{Assessed, State as RowState, rfc3339};
+use crate::inspection::{facts, pem_certs, signed_by};
 use crate::issuing;
-use crate::plan::{self, Action};
-use crate::secrets::Vault;
+use crate::pem::{self, Kind as PemKind};
+use crate::plan::{self, Action, Applied};
+use crate::state::State;
 
 /// What to renew.
 pub enum Target<'c> {
     Item(Item<'c>),
-    /// An extra client, reissued with the subject it has.
+    /// An extra client, reissued with the subject its file name gives it.
     User(Subject),
 }
 
@@ -38,11 +41,11 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
     assessed
         .into_iter()
         .filter_map(|a| {
-            let target = match (a.item, &a.facts) {
+            let target = match (a.item, a.user) {
                 (Some(item), _) if matches!(item.entry.kind, Kind::Leaf { .. }) => {
                     Target::Item(item)
                 }
-                (None, Some(facts)) => Target::User(facts.subject.clone()),
+                (None, Some(user)) => Target::User(user),
                 _ => return None,
             };
             let row = a.row;
@@ -50,7 +53,7 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
                 .residual_seconds
                 .is_some_and(|s| s <= within.0.whole_seconds());
             let reason = match row.state {
-                State::Missing | State::Drift | State::Expired => {
+                RowState::Missing | RowState::Drift | RowState::Expired => {
                     format!("{}: {}", row.state.word(), row.detail.unwrap_or_default())
                 }
                 _ if due || all => format!("expires {}", row.expires.unwrap_or_default()),
@@ -65,30 +68,33 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
         .collect()
 }
 
-/// Carries out `renewals`; returns the files written under `pki/`.
+/// Carries out `renewals` on `state`.
 pub fn renew(
-    vault: &Vault,
+    state: &State,
     config: &Config,
     renewals: &[Renewal<'_>],
     keep_key: bool,
     now: OffsetDateTime,
-) -> Result<Vec<String>> {
+) -> Result<Applied> {
     let mut actions = Vec::new();
-    let mut written = Vec::new();
+    let mut applied = Applied::default();
     for renewal in renewals {
         match &renewal.target {
             Target::Item(item) => actions.push(Action {
                 item: *item,
-                keep_key: keep_key && vault.exists(&item.file(Part::Key)),
+                keep_key: keep_key && state.exists(&item.file(Part::Key))?,
                 validity: None,
             }),
-            Target::User(subject) => written.extend(plan::issue_user(
-                vault, config, subject, keep_key, None, now,
-            )?),
+            Target::User(subject) => {
+                let keep = keep_key
+                    && state.exists(&catalogue::user_file(&subject.common_name, Part::Key))?;
+                applied.merge(plan::issue_user(state, config, subject, keep, None, now)?)
+            }
         }
     }
-    written.extend(plan::apply(vault, config, &actions, now)?);
-    Ok(written)
+    applied.merge(plan::apply(state, config, &actions, now)?);
+    applied.written.sort();
+    Ok(applied)
 }
 
 fn ca_item(ca: CaName) -> Item<'static> {
@@ -98,179 +104,129 @@ fn ca_item(ca: CaName) -> Item<'static> {
     }
 }
 
-/// The first PEM block of `text` that ends with `-----END {label}-----`.
-fn first_block(text: &str, label: &str) -> String {
-    let end = format!("-----END {label}-----");
-    match text.find(&end) {
-        Some(at) => format!("{}\n", &text[..at + end.len()]),
-        None => text.to_string(),
-    }
-}
-
-/// Where a rotation of a CA stands, read from its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Idle,
-    /// A start was interrupted before it published the bundle: the previous key still matches
-    /// `ca.pem`, and the start can be rolled back and run again.
-    StartInterrupted,
-    /// The bundle new + old is published.
-    Started,
-    /// A finish was interrupted after `ca.pem` lost the old CA: run the finish again.
-    FinishInterrupted,
-}
-
-fn stage(vault: &Vault, ca: CaName) -> Result<Stage> {
-    let rel = ca_item(ca).file(Part::Cert);
-    let bundle = read(vault, &rel)?;
-    let certs = pem_certs(&bundle).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
-    if certs.len() > 1 {
-        return Ok(Stage::Started);
-    }
-    let Some(previous) = vault.read(&catalogue::previous_key_file(ca))? else {
-        return Ok(Stage::Idle);
+/// The first block of a file's canonical text.
+fn first_block(material: &pem::Material) -> pem::Material {
+    let blocks = material.blocks();
+    let label = match material.kind {
+        PemKind::PublicKeys => "PUBLIC KEY",
+        _ => "CERTIFICATE",
     };
-    let current = facts(&certs[0]).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
-    Ok(match key_spki(&previous) {
-        Ok(spki) if spki == current.spki => Stage::StartInterrupted,
-        _ => Stage::FinishInterrupted,
-    })
+    pem::made(material.kind, &pem::encode(label, &blocks[0]))
 }
 
-/// Whether a rotation of `ca` is in progress.
-fn rotating(vault: &Vault, ca: CaName) -> Result<bool> {
-    Ok(matches!(
-        stage(vault, ca)?,
-        Stage::Started | Stage::FinishInterrupted
-    ))
+/// The certificates of `pki/REL`, which must exist.
+fn certs_of(state: &State, rel: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let text = state.require(rel)?;
+    pem_certs(&text.text).map_err(|m| Error::file(&state.store().pki_path(rel), m))
 }
 
-/// A file of the PKI that must exist.
-fn read(vault: &Vault, rel: &str) -> Result<zeroize::Zeroizing<String>> {
-    vault.read(rel)?.ok_or_else(|| {
-        Error::file(
-            &vault.store().pki_path(rel),
-            "is missing; run kpki init first",
-        )
-    })
+/// Whether a rotation of `ca` is in progress: its `ca.pem` is a bundle.
+pub fn rotating(state: &State, ca: CaName) -> Result<bool> {
+    Ok(certs_of(state, &ca_item(ca).file(Part::Cert))?.len() > 1)
 }
 
-/// The rotations in progress, as sentences for `status`.
-pub fn in_progress(vault: &Vault) -> Result<Vec<String>> {
+/// A rotation in progress, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    /// `kubernetes`, `etcd`, `front-proxy` or `service-account`.
+    pub what: &'static str,
+    /// When it started (the new CA's issue time); `None` for the service-account key.
+    pub started: Option<String>,
+    /// Leaves not yet issued by the new CA (nothing to finish until this is empty).
+    pub pending: Vec<String>,
+    /// What to do next.
+    pub next: String,
+}
+
+impl Rotation {
+    /// What is rotated, in words: `the etcd CA`, `the service-account key`.
+    pub fn subject(&self) -> String {
+        match self.what {
+            "service-account" => "the service-account key".into(),
+            ca => format!("the {ca} CA"),
+        }
+    }
+}
+
+/// The rotations in progress.
+pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
     let mut found = Vec::new();
     for ca in catalogue::CAS {
-        if !vault.exists(&ca_item(ca).file(Part::Cert)) {
+        let rel = ca_item(ca).file(Part::Cert);
+        if !state.exists(&rel)? || !rotating(state, ca)? {
             continue;
         }
+        let new = &certs_of(state, &rel)?[0];
+        let started = facts(new)
+            .ok()
+            .map(|f| rfc3339(f.not_before + issuing::BACKDATE));
+        let pending = not_yet_reissued(state, config, ca, new)?;
         let name = ca.dir();
-        match stage(vault, ca)? {
-            Stage::Idle => {}
-            Stage::StartInterrupted => found.push(format!(
-                "starting the rotation of the {name} CA was interrupted: run kpki rotate --ca {name} again"
-            )),
-            Stage::Started | Stage::FinishInterrupted => found.push(format!(
-                "the {name} CA is being rotated: once every node runs with the new certificates, run kpki rotate --ca {name} --finish"
-            )),
-        }
+        let next = if pending.is_empty() {
+            format!(
+                "deploy, restart every node on the new certificates, then run kpki rotate --ca {name} --finish"
+            )
+        } else {
+            "reissue the pending leaves with kpki rotate, then deploy and finish".to_string()
+        };
+        found.push(Rotation {
+            what: name,
+            started,
+            pending,
+            next,
+        });
     }
-    if sa_keys(vault)?.is_some_and(|n| n > 1) {
-        found.push("the service-account key is being rotated: once every apiserver uses the new key and old tokens have expired, run kpki rotate --service-account --finish".into());
+    if sa_keys(state)? > 1 {
+        found.push(Rotation {
+            what: "service-account",
+            started: None,
+            pending: Vec::new(),
+            next: "once every apiserver uses the new key and old tokens have expired, run kpki rotate --service-account --finish".into(),
+        });
     }
     Ok(found)
 }
 
-/// Starts the rotation of `ca`; returns the files written under `pki/`. An interrupted start is
-/// rolled back and run again; a started rotation whose leaves are not all reissued yet (the run
-/// was interrupted) is completed; a complete one (`sealed`: secrets/ is up to date) is an error.
-pub fn start_ca(
-    vault: &Vault,
-    config: &Config,
-    ca: CaName,
-    keep_key: bool,
-    sealed: bool,
-    now: OffsetDateTime,
-) -> Result<Vec<String>> {
-    let item = ca_item(ca);
-    match stage(vault, ca)? {
-        Stage::Idle => {}
-        Stage::StartInterrupted => roll_back_start(vault, ca)?,
-        Stage::Started => return resume_start(vault, config, ca, keep_key, sealed, now),
-        Stage::FinishInterrupted => {
-            return Err(Error::usage(
-                format!(
-                    "finishing the rotation of the {} CA was interrupted",
-                    ca.dir()
-                ),
-                Some(format!(
-                    "complete it with kpki rotate --ca {} --finish",
-                    ca.dir()
-                )),
-            ));
+/// The leaves of `ca` (and, for the Kubernetes CA, the extra users) that the new CA `new` has
+/// not signed yet.
+fn not_yet_reissued(state: &State, config: &Config, ca: CaName, new: &[u8]) -> Result<Vec<String>> {
+    let mut pending = Vec::new();
+    for rel in leaf_files(state, config, ca)? {
+        let signed = match state.read(&rel)? {
+            Some(m) => pem_certs(&m.text).is_ok_and(|c| signed_by(&c[0], new)),
+            None => true,
+        };
+        if !signed {
+            pending.push(rel);
         }
     }
-    let old_cert = read(vault, &item.file(Part::Cert))?;
-    let old_key = read(vault, &item.file(Part::Key))?;
-    let old = plan::load_outgoing_authority(vault, ca)?;
-    let users = leaves_users(vault, ca)?;
-    let key = issuing::generate_key(config.keys.algorithm)?;
-    let subject = item.subject(config);
-    let new_cert = issuing::self_signed_ca(&subject, &key, now, config.keys.ca_validity)?;
-    let cross = issuing::cross_signed_ca(&subject, &key, &old, now, config.keys.ca_validity)?;
-    let store = vault.store();
-    let new_key = issuing::key_pem(&key);
-    let bundle = new_cert + &old_cert;
-    let writes = [
-        (catalogue::previous_key_file(ca), old_key.as_bytes(), true),
-        (catalogue::cross_file(ca), cross.as_bytes(), false),
-        (item.file(Part::Key), new_key.as_bytes(), true),
-        (item.file(Part::Cert), bundle.as_bytes(), false),
-    ];
-    let mut written = Vec::new();
-    for (rel, bytes, private) in writes {
-        store.write_pki(&rel, bytes, private)?;
-        written.push(rel);
-    }
-    let actions: Vec<Action<'_>> = leaves_of(config, ca)
-        .map(|item| Action {
-            item,
-            keep_key,
-            validity: None,
-        })
-        .collect();
-    written.extend(plan::apply(vault, config, &actions, now)?);
-    for subject in users {
-        written.extend(plan::issue_user(
-            vault, config, &subject, keep_key, None, now,
-        )?);
-    }
-    Ok(written)
+    Ok(pending)
 }
 
-/// Undoes the first steps of an interrupted start: the CA key back to the previous one, the
-/// cross-signed link and the kept key gone. No leaf was issued under the new key yet.
-fn roll_back_start(vault: &Vault, ca: CaName) -> Result<()> {
-    let store = vault.store();
-    let previous = read(vault, &catalogue::previous_key_file(ca))?;
-    store.write_pki(&ca_item(ca).file(Part::Key), previous.as_bytes(), true)?;
-    for rel in [catalogue::cross_file(ca), catalogue::previous_key_file(ca)] {
-        store.remove_pki(&rel)?;
-        store.remove_secret(&format!("{rel}.age"))?;
+/// The certificate files `ca` signs: its catalogue leaves and, for the Kubernetes CA, the
+/// extra users.
+fn leaf_files(state: &State, config: &Config, ca: CaName) -> Result<Vec<String>> {
+    let mut files: Vec<String> = leaves_of(config, ca).map(|i| i.file(Part::Cert)).collect();
+    if ca == CaName::Kubernetes {
+        files.extend(
+            crate::secrets::users(state)?
+                .iter()
+                .map(|u| catalogue::user_file(u, Part::Cert)),
+        );
     }
-    Ok(())
+    Ok(files)
 }
 
-/// Reissues the leaves of `ca` that the new CA has not signed yet (nothing, when only the sealing
-/// was interrupted: the caller seals), or says the rotation is already under way.
-fn resume_start(
-    vault: &Vault,
+/// Starts the rotation of `ca` on `state`; refused while one is in progress.
+pub fn start_ca(
+    state: &State,
     config: &Config,
     ca: CaName,
     keep_key: bool,
-    sealed: bool,
     now: OffsetDateTime,
-) -> Result<Vec<String>> {
-    let pending = not_yet_reissued(vault, config, ca)?;
-    if pending.is_empty() && sealed {
+) -> Result<Applied> {
+    let item = ca_item(ca);
+    if rotating(state, ca)? {
         return Err(Error::usage(
             format!("a rotation of the {} CA is already in progress", ca.dir()),
             Some(format!(
@@ -279,33 +235,41 @@ fn resume_start(
             )),
         ));
     }
-    let actions: Vec<Action<'_>> = pending
-        .into_iter()
+    let old_cert = state.require(&item.file(Part::Cert))?;
+    let old_key = state.require(&item.file(Part::Key))?;
+    let old = plan::load_outgoing_authority(state, ca)?;
+    let users = users_of(state, ca)?;
+    let key = issuing::generate_key(config.keys.algorithm)?;
+    let subject = item.subject(config);
+    let new_cert = issuing::self_signed_ca(&subject, &key, now, config.keys.ca_validity)?;
+    let cross = issuing::cross_signed_ca(&subject, &key, &old, now, config.keys.ca_validity)?;
+    let bundle = new_cert + &old_cert.text;
+    let writes = [
+        (catalogue::previous_key_file(ca), old_key.text.to_string()),
+        (catalogue::cross_file(ca), cross),
+        (item.file(Part::Key), issuing::key_pem(&key).to_string()),
+        (item.file(Part::Cert), bundle),
+    ];
+    let mut applied = Applied::default();
+    for (rel, text) in writes {
+        state.put(&rel, pem::made(PemKind::of(&rel), &text));
+        applied.written.push(rel);
+    }
+    let actions: Vec<Action<'_>> = leaves_of(config, ca)
         .map(|item| Action {
             item,
             keep_key,
             validity: None,
         })
         .collect();
-    plan::apply(vault, config, &actions, now)
-}
-
-/// The leaves of `ca` whose certificate the current (first) CA of the bundle did not sign.
-fn not_yet_reissued<'c>(vault: &Vault, config: &'c Config, ca: CaName) -> Result<Vec<Item<'c>>> {
-    let rel = ca_item(ca).file(Part::Cert);
-    let bundle = read(vault, &rel)?;
-    let current = pem_certs(&bundle).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
-    let mut pending = Vec::new();
-    for item in leaves_of(config, ca) {
-        let signed = match vault.read(&item.file(Part::Cert))? {
-            Some(text) => pem_certs(&text).is_ok_and(|c| signed_by(&c[0], &current[0])),
-            None => false,
-        };
-        if !signed {
-            pending.push(item);
-        }
+    applied.merge(plan::apply(state, config, &actions, now)?);
+    for subject in users {
+        applied.merge(plan::issue_user(
+            state, config, &subject, keep_key, None, now,
+        )?);
     }
-    Ok(pending)
+    applied.written.sort();
+    Ok(applied)
 }
 
 /// The catalogue leaves `ca` signs.
@@ -316,69 +280,62 @@ fn leaves_of(config: &Config, ca: CaName) -> impl Iterator<Item = Item<'_>> {
 }
 
 /// The subjects of the extra users, which the Kubernetes CA signs.
-fn leaves_users(vault: &Vault, ca: CaName) -> Result<Vec<Subject>> {
+fn users_of(state: &State, ca: CaName) -> Result<Vec<Subject>> {
     if ca != CaName::Kubernetes {
         return Ok(Vec::new());
     }
-    crate::secrets::users(vault.store())?
+    crate::secrets::users(state)?
         .iter()
         .map(|user| {
             let rel = catalogue::user_file(user, Part::Cert);
-            let text = read(vault, &rel)?;
-            let bad = |m: String| Error::file(&vault.store().pki_path(&rel), m);
-            Ok(facts(&pem_certs(&text).map_err(bad)?[0])
-                .map_err(bad)?
-                .subject)
+            let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
+            Ok(facts(&certs_of(state, &rel)?[0]).map_err(bad)?.subject)
         })
         .collect()
 }
 
-/// Finishes the rotation of `ca`: the bundle, every leaf file and the secrets lose the old CA.
-pub fn finish_ca(vault: &Vault, config: &Config, ca: CaName) -> Result<Vec<String>> {
+/// What finishing removes besides rewriting files.
+pub struct Finished {
+    pub applied: Applied,
+    /// Files deleted from `pki/` and `secrets/`, relative to `pki/`.
+    pub removed: Vec<String>,
+}
+
+/// Finishes the rotation of `ca`: the bundle and every leaf file lose the old CA; the old key
+/// and the cross-signed link are deleted.
+pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished> {
     let item = ca_item(ca);
-    if !rotating(vault, ca)? {
+    if !rotating(state, ca)? {
         return Err(Error::usage(
             format!("no rotation of the {} CA is in progress", ca.dir()),
             Some(format!("start one with kpki rotate --ca {}", ca.dir())),
         ));
     }
-    let bundle = read(vault, &item.file(Part::Cert))?;
-    let new_ca = pem_certs(&bundle)
-        .map_err(|m| Error::file(&vault.store().pki_path(&item.file(Part::Cert)), m))?;
-    let mut leaves: Vec<String> = leaves_of(config, ca).map(|i| i.file(Part::Cert)).collect();
-    if ca == CaName::Kubernetes {
-        leaves.extend(
-            crate::secrets::users(vault.store())?
-                .iter()
-                .map(|u| catalogue::user_file(u, Part::Cert)),
-        );
+    let new_ca = certs_of(state, &item.file(Part::Cert))?;
+    if let Some(rel) = not_yet_reissued(state, config, ca, &new_ca[0])?.first() {
+        return Err(Error::usage(
+            format!("{rel} is not yet issued by the new {} CA", ca.dir()),
+            Some("run kpki rotate (or kpki issue) for it first".into()),
+        ));
     }
-    let mut rewrites = Vec::new();
-    for rel in leaves {
-        let text = read(vault, &rel)?;
-        let certs = pem_certs(&text).map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?;
-        if !signed_by(&certs[0], &new_ca[0]) {
-            return Err(Error::usage(
-                format!("{rel} is not yet issued by the new {} CA", ca.dir()),
-                Some("run kpki rotate (or kpki issue) for it first".into()),
-            ));
-        }
-        if certs.len() > 1 {
-            rewrites.push((rel, first_block(&text, "CERTIFICATE")));
+    let mut applied = Applied::default();
+    let mut rewrite = vec![item.file(Part::Cert)];
+    for rel in leaf_files(state, config, ca)? {
+        if state.exists(&rel)? && certs_of(state, &rel)?.len() > 1 {
+            rewrite.push(rel);
         }
     }
-    rewrites.push((item.file(Part::Cert), first_block(&bundle, "CERTIFICATE")));
-    let store = vault.store();
-    let mut written = Vec::new();
-    for (rel, text) in rewrites {
-        store.write_pki(&rel, text.as_bytes(), false)?;
-        written.push(rel);
+    for rel in rewrite {
+        let trimmed = first_block(&*state.require(&rel)?);
+        state.put(&rel, trimmed);
+        applied.written.push(rel);
     }
-    for rel in [catalogue::cross_file(ca), catalogue::previous_key_file(ca)] {
-        store.remove_pki(&rel)?;
-        store.remove_secret(&format!("{rel}.age"))?;
+    let removed = vec![catalogue::cross_file(ca), catalogue::previous_key_file(ca)];
+    for rel in &removed {
+        state.delete(rel);
     }
-    Ok(written)
+    applied.written.sort();
+    Ok(Finished { applied, removed })
 }
 
 /// The service-account entry.
@@ -389,55 +346,53 @@ fn sa_item() -> Item<'static> {
     }
 }
 
-/// How many public keys `sa.pem` holds, if it exists.
-fn sa_keys(vault: &Vault) -> Result<Option<usize>> {
-    let rel = sa_item().file(Part::Cert);
-    match vault.read(&rel)? {
-        None => Ok(None),
-        Some(text) => Ok(Some(
-            pem_public_keys(&text)
-                .map_err(|m| Error::file(&vault.store().pki_path(&rel), m))?
-                .len(),
-        )),
-    }
+/// How many public keys `sa.pem` holds (0 when it does not exist).
+fn sa_keys(state: &State) -> Result<usize> {
+    Ok(match state.read(&sa_item().file(Part::Cert))? {
+        None => 0,
+        Some(m) => m.blocks().len(),
+    })
 }
 
 /// Starts a service-account key rotation: a new signing key; `sa.pem` holds new + old.
-pub fn start_sa(vault: &Vault, config: &Config) -> Result<Vec<String>> {
+pub fn start_sa(state: &State, config: &Config) -> Result<Applied> {
     let item = sa_item();
-    if sa_keys(vault)?.is_some_and(|n| n > 1) {
+    if sa_keys(state)? > 1 {
         return Err(Error::usage(
             "a rotation of the service-account key is already in progress",
             Some("finish it first with kpki rotate --service-account --finish".into()),
         ));
     }
-    let old_public = read(vault, &item.file(Part::Cert))?;
+    let old_public = state.require(&item.file(Part::Cert))?;
     let key = issuing::generate_key(issuing::service_account_algorithm(config.keys.algorithm))?;
-    let store = vault.store();
-    let public = key.public_key_pem() + &old_public;
-    // The key first: interrupted before the bundle, a new start simply runs again.
-    store.write_pki(
+    let public = key.public_key_pem() + &old_public.text;
+    state.put(
         &item.file(Part::Key),
-        issuing::key_pem(&key).as_bytes(),
-        true,
-    )?;
-    store.write_pki(&item.file(Part::Cert), public.as_bytes(), false)?;
-    Ok(vec![item.file(Part::Cert), item.file(Part::Key)])
+        pem::made(PemKind::PrivateKey, &issuing::key_pem(&key)),
+    );
+    state.put(
+        &item.file(Part::Cert),
+        pem::made(PemKind::PublicKeys, &public),
+    );
+    Ok(Applied {
+        written: vec![item.file(Part::Cert), item.file(Part::Key)],
+        capped: Vec::new(),
+    })
 }
 
 /// Finishes a service-account key rotation: `sa.pem` keeps only the new public key.
-pub fn finish_sa(vault: &Vault) -> Result<Vec<String>> {
-    let item = sa_item();
-    if sa_keys(vault)?.is_none_or(|n| n <= 1) {
+pub fn finish_sa(state: &State) -> Result<Applied> {
+    let rel = sa_item().file(Part::Cert);
+    if sa_keys(state)? <= 1 {
         return Err(Error::usage(
             "no rotation of the service-account key is in progress",
             Some("start one with kpki rotate --service-account".into()),
         ));
     }
-    let rel = item.file(Part::Cert);
-    let text = read(vault, &rel)?;
-    vault
-        .store()
-        .write_pki(&rel, first_block(&text, "PUBLIC KEY").as_bytes(), false)?;
-    Ok(vec![rel])
+    let trimmed = first_block(&*state.require(&rel)?);
+    state.put(&rel, trimmed);
+    Ok(Applied {
+        written: vec![rel],
+        capped: Vec::new(),
+    })
 }

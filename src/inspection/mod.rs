@@ -10,6 +10,7 @@ use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use x509_parser::prelude::*;
 
 use crate::catalogue::{Item, Kind, Subject, Usage};
+use crate::config::Span;
 use crate::config::{Algorithm, Config, San};
 use crate::issuing;
 
@@ -54,11 +55,7 @@ pub fn pem_public_keys(text: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(keys)
 }
 
-/// The DER SubjectPublicKeyInfo of a PKCS#8 PEM private key.
-pub fn key_spki(pem: &str) -> Result<Vec<u8>, String> {
-    use rcgen::PublicKeyData;
-    Ok(issuing::parse_key(pem)?.subject_public_key_info())
-}
+pub use crate::pem::key_spki;
 
 /// Reads what kpki compares of one DER certificate.
 pub fn facts(der: &[u8]) -> Result<Facts, String> {
@@ -201,7 +198,11 @@ pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>)
         ));
     }
     if leaf.algorithm != Some(config.keys.algorithm) {
-        return Some(format!("key algorithm is not {:?}", config.keys.algorithm));
+        return Some(format!(
+            "key algorithm is {}, the config says {}",
+            algorithm_name(leaf.algorithm),
+            algorithm_name(Some(config.keys.algorithm))
+        ));
     }
     match ca {
         Some(ca) if ca.subject_key_id.is_some() && leaf.authority_key_id != ca.subject_key_id => {
@@ -209,6 +210,56 @@ pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>)
         }
         _ => None,
     }
+}
+
+/// Why a CA no longer matches the config in a way only a CA rotation can apply (key
+/// algorithm, `keys.ca_validity`), or `None`.
+pub fn ca_drift(name: &str, ca: &Facts, config: &Config) -> Option<String> {
+    let remedy = format!("only a CA rotation applies it: kpki rotate --ca {name}");
+    if ca.algorithm != Some(config.keys.algorithm) {
+        return Some(format!(
+            "key algorithm is {}, the config says {}; {remedy}",
+            algorithm_name(ca.algorithm),
+            algorithm_name(Some(config.keys.algorithm))
+        ));
+    }
+    let lifetime = ca.not_after - ca.not_before - issuing::BACKDATE;
+    if (lifetime - config.keys.ca_validity.0).abs() > ::time::Duration::days(1) {
+        return Some(format!(
+            "valid for {} days, keys.ca_validity says {}; {remedy}",
+            lifetime.whole_days(),
+            span_text(config.keys.ca_validity)
+        ));
+    }
+    None
+}
+
+/// Why the service-account key's algorithm no longer matches the config, or `None`.
+pub fn key_pair_drift(spki: &[u8], config: &Config) -> Option<String> {
+    let have = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
+        .ok()
+        .and_then(|(_, k)| algorithm(&k));
+    let want = issuing::service_account_algorithm(config.keys.algorithm);
+    (have != Some(want)).then(|| {
+        format!(
+            "key algorithm is {}, the config wants {}; only kpki rotate --service-account applies it",
+            algorithm_name(have),
+            algorithm_name(Some(want))
+        )
+    })
+}
+
+fn algorithm_name(a: Option<Algorithm>) -> &'static str {
+    match a {
+        Some(Algorithm::EcdsaP256) => "ecdsa-p256",
+        Some(Algorithm::EcdsaP384) => "ecdsa-p384",
+        Some(Algorithm::Ed25519) => "ed25519",
+        None => "another algorithm (RSA?)",
+    }
+}
+
+fn span_text(span: Span) -> String {
+    format!("{} days", span.0.whole_days())
 }
 
 /// A SAN as text, for messages and sorting.

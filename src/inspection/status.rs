@@ -1,17 +1,19 @@
 //! `kpki status`: one row per CA, key pair and certificate, like `kubeadm certs
 //! check-expiration`, with the state that says what needs doing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Facts, drift, facts, pem_certs, pem_public_keys};
-use crate::catalogue::{self, CaName, Item, Kind, Part};
+use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::secrets::{SealPlan, Vault};
+use crate::rotation::Rotation;
+use crate::secrets::{SealPlan, Stale};
+use crate::state::State as Pki;
 
 /// What a row needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -21,10 +23,13 @@ pub enum State {
     /// Expires within `keys.renew_before` (of the date asked about).
     Renew,
     Expired,
+    /// Not valid yet at the date asked about.
+    NotYetValid,
     /// No longer matches what the config and catalogue say.
     Drift,
     Missing,
-    /// The encrypted copy is out of date or has other recipients than due.
+    /// The encrypted copy is out of date, has other recipients than due, or was changed
+    /// outside kpki.
     StaleSecret,
 }
 
@@ -35,6 +40,7 @@ impl State {
             State::Ok => "ok",
             State::Renew => "renew",
             State::Expired => "expired",
+            State::NotYetValid => "not yet valid",
             State::Drift => "drift",
             State::Missing => "missing",
             State::StaleSecret => "stale-secret",
@@ -52,15 +58,16 @@ pub struct Row {
     pub expires: Option<String>,
     pub residual_seconds: Option<i64>,
     pub state: State,
-    /// Why, for `drift`, `missing` and `stale-secret`.
+    /// Why, for every state but `ok`, `renew` and `expired`.
     pub detail: Option<String>,
 }
 
-/// A row with the item it describes (`None` for extra users).
+/// A row with what it describes: a catalogue item, or an extra user with the subject its
+/// file name gives it.
 pub struct Assessed<'c> {
     pub item: Option<Item<'c>>,
+    pub user: Option<Subject>,
     pub row: Row,
-    pub facts: Option<Facts>,
 }
 
 /// The whole report.
@@ -68,12 +75,14 @@ pub struct Assessed<'c> {
 pub struct Report {
     pub at: String,
     pub rows: Vec<Row>,
-    /// Encrypted files out of date (relative to `secrets/`).
+    /// Encrypted files out of date that no row shows (relative to the cluster directory).
     pub stale_secrets: Vec<String>,
     /// Encrypted files that belong to nothing in the config any more (relative to `secrets/`).
     pub orphaned_secrets: Vec<String>,
-    /// Rotations in progress, as sentences.
-    pub rotations: Vec<String>,
+    /// Rotations in progress.
+    pub rotations: Vec<Rotation>,
+    /// About the plaintext cache and checks not made; no action needed.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -86,54 +95,61 @@ impl Report {
     }
 }
 
-/// Assesses every item of the catalogue and every extra user as of `at`.
+/// The files of `seal` whose encrypted copy must be written again, with why.
+pub fn stale_files<'p>(seal: &'p SealPlan<'_>) -> HashMap<&'p str, &'p Stale> {
+    seal.stale_files()
+        .map(|(s, why)| (s.rel.as_str(), why))
+        .collect()
+}
+
+/// Assesses every item of the catalogue and every extra user as of `at`; `stale` marks rows
+/// whose encrypted copies must be written again.
 pub fn assess<'c>(
-    vault: &Vault,
+    pki: &Pki,
     config: &'c Config,
-    seal: &SealPlan<'_>,
+    stale: &HashMap<&str, &Stale>,
     at: OffsetDateTime,
 ) -> Result<Vec<Assessed<'c>>> {
-    let stale: HashSet<&str> = seal.stale_files().map(|s| s.rel.as_str()).collect();
-    let cas = current_cas(vault)?;
+    let cas = current_cas(pki)?;
     let items = catalogue::items(config);
     let mut rows = items
         .par_iter()
-        .map(|item| assess_item(vault, config, item, &cas, &stale, at))
+        .map(|item| assess_item(pki, config, item, &cas, stale, at))
         .collect::<Result<Vec<_>>>()?;
-    for user in crate::secrets::users(vault.store())? {
-        let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(&user, p));
-        let mut assessed = assess_files(vault, config, &files, &stale, at, None)?;
-        assessed.row.name = files[0].trim_end_matches(".pem").to_string();
-        assessed.row.ca = Some(CaName::Kubernetes.dir());
-        rows.push(assessed);
+    for user in crate::secrets::users(pki)? {
+        rows.push(assess_user(pki, config, &user, &cas, stale, at)?);
     }
     Ok(rows)
 }
 
 /// The first certificate of each CA's `ca.pem` that exists: the CA that signs today.
-fn current_cas(vault: &Vault) -> Result<HashMap<CaName, Facts>> {
+fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
     let mut cas = HashMap::new();
-    for name in [CaName::Kubernetes, CaName::Etcd, CaName::FrontProxy] {
-        let rel = Item {
-            entry: catalogue::ca_entry(name),
-            node: None,
-        }
-        .file(Part::Cert);
-        if let Some(text) = vault.read(&rel)? {
-            let bad = |m: String| Error::file(&vault.store().pki_path(&rel), m);
-            let first = pem_certs(&text).map_err(bad)?;
+    for name in catalogue::CAS {
+        let rel = ca_file(name);
+        if let Ok(Some(text)) = pki.read(&rel) {
+            let bad = |m: String| Error::file(&pki.store().pki_path(&rel), m);
+            let first = pem_certs(&text.text).map_err(bad)?;
             cas.insert(name, facts(&first[0]).map_err(bad)?);
         }
     }
     Ok(cas)
 }
 
+fn ca_file(name: CaName) -> String {
+    Item {
+        entry: catalogue::ca_entry(name),
+        node: None,
+    }
+    .file(Part::Cert)
+}
+
 fn assess_item<'c>(
-    vault: &Vault,
+    pki: &Pki,
     config: &Config,
     item: &Item<'c>,
     cas: &HashMap<CaName, Facts>,
-    stale: &HashSet<&str>,
+    stale: &HashMap<&str, &Stale>,
     at: OffsetDateTime,
 ) -> Result<Assessed<'c>> {
     let files = [item.file(Part::Cert), item.file(Part::Key)];
@@ -141,30 +157,102 @@ fn assess_item<'c>(
         Kind::Leaf { ca, .. } => Some(ca),
         _ => None,
     };
-    let mut assessed = assess_files(vault, config, &files, stale, at, Some(item))?;
-    if let (Some(leaf), State::Ok | State::Renew | State::StaleSecret) =
-        (&assessed.facts, assessed.row.state)
-        && let Some(why) = drift(item, config, leaf, ca.and_then(|c| cas.get(&c)))
+    let (mut row, leaf) = assess_files(pki, config, &files, stale, at, item.entry.kind)?;
+    let why = match (&leaf, item.entry.kind) {
+        (Some(leaf), Kind::Leaf { .. }) => drift(item, config, leaf, ca.and_then(|c| cas.get(&c))),
+        (Some(cert), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
+        _ => None,
+    };
+    if let Some(why) = why
+        && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
     {
-        assessed.row.state = State::Drift;
-        assessed.row.detail = Some(why);
+        row.state = State::Drift;
+        row.detail = Some(why);
     }
-    assessed.row.name = item.name();
-    assessed.row.node = item.node.map(|n| n.name.clone());
-    assessed.row.ca = ca.map(CaName::dir);
-    assessed.item = Some(*item);
-    Ok(assessed)
+    if item.entry.kind == Kind::KeyPair && row.state == State::Ok {
+        let public = pki.require(&files[0])?;
+        if let Some(why) = public
+            .blocks()
+            .first()
+            .and_then(|k| key_pair_drift(k, config))
+        {
+            row.state = State::Drift;
+            row.detail = Some(why);
+        }
+    }
+    row.name = item.name();
+    row.node = item.node.map(|n| n.name.clone());
+    row.ca = ca.map(CaName::dir);
+    Ok(Assessed {
+        item: Some(*item),
+        user: None,
+        row,
+    })
 }
 
-/// The row of a certificate (or public key) file and its key file.
-fn assess_files<'c>(
-    vault: &Vault,
+/// An extra user's row; its certificate must name the user its file is named after.
+fn assess_user<'c>(
+    pki: &Pki,
+    config: &Config,
+    user: &str,
+    cas: &HashMap<CaName, Facts>,
+    stale: &HashMap<&str, &Stale>,
+    at: OffsetDateTime,
+) -> Result<Assessed<'c>> {
+    let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
+    let kind = Kind::Leaf {
+        ca: CaName::Kubernetes,
+        usage: catalogue::Usage::Client,
+    };
+    let (mut row, cert) = assess_files(pki, config, &files, stale, at, kind)?;
+    let organizations = cert
+        .as_ref()
+        .map(|c| c.subject.organizations.clone())
+        .unwrap_or_default();
+    if let Some(cert) = &cert
+        && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
+    {
+        let why = if cert.subject.common_name != user {
+            Some(format!(
+                "its CN is {:?}, but the file is named for {user:?}",
+                cert.subject.common_name
+            ))
+        } else if cas
+            .get(&CaName::Kubernetes)
+            .and_then(|ca| ca.subject_key_id.as_ref())
+            .is_some_and(|id| cert.authority_key_id.as_ref() != Some(id))
+        {
+            Some("issued by another CA than the current one".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            row.state = State::Drift;
+            row.detail = Some(why);
+        }
+    }
+    row.name = format!("{}/{user}", catalogue::USERS_DIR);
+    row.ca = Some(CaName::Kubernetes.dir());
+    Ok(Assessed {
+        item: None,
+        user: Some(Subject {
+            common_name: user.to_string(),
+            organizations,
+            sans: Vec::new(),
+        }),
+        row,
+    })
+}
+
+/// The row of a certificate (or public key) file and its key file, and the certificate's facts.
+fn assess_files(
+    pki: &Pki,
     config: &Config,
     [cert, key]: &[String; 2],
-    stale: &HashSet<&str>,
+    stale: &HashMap<&str, &Stale>,
     at: OffsetDateTime,
-    item: Option<&Item<'c>>,
-) -> Result<Assessed<'c>> {
+    kind: Kind,
+) -> Result<(Row, Option<Facts>)> {
     let mut row = Row {
         name: String::new(),
         node: None,
@@ -174,61 +262,79 @@ fn assess_files<'c>(
         state: State::Ok,
         detail: None,
     };
-    let text = vault.read(cert)?;
-    let missing: Vec<&str> = [(cert, text.is_some()), (key, vault.exists(key))]
+    let missing: Vec<&str> = [cert, key]
+        .into_iter()
+        .map(|f| Ok((f, pki.exists(f)?)))
+        .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter(|(_, there)| !there)
         .map(|(f, _)| f.as_str())
         .collect();
     if !missing.is_empty() {
         row.state = State::Missing;
-        row.detail = Some(format!("{} missing", missing.join(" and ")));
-        return Ok(Assessed {
-            item: None,
-            row,
-            facts: None,
-        });
+        row.detail = Some(format!(
+            "{} missing: kpki rotate (or kpki init) creates it",
+            missing.join(" and ")
+        ));
+        return Ok((row, None));
     }
-    let text = text.expect("checked above");
-    let bad = |m: String| Error::file(&vault.store().pki_path(cert), m);
-    if item.is_some_and(|i| i.entry.kind == Kind::KeyPair) {
-        pem_public_keys(&text).map_err(bad)?;
+    let text = match pki.read(cert) {
+        Ok(text) => text.expect("exists"),
+        Err(Error::File { path, message }) => {
+            row.state = State::StaleSecret;
+            row.detail = Some(format!("{}: {message}", shown(pki, &path)));
+            return Ok((row, None));
+        }
+        Err(e) => return Err(e),
+    };
+    if kind == Kind::KeyPair {
         mark_stale(&mut row, [cert, key], stale);
-        return Ok(Assessed {
-            item: None,
-            row,
-            facts: None,
-        });
+        return Ok((row, None));
     }
-    let leaf = facts(&pem_certs(&text).map_err(bad)?[0]).map_err(bad)?;
+    let bad = |m: String| Error::file(&pki.store().pki_path(cert), m);
+    let leaf = facts(&pem_certs(&text.text).map_err(bad)?[0]).map_err(bad)?;
     let left = leaf.not_after - at;
     row.expires = Some(rfc3339(leaf.not_after));
     row.residual_seconds = Some(left.whole_seconds());
     row.state = if left <= time::Duration::ZERO {
         State::Expired
+    } else if leaf.not_before > at {
+        State::NotYetValid
     } else if left <= config.keys.renew_before.0 {
         State::Renew
     } else {
         State::Ok
     };
+    if row.state == State::NotYetValid {
+        row.detail = Some(format!("valid from {}", rfc3339(leaf.not_before)));
+    }
     mark_stale(&mut row, [cert, key], stale);
-    Ok(Assessed {
-        item: None,
-        row,
-        facts: Some(leaf),
-    })
+    Ok((row, Some(leaf)))
 }
 
-/// Turns an `ok` row into `stale-secret` when one of its files' encrypted copy is out of date.
-fn mark_stale(row: &mut Row, files: [&String; 2], stale: &HashSet<&str>) {
+/// A path relative to the cluster directory, for a row's detail.
+fn shown(pki: &Pki, path: &std::path::Path) -> String {
+    path.strip_prefix(pki.store().root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Turns an `ok` row into `stale-secret` when one of its files' encrypted copy must be written
+/// again, saying why.
+fn mark_stale(row: &mut Row, files: [&String; 2], stale: &HashMap<&str, &Stale>) {
     let out_of_date: Vec<String> = files
         .iter()
-        .filter(|f| stale.contains(f.as_str()))
-        .map(|f| format!("secrets/{f}.age"))
+        .filter_map(|f| {
+            Some(format!(
+                "secrets/{f}.age: {}",
+                stale.get(f.as_str())?.describe()
+            ))
+        })
         .collect();
     if row.state == State::Ok && !out_of_date.is_empty() {
         row.state = State::StaleSecret;
-        row.detail = Some(format!("{} out of date", out_of_date.join(" and ")));
+        row.detail = Some(out_of_date.join("; "));
     }
 }
 
@@ -238,47 +344,48 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The status report as of `at`, with the rotations in progress.
+/// The status report as of `at`, with the rotations in progress and notes on the cache.
 pub fn report(
-    vault: &Vault,
+    pki: &Pki,
     config: &Config,
     seal: &SealPlan<'_>,
     at: OffsetDateTime,
-    rotations: Vec<String>,
+    rotations: Vec<Rotation>,
+    notes: Vec<String>,
 ) -> Result<Report> {
-    let assessed = assess(vault, config, seal, at)?;
-    let covered: HashSet<String> = assessed
+    let assessed = assess(pki, config, &stale_files(seal), at)?;
+    let covered: std::collections::HashSet<String> = assessed
         .iter()
-        .flat_map(|a| match a.item {
-            Some(item) => vec![item.file(Part::Cert), item.file(Part::Key)],
-            None => Vec::new(),
+        .flat_map(|a| match (a.item, &a.user) {
+            (Some(item), _) => vec![item.file(Part::Cert), item.file(Part::Key)],
+            (None, Some(user)) => [Part::Cert, Part::Key]
+                .map(|p| catalogue::user_file(&user.common_name, p))
+                .to_vec(),
+            _ => Vec::new(),
         })
         .collect();
     let stale_secrets = seal
         .stale_files()
-        .filter(|s| !covered.contains(&s.rel))
-        .map(|s| format!("{}.age", s.rel))
+        .filter(|(s, _)| !covered.contains(&s.rel))
+        .map(|(s, why)| format!("secrets/{}.age ({})", s.rel, why.describe()))
         .collect();
     Ok(Report {
         at: rfc3339(at),
         rows: assessed.into_iter().map(|a| a.row).collect(),
         stale_secrets,
-        orphaned_secrets: seal.orphans(vault.store()),
+        orphaned_secrets: seal.orphans(pki.store())?,
         rotations,
+        notes,
     })
 }
 
-/// The report as a table, then the secrets and rotations.
+/// The report as a table, then the secrets, rotations and notes.
 pub fn table(report: &Report) -> String {
     let header = ["CERTIFICATE", "NODE", "CA", "EXPIRES", "RESIDUAL", "STATE"];
     let cells: Vec<[String; 6]> = report
         .rows
         .iter()
         .map(|r| {
-            let state = match &r.detail {
-                Some(d) => format!("{} ({d})", r.state.word()),
-                None => r.state.word().to_string(),
-            };
             [
                 r.name.clone(),
                 r.node.clone().unwrap_or_else(|| "-".into()),
@@ -290,7 +397,7 @@ pub fn table(report: &Report) -> String {
                 r.residual_seconds
                     .map(residual)
                     .unwrap_or_else(|| "-".into()),
-                state,
+                r.state.word().to_string(),
             ]
         })
         .collect();
@@ -309,16 +416,29 @@ pub fn table(report: &Report) -> String {
         padded.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = line(header);
-    for row in &cells {
+    for (row, r) in cells.iter().zip(&report.rows) {
         out += &line(row.each_ref().map(String::as_str));
+        if let Some(detail) = &r.detail {
+            out += &format!("    {detail}\n");
+        }
     }
-    if report.stale_secrets.is_empty() {
-        out += "\nsecrets: up to date\n";
+    out += "\n";
+    let stale_rows = report
+        .rows
+        .iter()
+        .filter(|r| r.state == State::StaleSecret)
+        .count();
+    if report.stale_secrets.is_empty() && stale_rows == 0 {
+        out += "secrets: up to date\n";
     } else {
+        let mut all: Vec<&str> = report.stale_secrets.iter().map(String::as_str).collect();
+        let rows = format!("{stale_rows} rows above");
+        if stale_rows > 0 {
+            all.push(&rows);
+        }
         out += &format!(
-            "\nsecrets: {} out of date: {}\n",
-            report.stale_secrets.len(),
-            report.stale_secrets.join(", ")
+            "secrets: out of date ({}): kpki init or kpki rotate writes them again\n",
+            all.join(", ")
         );
     }
     if !report.orphaned_secrets.is_empty() {
@@ -329,7 +449,17 @@ pub fn table(report: &Report) -> String {
         );
     }
     for rotation in &report.rotations {
-        out += &format!("rotation: {rotation}\n");
+        out += &format!("rotation: {} is being rotated", rotation.subject());
+        if let Some(started) = &rotation.started {
+            out += &format!(" (started {})", short_date(started));
+        }
+        if !rotation.pending.is_empty() {
+            out += &format!(", not yet reissued: {}", rotation.pending.join(", "));
+        }
+        out += &format!(": {}\n", rotation.next);
+    }
+    for note in &report.notes {
+        out += &format!("note: {note}\n");
     }
     out
 }

@@ -1,20 +1,22 @@
 //! `kpki verify`: every check of the PKI and its secrets, as one line per problem.
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 use super::{Facts, drift, facts, key_spki, pem_certs, pem_public_keys, signed_by};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
-use crate::error::Result;
-use crate::secrets::{self, Recipients, SealPlan, Vault, seal};
+use crate::error::{Error, Result};
+use crate::pem::Material;
+use crate::secrets::{self, Recipients, SealPlan, Stale};
+use crate::state::{Place, State};
 
 /// Every problem found, one line each; empty when the PKI is sound.
 pub fn verify(
-    vault: &Vault,
+    state: &State,
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
@@ -23,33 +25,52 @@ pub fn verify(
     let items = catalogue::items(config);
     let mut problems: Vec<String> = items
         .par_iter()
-        .map(|item| check_item(vault, config, item, now))
+        .map(|item| check_item(state, config, item, now))
         .collect::<Result<Vec<_>>>()?
         .concat();
-    for user in secrets::users(vault.store())? {
+    for user in secrets::users(state)? {
         let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(&user, p));
-        problems.extend(check_leaf_files(vault, &files, CaName::Kubernetes, now)?.0);
+        let (found, leaf) = check_leaf_files(state, &files, CaName::Kubernetes, now)?;
+        problems.extend(found);
+        if let Some(leaf) = leaf.filter(|l| l.subject.common_name != user) {
+            problems.push(format!(
+                "pki/{}: its CN is {:?}, but the file is named for {user:?}",
+                files[0], leaf.subject.common_name
+            ));
+        }
     }
-    problems.extend(check_secrets(vault, config, recipients, plan));
-    problems.extend(tracked_plaintext(vault));
+    problems.extend(check_secrets(state, config, recipients, plan)?);
+    problems.extend(check_cache(state)?);
+    problems.extend(tracked_plaintext(state));
     Ok(problems)
 }
 
-/// A file's content, or a problem line when it is missing.
-fn need(
-    vault: &Vault,
-    rel: &str,
-    problems: &mut Vec<String>,
-) -> Result<Option<zeroize::Zeroizing<String>>> {
-    let text = vault.read(rel)?;
-    if text.is_none() {
-        problems.push(format!("pki/{rel}: missing (and no copy in secrets/)"));
+/// A file's trusted content; a missing or unreadable file is a problem line instead.
+fn need(state: &State, rel: &str, problems: &mut Vec<String>) -> Result<Option<Arc<Material>>> {
+    match state.read(rel) {
+        Ok(Some(text)) => Ok(Some(text)),
+        Ok(None) => {
+            problems.push(format!("pki/{rel}: missing (and no copy in secrets/)"));
+            Ok(None)
+        }
+        Err(Error::File { path, message }) => {
+            problems.push(format!("{}: {message}", shown(state, &path)));
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
-    Ok(text)
+}
+
+/// A path relative to the cluster directory.
+fn shown(state: &State, path: &std::path::Path) -> String {
+    path.strip_prefix(state.store().root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn check_item(
-    vault: &Vault,
+    state: &State,
     config: &Config,
     item: &Item<'_>,
     now: OffsetDateTime,
@@ -57,21 +78,21 @@ fn check_item(
     let [cert, key] = [Part::Cert, Part::Key].map(|p| item.file(p));
     match item.entry.kind {
         Kind::Leaf { ca, .. } => {
-            let (mut problems, leaf) = check_leaf_files(vault, &[cert.clone(), key], ca, now)?;
-            let current = current_ca(vault, ca)?;
+            let (mut problems, leaf) = check_leaf_files(state, &[cert.clone(), key], ca, now)?;
+            let current = current_ca(state, ca)?;
             if let Some(why) = leaf.and_then(|leaf| drift(item, config, &leaf, current.as_ref())) {
                 problems.push(format!("pki/{cert}: {why}"));
             }
             Ok(problems)
         }
-        Kind::Ca(_) => check_ca(vault, item, now),
+        Kind::Ca(name) => check_ca(state, name, item, now),
         Kind::KeyPair => {
             let mut problems = Vec::new();
-            let Some((public, private)) = pair(vault, &cert, &key, &mut problems)? else {
+            let Some((public, private)) = pair(state, &cert, &key, &mut problems)? else {
                 return Ok(problems);
             };
-            let first = pem_public_keys(&public).map(|keys| keys[0].clone());
-            match (first, key_spki(&private)) {
+            let first = pem_public_keys(&public.text).map(|keys| keys[0].clone());
+            match (first, key_spki(&private.text)) {
                 (Ok(p), Ok(k)) if p == k => {}
                 (Err(e), _) => problems.push(format!("pki/{cert}: {e}")),
                 (_, Err(e)) => problems.push(format!("pki/{key}: {e}")),
@@ -85,41 +106,60 @@ fn check_item(
 }
 
 /// The first certificate of `ca`'s bundle.
-fn current_ca(vault: &Vault, ca: CaName) -> Result<Option<Facts>> {
-    let rel = Item {
-        entry: catalogue::ca_entry(ca),
-        node: None,
-    }
-    .file(Part::Cert);
-    Ok(vault
-        .read(&rel)?
-        .and_then(|text| pem_certs(&text).ok())
+fn current_ca(state: &State, ca: CaName) -> Result<Option<Facts>> {
+    let rel = ca_file(ca);
+    Ok(state
+        .read(&rel)
+        .ok()
+        .flatten()
+        .and_then(|text| pem_certs(&text.text).ok())
         .and_then(|certs| facts(&certs[0]).ok()))
 }
 
-/// The texts of a public file and its private key, with the key's mode checked; `None` (and the
-/// problems) when either is missing.
+fn ca_file(ca: CaName) -> String {
+    Item {
+        entry: catalogue::ca_entry(ca),
+        node: None,
+    }
+    .file(Part::Cert)
+}
+
+/// The contents of a public file and its private key, with the key's mode checked; `None` (and
+/// the problems) when either is missing.
 fn pair(
-    vault: &Vault,
+    state: &State,
     public: &str,
     key: &str,
     problems: &mut Vec<String>,
-) -> Result<Option<(Zeroizing<String>, Zeroizing<String>)>> {
-    let (text, private) = (need(vault, public, problems)?, need(vault, key, problems)?);
-    key_mode(vault, key, problems);
+) -> Result<Option<(Arc<Material>, Arc<Material>)>> {
+    let (text, private) = (need(state, public, problems)?, need(state, key, problems)?);
+    key_mode(state, key, problems);
     Ok(text.zip(private))
 }
 
-fn check_ca(vault: &Vault, item: &Item<'_>, now: OffsetDateTime) -> Result<Vec<String>> {
+fn check_ca(
+    state: &State,
+    name: CaName,
+    item: &Item<'_>,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
     let [cert, key] = [Part::Cert, Part::Key].map(|p| item.file(p));
     let mut problems = Vec::new();
-    let Some((text, private)) = pair(vault, &cert, &key, &mut problems)? else {
+    let Some((text, private)) = pair(state, &cert, &key, &mut problems)? else {
         return Ok(problems);
     };
-    let certs = match pem_certs(&text) {
+    let certs = match pem_certs(&text.text) {
         Ok(c) => c,
         Err(e) => return Ok(vec![format!("pki/{cert}: {e}")]),
     };
+    if certs.len() > 1 && !state.exists(&catalogue::previous_key_file(name))? {
+        problems.push(format!(
+            "pki/{cert}: holds {} CA certificates, but no rotation of the {} CA is recorded (no {})",
+            certs.len(),
+            name.dir(),
+            catalogue::previous_key_file(name)
+        ));
+    }
     for (i, der) in certs.iter().enumerate() {
         let at = if i == 0 {
             cert.clone()
@@ -136,7 +176,7 @@ fn check_ca(vault: &Vault, item: &Item<'_>, now: OffsetDateTime) -> Result<Vec<S
                     problems.push(format!("pki/{at}: its self-signature does not verify"));
                 }
                 validity(&f, now, &at, &mut problems);
-                if i == 0 && key_spki(&private).ok() != Some(f.spki.clone()) {
+                if i == 0 && key_spki(&private.text).ok() != Some(f.spki.clone()) {
                     problems.push(format!(
                         "pki/{key}: does not match the CA certificate pki/{cert}"
                     ));
@@ -163,23 +203,19 @@ fn validity(f: &Facts, now: OffsetDateTime, at: &str, problems: &mut Vec<String>
 
 /// Checks a leaf and its key under `ca`; returns the problems and the leaf's facts.
 fn check_leaf_files(
-    vault: &Vault,
+    state: &State,
     [cert, key]: &[String; 2],
     ca: CaName,
     now: OffsetDateTime,
 ) -> Result<(Vec<String>, Option<Facts>)> {
     let mut problems = Vec::new();
-    let ca_rel = Item {
-        entry: catalogue::ca_entry(ca),
-        node: None,
-    }
-    .file(Part::Cert);
-    let (Some((text, private)), Some(bundle)) =
-        (pair(vault, cert, key, &mut problems)?, vault.read(&ca_rel)?)
-    else {
+    let ca_rel = ca_file(ca);
+    let pair = pair(state, cert, key, &mut problems)?;
+    let bundle = need(state, &ca_rel, &mut Vec::new())?;
+    let (Some((text, private)), Some(bundle)) = (pair, bundle) else {
         return Ok((problems, None));
     };
-    let (certs, cas) = match (pem_certs(&text), pem_certs(&bundle)) {
+    let (certs, cas) = match (pem_certs(&text.text), pem_certs(&bundle.text)) {
         (Ok(c), Ok(b)) => (c, b),
         (Err(e), _) => return Ok((vec![format!("pki/{cert}: {e}")], None)),
         (_, Err(e)) => return Ok((vec![format!("pki/{ca_rel}: {e}")], None)),
@@ -209,7 +245,7 @@ fn check_leaf_files(
         }
     }
     validity(&leaf, now, cert, &mut problems);
-    if key_spki(&private).ok() != Some(leaf.spki.clone()) {
+    if key_spki(&private.text).ok() != Some(leaf.spki.clone()) {
         problems.push(format!(
             "pki/{key}: does not match the certificate pki/{cert}"
         ));
@@ -218,8 +254,8 @@ fn check_leaf_files(
 }
 
 /// A plaintext key must be 0600.
-fn key_mode(vault: &Vault, rel: &str, problems: &mut Vec<String>) {
-    if let Ok(meta) = std::fs::metadata(vault.store().pki_path(rel)) {
+fn key_mode(state: &State, rel: &str, problems: &mut Vec<String>) {
+    if let Ok(meta) = std::fs::symlink_metadata(state.store().pki_path(rel)) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             problems.push(format!(
@@ -229,89 +265,89 @@ fn key_mode(vault: &Vault, rel: &str, problems: &mut Vec<String>) {
     }
 }
 
-/// Stale copies, recipients that differ from the rules, and Nix files that are not current.
+/// Encrypted files that must be written again (with why), files no config accounts for, and
+/// Nix files that are not current.
 fn check_secrets(
-    vault: &Vault,
+    state: &State,
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
-) -> Vec<String> {
-    let store = vault.store();
+) -> Result<Vec<String>> {
+    let store = state.store();
     let mut problems: Vec<String> = plan
         .stale_files()
-        .map(|s| {
-            format!(
-                "secrets/{}.age: out of date with pki/ and the config (run kpki init)",
-                s.rel
-            )
+        .map(|(s, why)| match why {
+            Stale::Damaged(why) => format!("secrets/{}.age: {why}", s.rel),
+            why => format!("secrets/{}.age: {} (run kpki init)", s.rel, why.describe()),
         })
         .collect();
     problems.extend(
-        plan.sealed
-            .par_iter()
-            .zip(&plan.entries)
-            .filter_map(|(s, entry)| {
-                let path = store.secret_path(&s.rel);
-                let bytes = std::fs::read(&path).ok()?;
-                let shown = format!("secrets/{}.age", s.rel);
-                let mut have = match seal::header_stanzas(&bytes) {
-                    Ok(h) => h,
-                    Err(e) => return Some(format!("{shown}: {e}")),
-                };
-                let mut want = seal::expected_stanzas(&entry.recipients);
-                have.sort();
-                want.sort();
-                if have == want {
-                    return None;
-                }
-                let to_nodes =
-                    have.iter().any(|(kind, _)| kind.starts_with("ssh-")) && s.readers.is_empty();
-                Some(
-                    if to_nodes
-                        && s.rel.contains("ca-")
-                        && s.content == secrets::Content::PrivateKey
-                    {
-                        format!("{shown}: a CA key is encrypted to a node")
-                    } else {
-                        format!("{shown}: encrypted to other recipients than secrets.nix lists")
-                    },
-                )
-            })
-            .collect::<Vec<_>>(),
-    );
-    problems.extend(
-        plan.orphans(store).into_iter().map(|rel| {
+        plan.orphans(store)?.into_iter().map(|rel| {
             format!("secrets/{rel}: no longer in the config (a removed node?); delete it")
         }),
     );
-    let outdated = secrets::outdated_files(store, config, recipients, plan).unwrap_or_default();
     problems.extend(
-        outdated
+        secrets::outdated_files(store, config, recipients, plan)?
             .into_iter()
             .map(|name| format!("secrets/{name}: not current (run kpki init)")),
     );
-    problems
+    Ok(problems)
 }
 
-/// Plaintext PKI files that git tracks. Nothing to report outside a git work tree.
-fn tracked_plaintext(vault: &Vault) -> Vec<String> {
-    let dir = vault.store().pki_dir();
-    let Ok(out) = std::process::Command::new("git")
-        .arg("-C")
-        .arg(&dir)
-        .args(["ls-files", "-z", "--full-name", "."])
-        .output()
-    else {
+/// Plaintext in `pki/` that kpki did not write: neither the committed state nor what kpki last
+/// synced. A cache that is merely behind (a teammate committed since) is no problem.
+fn check_cache(state: &State) -> Result<Vec<String>> {
+    Ok(state
+        .divergent()?
+        .into_iter()
+        .filter(|(_, place)| matches!(place, Place::Changed { .. }))
+        .map(|(rel, _)| {
+            format!(
+                "pki/{rel}: changed outside kpki (neither what secrets/ holds nor what kpki last wrote); remove it to use the committed version"
+            )
+        })
+        .collect())
+}
+
+/// Plaintext keys and certificates that git tracks anywhere in the repository: by name
+/// (`*.pem`, `*.agekey`, `*.kubeconfig`) and by content (a PEM private key or an age
+/// identity). Nothing to report outside a git work tree.
+fn tracked_plaintext(state: &State) -> Vec<String> {
+    let root = state.store().root();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success() || out.status.code() == Some(1))
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let Some(named) = git(&["ls-files", "-z", "--full-name", ":/"]) else {
         return Vec::new();
     };
-    if !out.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
+    let mut found: std::collections::BTreeMap<String, &str> = named
         .split('\0')
         .filter(|f| f.ends_with(".pem") || f.ends_with(".agekey") || f.ends_with(".kubeconfig"))
         .map(|f| {
-            let what = if f.ends_with(".pem") && !f.ends_with("-key.pem") { "plaintext file" } else { "plaintext key" };
+            let what = if f.ends_with(".pem") && !f.ends_with("-key.pem") {
+                "plaintext file"
+            } else {
+                "plaintext key"
+            };
+            (f.to_string(), what)
+        })
+        .collect();
+    let pattern = "^(-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----|AGE-SECRET-KEY-1[0-9A-Z]{58})$";
+    if let Some(holding) = git(&["grep", "-z", "-l", "-I", "-E", "--full-name", pattern, ":/"]) {
+        for f in holding.split('\0').filter(|f| !f.is_empty()) {
+            found.entry(f.to_string()).or_insert("plaintext key");
+        }
+    }
+    found
+        .into_iter()
+        .map(|(f, what)| {
             format!("{f}: {what} is tracked by git (git rm --cached it; secrets/ holds the encrypted copy)")
         })
         .collect()

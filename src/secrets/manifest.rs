@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::{self, Store};
+use crate::pem::fingerprint;
+use crate::store::Store;
 
 /// The manifest's file name under `secrets/`.
 pub const FILE: &str = "manifest.toml";
@@ -33,20 +34,22 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The manifest on disk; empty when there is none yet.
-    pub fn load(store: &Store) -> Result<Manifest> {
+    /// The manifest on disk and the fingerprint of its text; empty and `None` when there is
+    /// none yet.
+    pub fn load(store: &Store) -> Result<(Manifest, Option<String>)> {
         let path = store.secrets_path(FILE);
-        match store::read_optional(&path)? {
-            None => Ok(Manifest::default()),
-            Some(text) => toml::from_str(&text).map_err(|e| {
-                Error::file(&path, format!("is not a kpki manifest ({})", e.message()))
-            }),
+        match store.read_text(&path)? {
+            None => Ok((Manifest::default(), None)),
+            Some(text) => {
+                let manifest = toml::from_str(&text).map_err(|e| {
+                    Error::file(
+                        &path,
+                        format!("is not a kpki manifest ({})", e.message().trim()),
+                    )
+                })?;
+                Ok((manifest, Some(fingerprint(text.as_bytes()))))
+            }
         }
-    }
-
-    /// Whether a manifest exists on disk, i.e. secrets were written before.
-    pub fn exists(store: &Store) -> bool {
-        store.secrets_path(FILE).exists()
     }
 
     /// The manifest as written to disk.
@@ -54,11 +57,4 @@ impl Manifest {
         let body = toml::to_string(self).expect("a manifest always serializes");
         format!("{HEADER}{body}")
     }
-}
-
-/// `sha256:HEX` of `bytes`.
-pub fn fingerprint(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }

@@ -1,123 +1,39 @@
-//! `secrets/`: the age-encrypted copy of `pki/`, its manifest, and the Nix files that consume it.
+//! `secrets/`: what it must hold under the config and this run's [`State`], how far each
+//! encrypted file is from that, and committing a run's changes to `pki/` and `secrets/` at once.
 //!
-//! [`Vault`] reads PKI material from the plaintext in `pki/` or, in a fresh clone where only
-//! `secrets/` exists, decrypts it with the admin identity. [`seal`] brings `secrets/` in line
-//! with `pki/` and the config, encrypting only files whose content or recipients changed.
+//! [`plan`] compares every file that belongs in `secrets/` with the manifest and, for encrypted
+//! files changed since kpki last saw them (a pull, `agenix -e`, a hand edit), checks their age
+//! header against the due recipients and, with an identity, their content against the
+//! manifest. [`commit`] then writes, in one transaction: this run's plaintext changes, the
+//! refreshed cache, every file to encrypt anew, the manifest, `secrets.nix` and `kpki.nix`.
 
 pub mod manifest;
 pub mod nix;
-pub mod seal;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
+use crate::agefile::{self as seal, Recipient};
 use crate::catalogue::{self, Part};
 use crate::config::{Config, Node};
 use crate::error::{Error, Result};
-use crate::issuing;
-use crate::store::Store;
+use crate::pem::{self, Kind};
+use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
+use crate::store::{self, Store};
 use manifest::{Entry, Manifest};
-use seal::{Identity, Recipient};
-
-/// The generated admin identity, used when `secrets.admins` is empty.
-pub const ADMIN_IDENTITY: &str = "admin.agekey";
-
-/// PKI material, from `pki/` or decrypted from `secrets/`.
-pub struct Vault {
-    store: Store,
-    identity: Option<PathBuf>,
-    identities: OnceLock<std::result::Result<Vec<Identity>, (String, String)>>,
-}
-
-impl Vault {
-    /// A vault over `store`; `identity` is the admin identity given by `-i` or `KPKI_IDENTITY`.
-    pub fn new(store: Store, identity: Option<PathBuf>) -> Vault {
-        Vault {
-            store,
-            identity,
-            identities: OnceLock::new(),
-        }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// Whether `pki/REL` exists in plaintext or encrypted.
-    pub fn exists(&self, rel: &str) -> bool {
-        self.store.has_pki(rel) || self.store.secret_path(rel).exists()
-    }
-
-    /// The content of `pki/REL`: the plaintext, else the decrypted secret, else `None`.
-    pub fn read(&self, rel: &str) -> Result<Option<Zeroizing<String>>> {
-        if let Some(text) = self.store.read_pki(rel)? {
-            return Ok(Some(Zeroizing::new(text)));
-        }
-        let path = self.store.secret_path(rel);
-        let Some(ciphertext) = self.store.read_secret(&format!("{rel}.age"))? else {
-            return Ok(None);
-        };
-        let plaintext = seal::decrypt(&ciphertext, self.identities()?, &path)?;
-        let text = String::from_utf8(plaintext.to_vec())
-            .map_err(|_| Error::file(&path, "does not hold a PEM file"))?;
-        Ok(Some(Zeroizing::new(text)))
-    }
-
-    /// The admin identities, loaded once: `-i`/`KPKI_IDENTITY` if given, else the generated
-    /// `pki/admin.agekey` and `~/.ssh/id_ed25519`, whichever exist.
-    fn identities(&self) -> Result<&[Identity]> {
-        let loaded = self.identities.get_or_init(|| {
-            let candidates: Vec<PathBuf> = match &self.identity {
-                Some(path) => vec![path.clone()],
-                None => default_identity_files(&self.store),
-            };
-            if candidates.is_empty() {
-                return Err((
-                    "secrets/ must be decrypted, but no identity was given".to_string(),
-                    "pass -i FILE (an age identity or OpenSSH private key) or set KPKI_IDENTITY"
-                        .to_string(),
-                ));
-            }
-            let mut all = Vec::new();
-            for path in candidates {
-                match seal::load_identities(&path) {
-                    Ok(ids) => all.extend(ids),
-                    Err(e) => {
-                        return Err((e.to_string(), e.hint().unwrap_or_default().to_string()));
-                    }
-                }
-            }
-            Ok(all)
-        });
-        loaded
-            .as_deref()
-            .map_err(|(message, hint)| Error::usage(message.clone(), Some(hint.clone())))
-    }
-}
-
-/// The identity files tried when none is given.
-fn default_identity_files(store: &Store) -> Vec<PathBuf> {
-    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".ssh/id_ed25519"));
-    [Some(store.pki_path(ADMIN_IDENTITY)), home]
-        .into_iter()
-        .flatten()
-        .filter(|p| p.is_file())
-        .collect()
-}
 
 /// The admin recipients in effect, and a new identity to write when one must be generated.
 pub struct Admins {
     pub recipients: Vec<String>,
-    /// A generated identity (file text, recipient) that must be written to `pki/admin.agekey`.
+    /// A generated identity (file text) that must be written to `pki/admin.agekey`.
     pub generated: Option<Zeroizing<String>>,
 }
 
-/// `secrets.admins`, else the recipient of `pki/admin.agekey`, else (before any secret exists)
-/// a newly generated identity.
+/// `secrets.admins`, else the recipient of the identity in `pki/admin.agekey` (derived from the
+/// identity itself, never from its comment), else (before any secret exists) a new identity.
 pub fn admins(store: &Store, config: &Config) -> Result<Admins> {
     if !config.admins.is_empty() {
         return Ok(Admins {
@@ -126,17 +42,15 @@ pub fn admins(store: &Store, config: &Config) -> Result<Admins> {
         });
     }
     let path = store.pki_path(ADMIN_IDENTITY);
-    if let Some(text) = crate::store::read_optional(&path)?.map(Zeroizing::new) {
-        let recipient = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# public key: "))
-            .ok_or_else(|| Error::file(&path, "has no \"# public key:\" line"))?;
+    if let Some(text) = store.read(&path, store::PEM_LIMIT)?.map(Zeroizing::new) {
+        let text = std::str::from_utf8(&text).map_err(|_| Error::file(&path, "is not text"))?;
+        let recipient = seal::identity_recipient(text).map_err(|m| Error::file(&path, m))?;
         return Ok(Admins {
-            recipients: vec![recipient.trim().to_string()],
+            recipients: vec![recipient],
             generated: None,
         });
     }
-    if Manifest::exists(store) {
+    if store.secrets_path(manifest::FILE).exists() {
         return Err(Error::Config {
             file: store.config_path(),
             message: format!(
@@ -199,7 +113,7 @@ impl Recipients {
 pub struct Sealed<'c> {
     /// The path under `pki/`; the encrypted copy is `secrets/REL.age`.
     pub rel: String,
-    pub content: Content,
+    pub kind: Kind,
     /// Its `age.secrets` name on the nodes that read it.
     pub name: String,
     /// The user that owns it on a node.
@@ -208,278 +122,531 @@ pub struct Sealed<'c> {
     pub readers: Vec<&'c Node>,
 }
 
-/// What a sealed file holds, which decides how its public fingerprint is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Content {
-    /// A certificate or public key: fingerprinted as it is.
-    Public,
-    /// A private key: fingerprinted by its public key.
-    PrivateKey,
-    /// The admin kubeconfig, made in memory from the admin certificate, key and CA.
-    AdminKubeconfig,
-}
-
 /// Where the admin kubeconfig is kept, relative to `pki/` (it never exists there in plaintext).
 pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.kubeconfig";
 
 /// Every file that belongs in `secrets/`: the catalogue's, the extra users', the files of
 /// rotations in progress and the admin kubeconfig.
-pub fn sealed_files<'c>(
-    config: &'c Config,
-    users: &[String],
-    rotation: &[(String, Content)],
-) -> Vec<Sealed<'c>> {
+pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<'c>>> {
     let mut sealed: Vec<Sealed<'c>> = catalogue::items(config)
         .into_iter()
         .flat_map(|item| {
             [Part::Cert, Part::Key].map(|part| Sealed {
+                kind: Kind::of(&item.file(part)),
                 rel: item.file(part),
-                content: content_of(part),
                 name: nix::secret_name(&item, part),
                 owner: item.entry.owner,
                 readers: item.readers(part, config),
             })
         })
         .collect();
-    for user in users {
+    for user in users(state)? {
         for part in [Part::Cert, Part::Key] {
-            sealed.push(admin_only(
-                catalogue::user_file(user, part),
-                content_of(part),
-            ));
+            sealed.push(admin_only(catalogue::user_file(&user, part)));
         }
     }
-    for (rel, content) in rotation {
-        sealed.push(admin_only(rel.clone(), *content));
+    for ca in catalogue::CAS {
+        for rel in [catalogue::cross_file(ca), catalogue::previous_key_file(ca)] {
+            if state.exists(&rel)? {
+                sealed.push(admin_only(rel));
+            }
+        }
     }
-    sealed.push(admin_only(
-        ADMIN_KUBECONFIG.to_string(),
-        Content::AdminKubeconfig,
-    ));
-    sealed
-}
-
-fn content_of(part: Part) -> Content {
-    match part {
-        Part::Cert => Content::Public,
-        Part::Key => Content::PrivateKey,
-    }
+    sealed.push(admin_only(ADMIN_KUBECONFIG.to_string()));
+    Ok(sealed)
 }
 
 /// A file for the admins only.
-fn admin_only<'c>(rel: String, content: Content) -> Sealed<'c> {
+fn admin_only<'c>(rel: String) -> Sealed<'c> {
     Sealed {
         name: String::new(),
+        kind: Kind::of(&rel),
         rel,
-        content,
         owner: "root",
         readers: Vec::new(),
     }
 }
 
-/// The extra client users (`kpki issue client`), from `pki/users/` and `secrets/users/`.
-pub fn users(store: &Store) -> Result<Vec<String>> {
-    let mut names = std::collections::BTreeSet::new();
-    for (dir, suffix) in [
-        (store.pki_path(catalogue::USERS_DIR), ".pem"),
-        (store.secrets_path(catalogue::USERS_DIR), ".pem.age"),
-    ] {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&dir, e)),
-        };
-        for entry in entries {
-            let name = entry.map_err(|e| Error::io(&dir, e))?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(user) = name.strip_suffix(suffix).filter(|u| !u.ends_with("-key")) {
-                names.insert(user.to_string());
-            }
-        }
-    }
-    Ok(names.into_iter().collect())
+/// The extra client users (`kpki issue client`), by name.
+pub fn users(state: &State) -> Result<Vec<String>> {
+    Ok(state
+        .listed(catalogue::USERS_DIR)?
+        .iter()
+        .filter_map(|rel| {
+            let name = rel.strip_prefix(catalogue::USERS_DIR)?.strip_prefix('/')?;
+            name.strip_suffix(".pem").filter(|u| !u.ends_with("-key"))
+        })
+        .map(String::from)
+        .collect())
 }
 
-/// What `secrets/` must hold under the current `pki/` and config.
+/// Why an encrypted file must be written again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// Never sealed.
+    New,
+    /// The manifest lists it but `secrets/` lost it.
+    Missing,
+    /// Its content changed this run.
+    Content,
+    /// Its due recipients changed (a host key, an admin, a role).
+    Recipients,
+    /// It was changed outside kpki and is wrong: other recipients, content the manifest does not
+    /// vouch for, an admin locked out. The text says which.
+    Damaged(String),
+}
+
+impl Stale {
+    /// Why, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Stale::New => "not encrypted yet".into(),
+            Stale::Missing => "missing from secrets/".into(),
+            Stale::Content => "out of date".into(),
+            Stale::Recipients => "due recipients changed".into(),
+            Stale::Damaged(why) => why.clone(),
+        }
+    }
+}
+
+/// One file's standing.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The manifest entry it must have; `None` when its content exists nowhere (missing).
+    pub due: Option<Entry>,
+    /// Why its encrypted copy must be written again, if it must.
+    pub stale: Option<Stale>,
+    /// The SHA-256 and stamp of its encrypted copy, when known to be good.
+    pub checked: Option<(String, store::Stamp)>,
+    /// Its encrypted copy changed since kpki last saw it and could not be checked (no identity).
+    pub unchecked: bool,
+}
+
+/// How deep [`plan`] checks encrypted files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Those changed since kpki last wrote or checked them.
+    Changed,
+    /// Every one: decrypted and compared with the manifest (`verify`).
+    All,
+}
+
+/// What `secrets/` must hold, and how far each file is from it.
 pub struct SealPlan<'c> {
     pub sealed: Vec<Sealed<'c>>,
-    /// The manifest entry each sealed file must have, in the same order.
-    pub entries: Vec<Entry>,
-    /// Whether each file's encrypted copy is missing or out of date, in the same order.
-    pub stale: Vec<bool>,
+    /// Per sealed file, in the same order.
+    pub standings: Vec<Standing>,
 }
 
 impl SealPlan<'_> {
-    /// The files whose encrypted copy is missing or out of date.
-    pub fn stale_files(&self) -> impl Iterator<Item = &Sealed<'_>> {
+    /// The files whose encrypted copy must be written again, with why.
+    pub fn stale_files(&self) -> impl Iterator<Item = (&Sealed<'_>, &Stale)> {
         self.sealed
             .iter()
-            .zip(&self.stale)
-            .filter(|(_, s)| **s)
-            .map(|(f, _)| f)
+            .zip(&self.standings)
+            .filter_map(|(s, st)| Some((s, st.stale.as_ref()?)))
+    }
+
+    /// Files whose content exists nowhere (a node added since the last init, say).
+    pub fn missing(&self) -> impl Iterator<Item = &Sealed<'_>> {
+        self.sealed
+            .iter()
+            .zip(&self.standings)
+            .filter(|(_, st)| st.due.is_none())
+            .map(|(s, _)| s)
+    }
+
+    /// How many encrypted files changed since kpki last saw them and went unchecked.
+    pub fn unchecked(&self) -> usize {
+        self.standings.iter().filter(|s| s.unchecked).count()
     }
 
     /// The manifest that describes `secrets/` once the plan is carried out.
     pub fn manifest(&self) -> Manifest {
-        let files = self.sealed.iter().zip(&self.entries);
         Manifest {
-            files: files.map(|(s, e)| (s.rel.clone(), e.clone())).collect(),
+            files: self
+                .sealed
+                .iter()
+                .zip(&self.standings)
+                .filter_map(|(s, st)| Some((s.rel.clone(), st.due.clone()?)))
+                .collect(),
         }
     }
-}
 
-/// Compares every file of `pki/` (plaintext, or the manifest's word for a file only `secrets/`
-/// holds) and its due recipients with the manifest. Reads only.
-pub fn plan<'c>(
-    vault: &Vault,
-    config: &'c Config,
-    recipients: &Recipients,
-) -> Result<SealPlan<'c>> {
-    let store = vault.store();
-    let old = Manifest::load(store)?;
-    let sealed = sealed_files(config, &users(store)?, &rotation_files(vault));
-    let mut entries = sealed
-        .par_iter()
-        .filter(|s| s.content != Content::AdminKubeconfig)
-        .map(|s| file_entry(store, &old, recipients, s))
-        .collect::<Result<Vec<_>>>()?;
-    let files = Manifest {
-        files: sealed
-            .iter()
-            .map(|s| s.rel.clone())
-            .zip(entries.iter().cloned())
-            .collect(),
-    };
-    for s in sealed
-        .iter()
-        .filter(|s| s.content == Content::AdminKubeconfig)
-    {
-        entries.push(Entry {
-            public: admin_kubeconfig_fingerprint(config, &files),
-            recipients: recipients.of(s),
-        });
-    }
-    let stale = sealed
-        .iter()
-        .zip(&entries)
-        .map(|(s, e)| previous_entry(store, &old, &s.rel) != Some(e))
-        .collect();
-    Ok(SealPlan {
-        sealed,
-        entries,
-        stale,
-    })
-}
-
-/// The files of CA rotations in progress: the cross-signed CA and the previous CA key.
-fn rotation_files(vault: &Vault) -> Vec<(String, Content)> {
-    catalogue::CAS
-        .iter()
-        .flat_map(|ca| {
-            [
-                (catalogue::cross_file(*ca), Content::Public),
-                (catalogue::previous_key_file(*ca), Content::PrivateKey),
-            ]
-        })
-        .filter(|(rel, _)| vault.exists(rel))
-        .collect()
-}
-
-impl SealPlan<'_> {
-    /// Encrypted files in `secrets/` that nothing in the catalogue, the users or a rotation
+    /// Encrypted files in `secrets/` that nothing in the config, the users or a rotation
     /// accounts for, such as the files of a node removed from the config (relative to `secrets/`).
-    pub fn orphans(&self, store: &Store) -> Vec<String> {
+    pub fn orphans(&self, store: &Store) -> Result<Vec<String>> {
         let known: HashSet<String> = self
             .sealed
             .iter()
             .map(|s| format!("{}.age", s.rel))
             .collect();
-        let dir = store.secrets_dir();
-        let mut found: Vec<String> = walkdir::WalkDir::new(&dir)
-            .follow_links(false)
+        Ok(store
+            .list(&store.secrets_dir())?
             .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-            .filter_map(|e| Some(e.path().strip_prefix(&dir).ok()?.to_str()?.to_string()))
             .filter(|rel| rel.ends_with(".age") && !known.contains(rel))
-            .collect();
-        found.sort();
-        found
+            .collect())
     }
 }
 
-/// What [`seal`] changed.
-#[derive(Debug, Default)]
-pub struct Sealing {
-    /// Files (relative to `secrets/`) encrypted anew.
-    pub encrypted: Vec<String>,
-    /// Other files of `secrets/` rewritten (manifest, secrets.nix, kpki.nix).
-    pub written: Vec<String>,
-}
-
-/// Brings `secrets/` in line with `pki/` and the config: encrypts each file whose public
-/// material or recipients differ from the manifest, then rewrites the manifest and the Nix files
-/// where their text changed.
-pub fn seal(vault: &Vault, config: &Config, recipients: &Recipients) -> Result<Sealing> {
-    let store = vault.store();
-    let plan = plan(vault, config, recipients)?;
-    let work: Vec<(&Sealed<'_>, &Entry)> = plan
-        .sealed
-        .iter()
-        .zip(&plan.entries)
-        .zip(&plan.stale)
-        .filter(|(_, stale)| **stale)
-        .map(|(pair, _)| pair)
-        .collect();
-    let bar = crate::progress::bar(work.len(), "encrypting");
-    let mut encrypted = work
+/// Compares every file that belongs in `secrets/` with the manifest; checks encrypted files as
+/// deep as `depth` says. Reads only.
+pub fn plan<'c>(
+    state: &State,
+    config: &'c Config,
+    recipients: &Recipients,
+    depth: Depth,
+) -> Result<SealPlan<'c>> {
+    let sealed = sealed_files(state, config)?;
+    let deep = state.has_identity()?;
+    let fingerprints = sealed
         .par_iter()
-        .map(|(s, entry)| {
-            let done = encrypt_file(vault, config, recipients, s, entry);
-            bar.inc();
-            done
+        .map(|s| match s.kind {
+            Kind::Kubeconfig => Ok(None),
+            _ => state.fingerprint(&s.rel),
         })
         .collect::<Result<Vec<_>>>()?;
-    encrypted.sort();
-    let mut sealing = Sealing {
-        encrypted,
-        written: Vec::new(),
+    let by_rel: HashMap<&str, &Option<String>> = sealed
+        .iter()
+        .map(|s| s.rel.as_str())
+        .zip(&fingerprints)
+        .collect();
+    let standings = sealed
+        .par_iter()
+        .zip(&fingerprints)
+        .map(|(s, fp)| {
+            let fp = match s.kind {
+                Kind::Kubeconfig => admin_kubeconfig_fingerprint(config, &by_rel),
+                _ => fp.clone(),
+            };
+            let due = fp.map(|public| Entry {
+                public,
+                recipients: recipients.of(s),
+            });
+            standing(state, config, s, due, depth, deep)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SealPlan { sealed, standings })
+}
+
+/// How far one file's encrypted copy is from `due`.
+fn standing(
+    state: &State,
+    config: &Config,
+    sealed: &Sealed<'_>,
+    due: Option<Entry>,
+    depth: Depth,
+    deep: bool,
+) -> Result<Standing> {
+    let mut standing = Standing {
+        due,
+        stale: None,
+        checked: None,
+        unchecked: false,
     };
-    for (name, text) in nix_files(config, recipients, &plan) {
-        if store.write_secret_if_changed(name, text.as_bytes())? {
-            sealing.written.push(name.to_string());
+    let Some(due) = &standing.due else {
+        return Ok(standing);
+    };
+    let store = state.store();
+    let path = store.secret_path(&sealed.rel);
+    let committed = state.manifest().files.get(&sealed.rel);
+    let stamp = store.stamp(&path)?;
+    standing.stale = match (committed, stamp) {
+        (None, _) => Some(Stale::New),
+        (Some(_), None) => Some(Stale::Missing),
+        (Some(c), _) if c.public != due.public => Some(Stale::Content),
+        (Some(c), _) if c.recipients != due.recipients => Some(Stale::Recipients),
+        _ => None,
+    };
+    let (Some(stamp), None) = (stamp, &standing.stale) else {
+        return Ok(standing);
+    };
+    let known = state.known(&sealed.rel).and_then(|k| k.sealed.clone());
+    if depth == Depth::Changed
+        && let Some((hash, at)) = &known
+        && *at == stamp
+    {
+        standing.checked = Some((hash.clone(), stamp));
+        return Ok(standing);
+    }
+    let bytes = store
+        .read(&path, store::PEM_LIMIT)?
+        .ok_or_else(|| Error::file(&path, "disappeared while kpki was reading it"))?;
+    let hash = pem::fingerprint(&bytes);
+    if depth == Depth::Changed && known.as_ref().is_some_and(|(h, _)| *h == hash) {
+        standing.checked = Some((hash, stamp));
+        return Ok(standing);
+    }
+    if let Some(why) = header_problem(sealed, due, &bytes) {
+        standing.stale = Some(Stale::Damaged(why));
+    } else if !deep {
+        standing.unchecked = true;
+    } else if let Some(why) = content_problem(state, config, sealed)? {
+        standing.stale = Some(Stale::Damaged(why));
+    } else {
+        standing.checked = Some((hash, stamp));
+    }
+    Ok(standing)
+}
+
+/// Whether an age header's stanzas differ from the due recipients: X25519 stanzas by number
+/// (they name no key), SSH stanzas by their key tag.
+fn header_problem(sealed: &Sealed<'_>, due: &Entry, bytes: &[u8]) -> Option<String> {
+    let mut have = match seal::header_stanzas(bytes) {
+        Ok(h) => h,
+        Err(e) => return Some(e),
+    };
+    let mut want = seal::expected_stanzas(&due.recipients);
+    have.sort();
+    want.sort();
+    if have == want {
+        return None;
+    }
+    let to_nodes =
+        have.iter().any(|(kind, _)| kind.starts_with("ssh-")) && sealed.readers.is_empty();
+    Some(
+        if to_nodes && sealed.rel.contains("/ca-") && sealed.kind == Kind::PrivateKey {
+            "a CA key is encrypted to a node".into()
+        } else {
+            "encrypted to other recipients than secrets.nix lists".into()
+        },
+    )
+}
+
+/// Whether a decrypted file differs from what the manifest vouches for; errors that name the
+/// file (an admin locked out, a damaged file) are problems too. Identity errors are not.
+fn content_problem(state: &State, config: &Config, sealed: &Sealed<'_>) -> Result<Option<String>> {
+    let expected = state
+        .manifest()
+        .files
+        .get(&sealed.rel)
+        .map(|e| e.public.clone());
+    let outcome = state
+        .decrypt(&sealed.rel)
+        .and_then(|plain| match sealed.kind {
+            Kind::Kubeconfig => {
+                let due = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
+                Ok((due.as_bytes() == plain.as_slice())
+                    .then(|| expected.clone())
+                    .flatten())
+            }
+            kind => Ok(pem::parse(kind, &plain).ok().map(|m| m.fingerprint)),
+        });
+    match outcome {
+        Ok(fp) if fp.is_some() && fp == expected => Ok(None),
+        Ok(_) => Ok(Some(
+            "does not hold what the manifest records for it (edited, replaced, or taken from an older state)"
+                .into(),
+        )),
+        Err(Error::File { message, .. }) => Ok(Some(message)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The admin kubeconfig's fingerprint: that of what it embeds, so it is sealed again exactly
+/// when the admin certificate, the CA, the cluster name or the server changes.
+fn admin_kubeconfig_fingerprint(
+    config: &Config,
+    fps: &HashMap<&str, &Option<String>>,
+) -> Option<String> {
+    let fp = |rel: &str| fps.get(rel).and_then(|f| f.as_deref());
+    let admin = crate::kubeconfig::admin_item().file(Part::Cert);
+    let inputs = [
+        fp(&admin)?,
+        fp(&crate::kubeconfig::ca_cert())?,
+        config.cluster.name.as_str(),
+        config.cluster.api_server.as_str(),
+    ];
+    Some(pem::fingerprint(inputs.join("\n").as_bytes()))
+}
+
+/// A file outside `pki/` and `secrets/`'s PKI files that a command writes with its changes: the
+/// config, `pki/.gitignore`, a generated identity.
+pub struct Extra {
+    pub path: PathBuf,
+    pub contents: Zeroizing<Vec<u8>>,
+    pub mode: u32,
+}
+
+/// What [`commit`] changed, relative to the cluster directory.
+#[derive(Debug, Default)]
+pub struct Sealing {
+    /// Files encrypted anew into `secrets/`.
+    pub encrypted: Vec<String>,
+    /// Other files written (manifest, Nix files, refreshed plaintext).
+    pub written: Vec<String>,
+    /// Plaintext files refreshed from `secrets/` (a teammate committed since).
+    pub refreshed: Vec<String>,
+}
+
+impl Sealing {
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.encrypted.is_empty() && self.written.is_empty() && self.refreshed.is_empty()
+    }
+}
+
+/// Commits this run: refuses plaintext changed outside kpki, then writes in one transaction
+/// the changes made to `state`, the refreshed cache, every file to encrypt anew, the manifest,
+/// `secrets.nix`, `kpki.nix` and `extras`; then records what `pki/` now caches.
+pub fn commit(
+    state: &State,
+    config: &Config,
+    recipients: &Recipients,
+    extras: Vec<Extra>,
+) -> Result<Sealing> {
+    let store = state.store();
+    let divergent = state.audit()?;
+    let plan = plan(state, config, recipients, Depth::Changed)?;
+    let mut txn = store.transaction();
+    let mut sealing = Sealing::default();
+    let changes = state.changes();
+    for (rel, change) in &changes {
+        match change {
+            Some(m) => txn.write(
+                store.pki_path(rel),
+                Zeroizing::new(m.text.as_bytes().to_vec()),
+                plaintext_mode(m.kind),
+                store::PRIVATE_DIR_MODE,
+            ),
+            None => {
+                txn.remove(store.pki_path(rel));
+                txn.remove(store.secret_path(rel));
+            }
         }
     }
+    for (rel, place) in divergent
+        .iter()
+        .filter(|(rel, _)| !changes.contains_key(rel))
+    {
+        match place {
+            Place::Stale { sealed: true } => {
+                let m = state.require(rel)?;
+                txn.write(
+                    store.pki_path(rel),
+                    Zeroizing::new(m.text.as_bytes().to_vec()),
+                    plaintext_mode(m.kind),
+                    store::PRIVATE_DIR_MODE,
+                );
+            }
+            _ => txn.remove(store.pki_path(rel)),
+        }
+        sealing.refreshed.push(format!("pki/{rel}"));
+    }
+    let encrypted = encrypt_stale(state, config, recipients, &plan)?;
+    let mut hashes = HashMap::new();
+    for (rel, ciphertext) in encrypted {
+        hashes.insert(rel.clone(), pem::fingerprint(&ciphertext));
+        txn.write(
+            store.secret_path(&rel),
+            Zeroizing::new(ciphertext),
+            store::PUBLIC_MODE,
+            store::PUBLIC_DIR_MODE,
+        );
+        sealing.encrypted.push(format!("secrets/{rel}.age"));
+    }
+    for (name, text) in nix_files(config, recipients, &plan) {
+        let path = store.secrets_path(name);
+        if store.read_text(&path)?.as_deref() != Some(text.as_str()) {
+            txn.write(
+                path,
+                Zeroizing::new(text.into_bytes()),
+                store::PUBLIC_MODE,
+                store::PUBLIC_DIR_MODE,
+            );
+            sealing.written.push(format!("secrets/{name}"));
+        }
+    }
+    for extra in extras {
+        txn.write(
+            extra.path,
+            extra.contents,
+            extra.mode,
+            store::PRIVATE_DIR_MODE,
+        );
+    }
+    sealing.encrypted.sort();
+    if txn.is_empty() {
+        return Ok(sealing);
+    }
+    let manifest = plan.manifest();
+    txn.commit(|| write_record(state, &plan, &manifest, &hashes))?;
     Ok(sealing)
 }
 
-/// Whether `secrets/` already is what `plan` describes: no stale file, and the manifest and Nix
-/// files as they must read.
-pub fn is_current(
-    store: &Store,
-    config: &Config,
-    recipients: &Recipients,
-    plan: &SealPlan<'_>,
-) -> Result<bool> {
-    Ok(plan.stale_files().next().is_none()
-        && outdated_files(store, config, recipients, plan)?.is_empty())
+/// A plaintext file's mode: keys 0600, the rest 0644.
+fn plaintext_mode(kind: Kind) -> u32 {
+    match kind {
+        Kind::PrivateKey => store::SECRET_MODE,
+        _ => store::PUBLIC_MODE,
+    }
 }
 
-/// Which of the manifest, `secrets.nix` and `kpki.nix` do not read as `plan` says they must.
-pub fn outdated_files(
-    store: &Store,
+/// Encrypts every stale file from its trusted content; returns `(rel, ciphertext)` pairs.
+fn encrypt_stale(
+    state: &State,
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
-) -> Result<Vec<&'static str>> {
-    let mut outdated = Vec::new();
-    for (name, text) in nix_files(config, recipients, plan) {
-        if crate::store::read_optional(&store.secrets_path(name))?.as_deref() != Some(text.as_str())
-        {
-            outdated.push(name);
-        }
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let work: Vec<(&Sealed<'_>, &Entry)> = plan
+        .sealed
+        .iter()
+        .zip(&plan.standings)
+        .filter(|(_, st)| st.stale.is_some())
+        .filter_map(|(s, st)| Some((s, st.due.as_ref()?)))
+        .collect();
+    let bar = crate::progress::bar(work.len(), "encrypting");
+    work.par_iter()
+        .map(|(s, entry)| {
+            let text = match s.kind {
+                Kind::Kubeconfig => {
+                    crate::kubeconfig::admin(state, config, &config.cluster.api_server)?
+                }
+                _ => Zeroizing::new(state.require(&s.rel)?.text.to_string()),
+            };
+            let parsed: Vec<&Recipient> = entry
+                .recipients
+                .iter()
+                .map(|k| &recipients.parsed[k])
+                .collect();
+            let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &s.rel)?;
+            bar.inc();
+            Ok((s.rel.clone(), ciphertext))
+        })
+        .collect()
+}
+
+/// Records what `pki/` and `secrets/` hold now that the commit's files are in place.
+fn write_record(
+    state: &State,
+    plan: &SealPlan<'_>,
+    manifest: &Manifest,
+    hashes: &HashMap<String, String>,
+) -> Result<()> {
+    let store = state.store();
+    let mut record = Record {
+        manifest: Some(pem::fingerprint(manifest.render().as_bytes())),
+        files: HashMap::new(),
+    };
+    for (s, st) in plan.sealed.iter().zip(&plan.standings) {
+        let Some(due) = &st.due else { continue };
+        let plain = store.stamp(&store.pki_path(&s.rel))?;
+        let sealed_stamp = store.stamp(&store.secret_path(&s.rel))?;
+        let hash = hashes
+            .get(&s.rel)
+            .cloned()
+            .or_else(|| st.checked.as_ref().map(|(h, _)| h.clone()));
+        record.files.insert(
+            s.rel.clone(),
+            Known {
+                public: due.public.clone(),
+                plain,
+                sealed: hash.zip(sealed_stamp),
+            },
+        );
     }
-    Ok(outdated)
+    store.write_state(crate::state::record::FILE, record.render().as_bytes())
 }
 
 /// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.
@@ -498,151 +665,18 @@ pub fn nix_files(
     ]
 }
 
-/// The entry a file of `pki/` must have: its public fingerprint and due recipients.
-fn file_entry(
+/// Which of the manifest, `secrets.nix` and `kpki.nix` do not read as `plan` says they must.
+pub fn outdated_files(
     store: &Store,
-    old: &Manifest,
-    recipients: &Recipients,
-    sealed: &Sealed<'_>,
-) -> Result<Entry> {
-    let rel = &sealed.rel;
-    let public = match store.read_pki(rel)?.map(Zeroizing::new) {
-        Some(text) => public_fingerprint(&text, sealed.content, &store.pki_path(rel))?,
-        None => match previous_entry(store, old, rel) {
-            Some(entry) => entry.public.clone(),
-            None => {
-                return Err(Error::file(
-                    &store.pki_path(rel),
-                    "is missing, and secrets/ has no copy",
-                ));
-            }
-        },
-    };
-    Ok(Entry {
-        public,
-        recipients: recipients.of(sealed),
-    })
-}
-
-/// The admin kubeconfig's fingerprint: that of what it embeds, so it is sealed again exactly
-/// when the admin certificate, the CA, the cluster name or the server changes.
-fn admin_kubeconfig_fingerprint(config: &Config, files: &Manifest) -> String {
-    let admin = catalogue::Item {
-        entry: catalogue::entry("admin").expect("admin is catalogued"),
-        node: None,
-    };
-    let ca = catalogue::Item {
-        entry: catalogue::ca_entry(catalogue::CaName::Kubernetes),
-        node: None,
-    };
-    let mut inputs: Vec<&str> = [admin.file(Part::Cert), ca.file(Part::Cert)]
-        .iter()
-        .map(|rel| {
-            files
-                .files
-                .get(rel)
-                .map(|e| e.public.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
-    inputs.extend([
-        config.cluster.name.as_str(),
-        config.cluster.api_server.as_str(),
-    ]);
-    manifest::fingerprint(inputs.join("\n").as_bytes())
-}
-
-/// Encrypts one file to `entry`'s recipients; returns its path under `secrets/`.
-fn encrypt_file(
-    vault: &Vault,
     config: &Config,
     recipients: &Recipients,
-    sealed: &Sealed<'_>,
-    entry: &Entry,
-) -> Result<String> {
-    let text = match sealed.content {
-        Content::AdminKubeconfig => admin_kubeconfig(vault, config, &config.cluster.api_server)?,
-        _ => vault
-            .read(&sealed.rel)?
-            .ok_or_else(|| Error::file(&vault.store().pki_path(&sealed.rel), "is missing"))?,
-    };
-    let parsed: Vec<&Recipient> = entry
-        .recipients
-        .iter()
-        .map(|k| &recipients.parsed[k])
-        .collect();
-    let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &sealed.rel)?;
-    let rel = format!("{}.age", sealed.rel);
-    vault.store().write_secret(&rel, &ciphertext)?;
-    Ok(rel)
-}
-
-/// The admin kubeconfig for `server`, from the vault.
-pub fn admin_kubeconfig(vault: &Vault, config: &Config, server: &str) -> Result<Zeroizing<String>> {
-    let admin = catalogue::Item {
-        entry: catalogue::entry("admin").expect("admin is catalogued"),
-        node: None,
-    };
-    client_kubeconfig(
-        vault,
-        config,
-        &admin.file(Part::Cert),
-        &admin.file(Part::Key),
-        "kubernetes-admin",
-        server,
-    )
-}
-
-/// A kubeconfig for the client whose certificate and key are `cert` and `key` under `pki/`.
-pub fn client_kubeconfig(
-    vault: &Vault,
-    config: &Config,
-    cert: &str,
-    key: &str,
-    user: &str,
-    server: &str,
-) -> Result<Zeroizing<String>> {
-    let ca_rel = catalogue::Item {
-        entry: catalogue::ca_entry(catalogue::CaName::Kubernetes),
-        node: None,
-    }
-    .file(Part::Cert);
-    let need = |rel: &str| {
-        vault.read(rel)?.ok_or_else(|| {
-            Error::file(
-                &vault.store().pki_path(rel),
-                "is missing; run kpki init first",
-            )
-        })
-    };
-    let (ca, cert, key) = (need(&ca_rel)?, need(cert)?, need(key)?);
-    let kubeconfig = crate::kubeconfig::Kubeconfig {
-        cluster: &config.cluster.name,
-        server,
-        ca_pem: &ca,
-        user,
-        cert_pem: &cert,
-        key_pem: &key,
-    };
-    Ok(Zeroizing::new(kubeconfig.render()))
-}
-
-/// The manifest entry of `rel`, if its encrypted copy still exists.
-fn previous_entry<'m>(store: &Store, old: &'m Manifest, rel: &str) -> Option<&'m Entry> {
-    old.files
-        .get(rel)
-        .filter(|_| store.secret_path(rel).exists())
-}
-
-/// The fingerprint of a file's public material: the file itself for certificates and public
-/// keys, the public key derived from it for private keys.
-fn public_fingerprint(text: &str, content: Content, path: &Path) -> Result<String> {
-    match content {
-        Content::PrivateKey => {
-            use rcgen::PublicKeyData;
-            let key = issuing::parse_key(text).map_err(|m| Error::file(path, m))?;
-            Ok(manifest::fingerprint(&key.subject_public_key_info()))
+    plan: &SealPlan<'_>,
+) -> Result<Vec<&'static str>> {
+    let mut outdated = Vec::new();
+    for (name, text) in nix_files(config, recipients, plan) {
+        if store.read_text(&store.secrets_path(name))?.as_deref() != Some(text.as_str()) {
+            outdated.push(name);
         }
-        Content::Public | Content::AdminKubeconfig => Ok(manifest::fingerprint(text.as_bytes())),
     }
+    Ok(outdated)
 }

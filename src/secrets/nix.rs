@@ -29,7 +29,7 @@ pub fn secrets_nix(config: &Config, admins: &[String], sealed: &[Sealed<'_>]) ->
     out.push_str("  ];\n  hosts = {\n");
     for node in &config.nodes {
         if let Some(key) = &node.host_key {
-            let key = super::seal::canonical(key);
+            let key = crate::agefile::canonical(key);
             let _ = writeln!(out, "    {} = {};", string(&node.name), string(&key));
         }
     }
@@ -84,9 +84,9 @@ pub fn module_nix(config: &Config, sealed: &[Sealed<'_>]) -> String {
     for node in &config.nodes {
         let _ = writeln!(out, "    {} = {{", string(&node.name));
         for s in by_node.get(node.name.as_str()).into_iter().flatten() {
-            let mode = match s.content {
-                super::Content::Public => "0444",
-                _ => "0400",
+            let mode = match s.kind {
+                crate::pem::Kind::PrivateKey | crate::pem::Kind::Kubeconfig => "0400",
+                _ => "0444",
             };
             let _ = writeln!(
                 out,

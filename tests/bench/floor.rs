@@ -2,10 +2,10 @@
 //! encryption alone, against what kpki spends per certificate and per sealed file.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kpki::catalogue::{Subject, Usage};
+use kpki::agefile as seal;
+use kpki::catalogue::{CaName, Subject, Usage};
 use kpki::config::{Algorithm, San, Span};
 use kpki::issuing::{self, Authority};
-use kpki::secrets::seal;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 
@@ -35,7 +35,14 @@ fn certificates(c: &mut Criterion) {
     let ca_key = issuing::generate_key(Algorithm::EcdsaP256).unwrap();
     let ca_pem =
         issuing::self_signed_ca(&subject("kubernetes-ca", vec![]), &ca_key, now, year).unwrap();
-    let ca = Authority::new(&ca_pem, ca_key, String::new()).unwrap();
+    let ca = Authority::new(
+        CaName::Kubernetes,
+        &ca_pem,
+        ca_key,
+        String::new(),
+        now + year.0,
+    )
+    .unwrap();
     let leaf = subject(
         "node-02",
         vec![
@@ -48,7 +55,8 @@ fn certificates(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let key = issuing::generate_key(Algorithm::EcdsaP256).unwrap();
-                let cert = issuing::sign_leaf(&leaf, Usage::Server, &key, &ca, now, year).unwrap();
+                let cert =
+                    issuing::sign_leaf(&leaf, Usage::Server, &key, &ca, now, now + year.0).unwrap();
                 (cert, issuing::key_pem(&key))
             })
         },

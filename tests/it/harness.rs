@@ -265,3 +265,97 @@ pub fn verify_under_sealed_ca(cluster: &Cluster, ca: &str, leaf: &str) {
     let leaf = cluster.pki(&format!("{leaf}.pem"));
     run_ok("openssl", &["verify", "-CAfile", s(&ca_file), s(&leaf)]);
 }
+
+/// Runs `args` on two copies of `template`, aborted by the crash switch: once at the last file
+/// operation before its journal exists, once right after the journal was written. Returns both
+/// copies as the crash left them.
+pub fn crash_around_journal(template: &Cluster, args: &[&str]) -> (Cluster, Cluster) {
+    let mut before = None;
+    for n in 1u64..10_000 {
+        let copy = template.copy();
+        let run = copy.kpki_env(args, &[("KPKI_FAULT_AFTER", &n.to_string())]);
+        assert!(
+            !run.output.status.success(),
+            "{args:?} finished before a journal was written"
+        );
+        if copy.pki(".kpki/journal").exists() {
+            return (
+                before.expect("the journal is not the first operation"),
+                copy,
+            );
+        }
+        before = Some(copy);
+    }
+    unreachable!()
+}
+
+/// The recipients and fingerprint the manifest records for `pki/REL`.
+pub fn manifest_entry(cluster: &Cluster, rel: &str) -> (Vec<String>, String) {
+    let text = std::fs::read_to_string(cluster.path().join("secrets/manifest.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let entry = &table["files"][rel];
+    let recipients = entry["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    (recipients, entry["public"].as_str().unwrap().to_string())
+}
+
+/// Encrypts `plaintext` with the age CLI (armored) to `recipients` into `secrets/REL.age`.
+pub fn age_seal(cluster: &Cluster, rel: &str, plaintext: &Path, recipients: &[String]) {
+    let mut args: Vec<String> = vec!["-a".into()];
+    for r in recipients {
+        args.extend(["-r".into(), r.clone()]);
+    }
+    let out = cluster.path().join("secrets").join(format!("{rel}.age"));
+    args.extend(["-o".into(), s(&out).into(), s(plaintext).into()]);
+    run_ok("age", &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// SHA-256 by openssl, as `sha256:HEX`: of a certificate file as it is, of a key's public key.
+pub fn openssl_fingerprint(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let digest = if text.contains("PRIVATE KEY") {
+        let der = cluster_tmp(path, "spki.der");
+        run_ok(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                s(path),
+                "-pubout",
+                "-outform",
+                "DER",
+                "-out",
+                s(&der),
+            ],
+        );
+        run_ok("openssl", &["dgst", "-sha256", "-r", s(&der)])
+    } else {
+        run_ok("openssl", &["dgst", "-sha256", "-r", s(path)])
+    };
+    format!("sha256:{}", digest.split_whitespace().next().unwrap())
+}
+
+fn cluster_tmp(near: &Path, name: &str) -> PathBuf {
+    near.with_file_name(format!(".test-{name}"))
+}
+
+/// Commits `pki/REL` as another admin with only the age CLI and an editor would: encrypts it
+/// to the recipients the manifest lists for it and puts its fingerprint into the manifest.
+pub fn commit_by_hand(cluster: &Cluster, rel: &str) {
+    let (recipients, old) = manifest_entry(cluster, rel);
+    let plaintext = cluster.pki(rel);
+    age_seal(cluster, rel, &plaintext, &recipients);
+    let new = openssl_fingerprint(&plaintext);
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(
+        text.matches(&old).count(),
+        1,
+        "{rel}: fingerprint not unique"
+    );
+    std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
+}

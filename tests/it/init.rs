@@ -72,6 +72,7 @@ fn a_new_node_gets_exactly_its_certificates() {
     assert_eq!(added, expected);
     let rewritten = [
         "pki/kpki.toml",
+        "pki/.kpki/cache",
         "secrets/manifest.toml",
         "secrets/secrets.nix",
         "secrets/kpki.nix",
@@ -172,30 +173,23 @@ fn modes_do_not_depend_on_the_umask() {
 }
 
 #[test]
-fn init_completes_a_rekey_cut_between_key_and_certificate() {
-    let cluster = Cluster::initialized(DEFAULT_CONFIG);
-    // Aborted right after the new key was renamed into place, before its certificate.
-    let crashed = cluster.kpki_env(
-        &["issue", "kubelet", "node-02"],
-        &[("KPKI_FAULT_AFTER", "2")],
-    );
-    assert!(!crashed.output.status.success());
-    let verify = cluster.kpki(&["verify"]);
-    assert_eq!(verify.code(), Some(1));
-    assert!(
-        verify
-            .stdout()
-            .contains("pki/node-02/kubelet-key.pem: does not match"),
-        "{}",
-        verify.stdout()
-    );
-    let key = std::fs::read(cluster.pki("node-02/kubelet-key.pem")).unwrap();
-    let out = cluster.kpki(&["init"]).success().stdout();
-    assert!(out.contains("created pki/node-02/kubelet.pem"), "{out}");
+fn an_interrupted_reissue_is_all_or_nothing() {
+    let template = Cluster::initialized(DEFAULT_CONFIG);
+    let files = |c: &Cluster| {
+        ["node-02/kubelet.pem", "node-02/kubelet-key.pem"].map(|f| std::fs::read(c.pki(f)).unwrap())
+    };
+    let old = files(&template);
+    let (before, after) =
+        crate::harness::crash_around_journal(&template, &["issue", "kubelet", "node-02"]);
     assert_eq!(
-        std::fs::read(cluster.pki("node-02/kubelet-key.pem")).unwrap(),
-        key,
-        "the new key is kept"
+        files(&before),
+        old,
+        "cut before its journal, the reissue changed files"
     );
-    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+    assert_eq!(before.kpki(&["verify"]).code(), Some(0));
+    // The reader completes the change it finds journaled: a new key with its certificate.
+    assert_eq!(after.kpki(&["verify"]).code(), Some(0));
+    let new = files(&after);
+    assert_ne!(new[1], old[1], "the new key is in place");
+    assert_ne!(new[0], old[0], "the new certificate is in place");
 }

@@ -1,7 +1,9 @@
 //! `kpki verify` catches each kind of damage, each in its own cluster. The damage is done with
 //! openssl, age and git, not with kpki.
 
-use crate::harness::{Cluster, DEFAULT_CONFIG, commit_all, fixture, git, run_ok, s};
+use crate::harness::{
+    Cluster, DEFAULT_CONFIG, commit_all, commit_by_hand, fixture, git, run_ok, s,
+};
 use crate::secrets::config_with_keys;
 
 /// Runs verify and asserts that it found `needle` (and exit 1).
@@ -98,6 +100,7 @@ fn a_certificate_signed_by_another_ca() {
         s(&ca),
         s(&ca_key),
     );
+    commit_by_hand(&cluster, "node-01/kubelet.pem");
     finds(
         &cluster,
         "pki/node-01/kubelet.pem: its signature does not verify under pki/kubernetes/ca.pem",
@@ -112,6 +115,7 @@ fn a_key_that_does_not_match() {
         cluster.pki("node-01/kubelet-key.pem"),
     )
     .unwrap();
+    commit_by_hand(&cluster, "node-01/kubelet-key.pem");
     finds(
         &cluster,
         "pki/node-01/kubelet-key.pem: does not match the certificate pki/node-01/kubelet.pem",
@@ -133,6 +137,7 @@ fn a_missing_san() {
         s(&ca),
         s(&ca_key),
     );
+    commit_by_hand(&cluster, "node-01/kubelet-serving.pem");
     finds(
         &cluster,
         "pki/node-01/kubelet-serving.pem: SANs differ (missing: IP:2001:db8::1; extra: none)",
@@ -232,4 +237,24 @@ fn a_hand_edited_nix_module() {
     let text = std::fs::read_to_string(&module).unwrap();
     std::fs::write(&module, text.replace("\"0400\"", "\"0444\"")).unwrap();
     finds(&cluster, "secrets/kpki.nix: not current (run kpki init)");
+}
+
+#[test]
+fn plaintext_changed_outside_kpki() {
+    let cluster = clean(DEFAULT_CONFIG);
+    std::fs::copy(
+        cluster.pki("node-02/kubelet.pem"),
+        cluster.pki("node-01/kubelet.pem"),
+    )
+    .unwrap();
+    finds(&cluster, "pki/node-01/kubelet.pem: changed outside kpki");
+    let before = cluster.snapshot();
+    let line = cluster.kpki(&["init"]).fails_with(2);
+    assert!(
+        line.contains("pki/node-01/kubelet.pem") && line.contains("changed outside kpki"),
+        "{line}"
+    );
+    assert!(before == cluster.snapshot(), "a refused init changed files");
+    std::fs::remove_file(cluster.pki("node-01/kubelet.pem")).unwrap();
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
 }

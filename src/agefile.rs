@@ -23,24 +23,93 @@ pub fn canonical(recipient: &str) -> String {
     }
 }
 
-/// Parses an age X25519 or SSH public key; `what` names it in the error.
+/// Checks that `s` is a recipient kpki can encrypt to: an age X25519 key (`age1…`) or an SSH
+/// `ssh-ed25519` / `ssh-rsa` (at least 2048 bits) public key. The message never repeats a
+/// private key pasted by mistake.
+pub fn check_recipient(s: &str) -> std::result::Result<(), String> {
+    parse(s).map(|_| ())
+}
+
+/// Parses a recipient; `what` names it in the error.
 pub fn parse_recipient(recipient: &str, what: &str) -> Result<Recipient> {
-    let text = canonical(recipient);
-    let parsed: Option<Recipient> = if text.starts_with("age1") {
-        text.parse::<age::x25519::Recipient>()
-            .ok()
-            .map(|r| Box::new(r) as Recipient)
-    } else {
-        text.parse::<age::ssh::Recipient>()
-            .ok()
-            .map(|r| Box::new(r) as Recipient)
-    };
-    parsed.ok_or_else(|| {
+    parse(recipient).map_err(|e| {
         Error::usage(
-            format!("{what}: not an age or SSH public key"),
+            format!("{what}: {e}"),
             Some("use an age1... recipient or an ssh-ed25519 / ssh-rsa public key".into()),
         )
     })
+}
+
+/// The smallest RSA modulus accepted for an `ssh-rsa` recipient.
+const MIN_RSA_BITS: usize = 2048;
+
+fn parse(recipient: &str) -> std::result::Result<Recipient, String> {
+    let text = canonical(recipient);
+    if looks_private(recipient) {
+        return Err(
+            "this is a private key, not a public one (it is not repeated here); use its public key"
+                .into(),
+        );
+    }
+    if text.starts_with("age1") {
+        return text
+            .parse::<age::x25519::Recipient>()
+            .map(|r| Box::new(r) as Recipient)
+            .map_err(|_| format!("\"{}\" is not a valid age X25519 recipient", shown(&text)));
+    }
+    if let Some(bits) = rsa_bits(&text).filter(|b| *b < MIN_RSA_BITS) {
+        return Err(format!(
+            "an RSA key of {bits} bits is too weak (use ssh-ed25519, or RSA of at least {MIN_RSA_BITS} bits)"
+        ));
+    }
+    text.parse::<age::ssh::Recipient>()
+        .map(|r| Box::new(r) as Recipient)
+        .map_err(|_| {
+            format!(
+                "\"{}\" is not an age (age1...) or SSH (ssh-ed25519, ssh-rsa) public key",
+                shown(&text)
+            )
+        })
+}
+
+/// Whether `s` holds a private key: an age identity, an OpenSSH or PEM private key.
+pub fn looks_private(s: &str) -> bool {
+    let upper = s.to_ascii_uppercase();
+    upper.contains("AGE-SECRET-KEY-")
+        || upper.contains("PRIVATE KEY")
+        || upper.contains("AGE-PLUGIN-")
+}
+
+/// The first characters of a value, for an error message.
+fn shown(s: &str) -> String {
+    let short: String = s.chars().take(40).collect();
+    if short.len() < s.len() {
+        format!("{short}...")
+    } else {
+        short
+    }
+}
+
+/// The modulus size of an `ssh-rsa` public key, read from its wire encoding.
+fn rsa_bits(text: &str) -> Option<usize> {
+    use base64::Engine;
+    let blob = text.strip_prefix("ssh-rsa ")?;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .ok()?;
+    let mut rest = blob.as_slice();
+    let mut field = || {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let value = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(value)
+    };
+    (field()? == b"ssh-rsa").then_some(())?;
+    let _exponent = field()?;
+    let modulus = field()?;
+    let significant = modulus.iter().skip_while(|b| **b == 0).count();
+    let top = modulus.iter().find(|b| **b != 0)?;
+    Some(significant * 8 - top.leading_zeros() as usize)
 }
 
 /// Encrypts `plaintext` to `recipients`, ASCII-armored.
@@ -62,24 +131,23 @@ pub fn encrypt(plaintext: &[u8], recipients: &[&Recipient], what: &str) -> Resul
     Ok(out)
 }
 
-/// Decrypts the age file `ciphertext` (armored or binary) read from `path`.
+/// Decrypts the age file `ciphertext` (armored or binary) read from `path` with `identities`,
+/// which `source` describes in errors.
 pub fn decrypt(
     ciphertext: &[u8],
     identities: &[Identity],
     path: &Path,
+    source: &str,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let reader = age::armor::ArmoredReader::new(ciphertext);
     let decryptor = age::Decryptor::new(reader)
-        .map_err(|e| Error::file(path, format!("not a valid age file ({e})")))?;
+        .map_err(|e| Error::file(path, format!("is not a valid age file ({e})")))?;
     let mut stream = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => Error::usage(
-                format!(
-                    "{}: none of the given identities can decrypt it",
-                    path.display()
-                ),
-                Some("pass an admin identity with -i FILE or KPKI_IDENTITY".into()),
+            age::DecryptError::NoMatchingKeys => Error::file(
+                path,
+                format!("{source} cannot decrypt it: none of the given identities can decrypt it"),
             ),
             e => Error::file(path, format!("cannot be decrypted ({e})")),
         })?;
@@ -92,14 +160,13 @@ pub fn decrypt(
 
 /// The identities in `path`: an age identity file or an unencrypted OpenSSH private key.
 pub fn load_identities(path: &Path) -> Result<Vec<Identity>> {
-    let text = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
-    let unusable = |why: &str| {
-        Error::usage(
-            format!("{}: {why}", path.display()),
-            Some(
-                "use an age identity (age-keygen) or an unencrypted OpenSSH ed25519/rsa key".into(),
-            ),
-        )
+    let hint = "use an age identity (age-keygen) or an unencrypted OpenSSH ed25519/rsa key";
+    let unusable =
+        |why: &str| Error::usage(format!("{}: {why}", path.display()), Some(hint.into()));
+    let text = match crate::store::read_regular(path, crate::store::PEM_LIMIT) {
+        Ok(Some(bytes)) => Zeroizing::new(bytes),
+        Ok(None) => return Err(unusable("no such identity file")),
+        Err(e) => return Err(Error::usage(e.to_string(), Some(hint.into()))),
     };
     if text.starts_with(b"-----BEGIN") {
         let filename = Some(path.display().to_string());
@@ -119,6 +186,22 @@ pub fn load_identities(path: &Path) -> Result<Vec<Identity>> {
         .filter(|ids| !ids.is_empty())
         .ok_or_else(|| unusable("not an age identity file or SSH private key"))?;
     Ok(identities)
+}
+
+/// The recipient of an age X25519 identity file, derived from the identity itself (its
+/// `# public key:` comment is not trusted).
+pub fn identity_recipient(text: &str) -> std::result::Result<String, String> {
+    let mut keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .map(|l| l.parse::<age::x25519::Identity>());
+    match (keys.next(), keys.next()) {
+        (Some(Ok(identity)), None) => Ok(identity.to_public().to_string()),
+        (None, _) => Err("holds no age identity (AGE-SECRET-KEY-1...)".into()),
+        (Some(_), Some(_)) => Err("holds more than one age identity".into()),
+        (Some(Err(_)), None) => Err("holds an age identity that does not parse".into()),
+    }
 }
 
 /// A new age X25519 identity: the file text (with its public key as a comment) and the recipient.

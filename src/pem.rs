@@ -1,0 +1,325 @@
+//! What may be in each kind of file of the PKI, read strictly, and its canonical encoding.
+//!
+//! Parse, don't pass through: a certificate file holds CERTIFICATE blocks and nothing else, a key
+//! file exactly one PKCS#8 private key, a public-key file PUBLIC KEY blocks; no text before,
+//! between or after them. What kpki seals, fingerprints and hands out is re-encoded from what it
+//! parsed, in the encoding rcgen writes, so a file kpki wrote reads back byte for byte.
+
+use x509_parser::prelude::FromDer;
+use zeroize::Zeroizing;
+
+/// The most blocks a file may hold: a CA bundle during a rotation holds two, a leaf two.
+const MAX_BLOCKS: usize = 8;
+
+/// What a file of the PKI holds, which decides how it is parsed and fingerprinted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One or more X.509 certificates: a certificate, a chain, or a CA bundle.
+    Certificates,
+    /// Exactly one PKCS#8 private key.
+    PrivateKey,
+    /// One or more public keys (the service-account key pair's `sa.pem`).
+    PublicKeys,
+    /// A kubeconfig made by kpki (only ever sealed, never parsed here).
+    Kubeconfig,
+}
+
+impl Kind {
+    /// The kind of `pki/REL`, from its name: `*-key.pem` is a private key, the service-account
+    /// `sa.pem` holds public keys, `*.kubeconfig` a kubeconfig, any other `*.pem` certificates.
+    pub fn of(rel: &str) -> Kind {
+        if rel.ends_with(".kubeconfig") {
+            Kind::Kubeconfig
+        } else if rel.ends_with("-key.pem") {
+            Kind::PrivateKey
+        } else if rel == "service-account/sa.pem" {
+            Kind::PublicKeys
+        } else {
+            Kind::Certificates
+        }
+    }
+
+    /// The PEM label of its blocks.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Certificates => "CERTIFICATE",
+            Kind::PrivateKey => "PRIVATE KEY",
+            Kind::PublicKeys => "PUBLIC KEY",
+            Kind::Kubeconfig => "",
+        }
+    }
+
+    /// What the file must hold, for errors.
+    fn wanted(self) -> &'static str {
+        match self {
+            Kind::Certificates => "only certificates",
+            Kind::PrivateKey => "exactly one PKCS#8 private key",
+            Kind::PublicKeys => "only public keys",
+            Kind::Kubeconfig => "a kubeconfig",
+        }
+    }
+
+    /// Its blocks, in words (errors never echo a PEM label that looks like a secret).
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Certificates => "certificate",
+            Kind::PrivateKey => "private-key",
+            Kind::PublicKeys => "public-key",
+            Kind::Kubeconfig => "kubeconfig",
+        }
+    }
+}
+
+/// A file's content, checked and re-encoded.
+#[derive(Debug)]
+pub struct Material {
+    pub kind: Kind,
+    /// The canonical text: each block re-encoded as rcgen writes it.
+    pub text: Zeroizing<String>,
+    /// `sha256:HEX` of its public material: the canonical text of a certificate or public-key
+    /// file, the SubjectPublicKeyInfo of a private key (never a hash of the key itself).
+    pub fingerprint: String,
+}
+
+impl Material {
+    /// The DER blocks of the canonical text.
+    pub fn blocks(&self) -> Vec<Zeroizing<Vec<u8>>> {
+        frame(self.text.as_bytes(), self.kind)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| b.der)
+            .collect()
+    }
+}
+
+/// `sha256:HEX` of `bytes`.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Parses the bytes of a file of `kind`; the error says what is wrong, for the caller to
+/// prefix with the file's name.
+pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
+    if kind == Kind::Kubeconfig {
+        return Err("a kubeconfig is not read back".into());
+    }
+    let blocks = frame(bytes, kind)?;
+    if kind == Kind::PrivateKey && blocks.len() != 1 {
+        return Err(format!(
+            "holds {} private keys, but a key file holds exactly one",
+            blocks.len()
+        ));
+    }
+    let mut text = Zeroizing::new(String::new());
+    for (i, block) in blocks.iter().enumerate() {
+        check_der(kind, &block.der).map_err(|e| match blocks.len() {
+            1 => e,
+            _ => format!("block {}: {e}", i + 1),
+        })?;
+        text.push_str(&encode(kind.label(), &block.der));
+    }
+    let fingerprint = match kind {
+        Kind::PrivateKey => fingerprint(&key_spki(&text)?),
+        _ => fingerprint(text.as_bytes()),
+    };
+    Ok(Material {
+        kind,
+        text,
+        fingerprint,
+    })
+}
+
+/// Builds the material of a file kpki made itself (a new key, a signed certificate).
+pub fn made(kind: Kind, text: &str) -> Material {
+    parse(kind, text.as_bytes()).unwrap_or_else(|e| panic!("kpki made an invalid {kind:?}: {e}"))
+}
+
+/// One block's label and DER.
+struct Block {
+    der: Zeroizing<Vec<u8>>,
+}
+
+/// Splits `bytes` into PEM blocks of `kind`'s label, refusing anything else: other labels,
+/// headers, text outside the blocks, bad base64.
+fn frame(bytes: &[u8], kind: Kind) -> Result<Vec<Block>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "is not text (PEM expected)".to_string())?;
+    let label = kind.label();
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
+    let mut blocks = Vec::new();
+    let mut body: Option<Zeroizing<String>> = None;
+    for (n, raw) in text.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw).trim_end();
+        let at = || format!("line {}", n + 1);
+        match &mut body {
+            None if line.is_empty() => {}
+            None if line == begin => body = Some(Zeroizing::new(String::new())),
+            None if line.starts_with("-----BEGIN ") => {
+                return Err(format!(
+                    "{}: a block of another kind ({:?}), but it must hold {}",
+                    at(),
+                    line.trim_start_matches("-----BEGIN ")
+                        .trim_end_matches('-')
+                        .to_ascii_lowercase(),
+                    kind.wanted()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{}: text outside a PEM block; it must hold {}",
+                    at(),
+                    kind.wanted()
+                ));
+            }
+            Some(b) if line == end => {
+                let der = decode(kind.noun(), b)?;
+                if der.is_empty() {
+                    return Err(format!("{}: an empty {} block", at(), kind.noun()));
+                }
+                blocks.push(Block { der });
+                body = None;
+            }
+            Some(b) => {
+                if line.is_empty()
+                    || !line
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+                {
+                    return Err(format!(
+                        "{}: not base64 inside a {} block",
+                        at(),
+                        kind.noun()
+                    ));
+                }
+                b.push_str(line);
+            }
+        }
+        if blocks.len() > MAX_BLOCKS {
+            return Err(format!(
+                "holds more than {MAX_BLOCKS} {} blocks",
+                kind.noun()
+            ));
+        }
+    }
+    if body.is_some() {
+        return Err(format!(
+            "a {} block is not closed (truncated?)",
+            kind.noun()
+        ));
+    }
+    if blocks.is_empty() {
+        return Err(format!(
+            "holds no {} block; it must hold {}",
+            kind.noun(),
+            kind.wanted()
+        ));
+    }
+    Ok(blocks)
+}
+
+/// The DER of one block's base64 body.
+fn decode(noun: &str, body: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map(Zeroizing::new)
+        .map_err(|_| format!("a {noun} block is not valid base64"))
+}
+
+/// Checks that one block's DER is what its label says, with nothing after it.
+fn check_der(kind: Kind, der: &[u8]) -> Result<(), String> {
+    match kind {
+        Kind::Certificates => match x509_parser::certificate::X509Certificate::from_der(der) {
+            Ok(([], _)) => Ok(()),
+            Ok(_) => Err("a certificate with trailing data".into()),
+            Err(e) => Err(format!("not a valid certificate ({e})")),
+        },
+        Kind::PublicKeys => match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
+            Ok(([], _)) => Ok(()),
+            Ok(_) => Err("a public key with trailing data".into()),
+            Err(e) => Err(format!("not a valid public key ({e})")),
+        },
+        Kind::PrivateKey => {
+            let pem = Zeroizing::new(encode(kind.label(), der));
+            key_spki(&pem).map(|_| ())
+        }
+        Kind::Kubeconfig => Ok(()),
+    }
+}
+
+/// A block in rcgen's encoding: 64-column base64, LF line endings.
+pub fn encode(label: &str, der: &[u8]) -> String {
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new(label, der.to_vec()), config)
+}
+
+/// The DER SubjectPublicKeyInfo of a PKCS#8 PEM private key.
+pub fn key_spki(pem: &str) -> Result<Vec<u8>, String> {
+    use rcgen::PublicKeyData;
+    Ok(parse_key(pem)?.subject_public_key_info())
+}
+
+/// Parses a PKCS#8 PEM private key.
+pub fn parse_key(pem: &str) -> Result<rcgen::KeyPair, String> {
+    rcgen::KeyPair::from_pem(pem)
+        .map_err(|e| format!("not a PKCS#8 private key kpki can use ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_and_cert() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+
+    #[test]
+    fn rcgen_output_is_canonical() {
+        let (key, cert) = key_and_cert();
+        assert_eq!(*parse(Kind::PrivateKey, key.as_bytes()).unwrap().text, key);
+        let bundle = cert.clone() + &cert;
+        let parsed = parse(Kind::Certificates, bundle.as_bytes()).unwrap();
+        assert_eq!(*parsed.text, bundle);
+        assert_eq!(parsed.blocks().len(), 2);
+        let crlf = cert.replace('\n', "\r\n");
+        let again = parse(Kind::Certificates, crlf.as_bytes()).unwrap();
+        assert_eq!(*again.text, cert);
+    }
+
+    #[test]
+    fn anything_besides_the_blocks_is_refused() {
+        let (key, cert) = key_and_cert();
+        let cases = [
+            (Kind::Certificates, format!("{cert}{key}")),
+            (Kind::Certificates, format!("hello\n{cert}")),
+            (Kind::Certificates, format!("{cert}trailing\n")),
+            (Kind::Certificates, cert[..cert.len() / 2].to_string()),
+            (Kind::Certificates, String::new()),
+            (Kind::PrivateKey, format!("{key}{key}")),
+            (Kind::PrivateKey, format!("{key}{cert}")),
+            (Kind::PrivateKey, cert.clone()),
+            (Kind::PublicKeys, cert.clone()),
+        ];
+        for (kind, text) in cases {
+            assert!(parse(kind, text.as_bytes()).is_err(), "{kind:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn kinds_follow_file_names() {
+        assert_eq!(Kind::of("kubernetes/ca.pem"), Kind::Certificates);
+        assert_eq!(Kind::of("kubernetes/ca-key.pem"), Kind::PrivateKey);
+        assert_eq!(Kind::of("service-account/sa.pem"), Kind::PublicKeys);
+        assert_eq!(Kind::of("service-account/sa-key.pem"), Kind::PrivateKey);
+        assert_eq!(Kind::of("kubernetes/admin.kubeconfig"), Kind::Kubeconfig);
+    }
+}

@@ -1,0 +1,135 @@
+//! `pki/.kpki/cache`: which committed state the plaintext in `pki/` reflects, and which
+//! encrypted files kpki last wrote or checked. Local and git-ignored: it tells a stale cache (a
+//! teammate committed since) from plaintext changed outside kpki, and lets kpki skip reading
+//! files that have not changed since. Losing it costs time, never correctness.
+
+use std::collections::HashMap;
+
+use crate::store::{Stamp, Store};
+
+/// The record's name under `pki/.kpki/`.
+pub const FILE: &str = "cache";
+
+const HEADER: &str = "kpki cache 1";
+
+/// What kpki knew of one file when it last synced `pki/` with `secrets/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The fingerprint of its public material (as the manifest recorded it then).
+    pub public: String,
+    /// The stamp of `pki/REL` then, if it existed.
+    pub plain: Option<Stamp>,
+    /// The SHA-256 and stamp of `secrets/REL.age` then, if kpki had written or checked it.
+    pub sealed: Option<(String, Stamp)>,
+}
+
+/// The whole record.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// The fingerprint of the manifest `pki/` was synced to; `None` without a record.
+    pub manifest: Option<String>,
+    pub files: HashMap<String, Known>,
+}
+
+impl Record {
+    /// The record on disk; empty when missing or unreadable (it is only a cache).
+    pub fn load(store: &Store) -> Record {
+        let path = store.state_path(FILE);
+        let text = match store.read_text(&path) {
+            Ok(Some(text)) => text,
+            _ => return Record::default(),
+        };
+        Record::parse(&text).unwrap_or_default()
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut lines = text.lines();
+        (lines.next()? == HEADER).then_some(())?;
+        let manifest = lines.next()?.strip_prefix("manifest ")?.to_string();
+        let mut files = HashMap::new();
+        for line in lines {
+            let f: Vec<&str> = line.split('\t').collect();
+            let [rel, public, plain, hash, sealed] = f.as_slice() else {
+                return None;
+            };
+            let sealed = match (*hash, Stamp::parse(sealed)) {
+                ("-", _) | (_, None) => None,
+                (hash, Some(stamp)) => Some((hash.to_string(), stamp)),
+            };
+            files.insert(
+                rel.to_string(),
+                Known {
+                    public: public.to_string(),
+                    plain: Stamp::parse(plain),
+                    sealed,
+                },
+            );
+        }
+        Some(Record {
+            manifest: Some(manifest),
+            files,
+        })
+    }
+
+    /// The record as written: one tab-separated line per file, sorted.
+    pub fn render(&self) -> String {
+        let mut rels: Vec<&String> = self.files.keys().collect();
+        rels.sort();
+        let mut out = format!(
+            "{HEADER}\nmanifest {}\n",
+            self.manifest.as_deref().unwrap_or("-")
+        );
+        for rel in rels {
+            let k = &self.files[rel];
+            let stamp = |s: Option<&Stamp>| s.map(Stamp::render).unwrap_or_else(|| "-".into());
+            let (hash, sealed) = match &k.sealed {
+                Some((hash, stamp)) => (hash.as_str(), stamp.render()),
+                None => ("-", "-".into()),
+            };
+            out.push_str(&format!(
+                "{rel}\t{}\t{}\t{hash}\t{sealed}\n",
+                k.public,
+                stamp(k.plain.as_ref())
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back() {
+        let stamp = Stamp {
+            ino: 7,
+            len: 512,
+            mtime_ns: 1_700_000_000_123_456_789,
+        };
+        let mut record = Record {
+            manifest: Some("sha256:ab".into()),
+            files: HashMap::new(),
+        };
+        record.files.insert(
+            "etcd/ca.pem".into(),
+            Known {
+                public: "sha256:01".into(),
+                plain: Some(stamp),
+                sealed: Some(("sha256:02".into(), stamp)),
+            },
+        );
+        record.files.insert(
+            "etcd/ca-key.pem".into(),
+            Known {
+                public: "sha256:03".into(),
+                plain: None,
+                sealed: None,
+            },
+        );
+        let again = Record::parse(&record.render()).unwrap();
+        assert_eq!(again.manifest, record.manifest);
+        assert_eq!(again.files, record.files);
+        assert!(Record::parse("kpki cache 2\n").is_none());
+    }
+}
