@@ -140,7 +140,7 @@ pub fn decrypt(
     source: &str,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let reader = age::armor::ArmoredReader::new(ciphertext);
-    let decryptor = age::Decryptor::new(reader)
+    let decryptor = age::Decryptor::new_buffered(reader)
         .map_err(|e| Error::file(path, format!("is not a valid age file ({e})")))?;
     let mut stream = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))

@@ -155,16 +155,13 @@ pub struct Config {
     pub keys: Keys,
     /// Recipients that can decrypt every secret, as written.
     pub admins: Vec<String>,
+    /// Whether `pki/` keeps plaintext private keys (`secrets.plaintext_keys`, default true);
+    /// without, keys are decrypted into memory when a command needs them and never written.
+    pub plaintext_keys: bool,
     pub nodes: Vec<Node>,
 }
 
 impl Config {
-    /// Reads and validates the config at `path`.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Config::parse(&text, path)
-    }
-
     /// Validates `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let fail = |message: String| Error::Config {
@@ -250,11 +247,26 @@ impl Default for RawKeys {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecrets {
     #[serde(default)]
     admins: Vec<String>,
+    #[serde(default = "keep_plaintext_keys")]
+    plaintext_keys: bool,
+}
+
+fn keep_plaintext_keys() -> bool {
+    true
+}
+
+impl Default for RawSecrets {
+    fn default() -> Self {
+        RawSecrets {
+            admins: Vec::new(),
+            plaintext_keys: keep_plaintext_keys(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -280,6 +292,7 @@ impl RawConfig {
             cluster,
             keys,
             admins,
+            plaintext_keys: self.secrets.plaintext_keys,
             nodes,
         })
     }
@@ -600,6 +613,7 @@ mod tests {
     fn default_config_is_valid() {
         let c = Config::parse(DEFAULT_CONFIG, Path::new("default")).unwrap();
         assert_eq!(c.nodes.len(), 3);
+        assert!(c.plaintext_keys);
         assert_eq!(c.cluster.service_ip.to_string(), "fd00:10:96::1");
         assert_eq!(
             c.cluster.api_server_host,

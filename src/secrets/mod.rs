@@ -350,7 +350,7 @@ fn standing(
     let store = state.store();
     let path = store.secret_path(&sealed.rel);
     let committed = state.manifest().files.get(&sealed.rel);
-    let stamp = store.stamp(&path)?;
+    let stamp = state.stamp(&path)?;
     standing.stale = match (committed, stamp) {
         (None, _) => Some(Stale::New),
         (Some(_), None) => Some(Stale::Missing),
@@ -416,30 +416,19 @@ fn header_problem(sealed: &Sealed<'_>, due: &Entry, bytes: &[u8]) -> Option<Stri
 /// Whether a decrypted file differs from what the manifest vouches for; errors that name the
 /// file (an admin locked out, a damaged file) are problems too. Identity errors are not.
 fn content_problem(state: &State, config: &Config, sealed: &Sealed<'_>) -> Result<Option<String>> {
-    let expected = state
-        .manifest()
-        .files
-        .get(&sealed.rel)
-        .map(|e| e.public.clone());
-    let outcome = state
-        .decrypt(&sealed.rel)
-        .and_then(|plain| match sealed.kind {
-            Kind::Kubeconfig => {
-                let due = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
-                Ok((due.as_bytes() == plain.as_slice())
-                    .then(|| expected.clone())
-                    .flatten())
-            }
-            kind => Ok(pem::parse(kind, &plain).ok().map(|m| m.fingerprint)),
-        });
+    let outcome = match sealed.kind {
+        Kind::Kubeconfig => state.decrypt(&sealed.rel).and_then(|plain| {
+            let due = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
+            Ok((due.as_bytes() != plain.as_slice()).then(|| {
+                "does not hold the admin kubeconfig kpki would write (edited, or taken from an older state)"
+                    .to_string()
+            }))
+        }),
+        _ => state.check_sealed(&sealed.rel).map(|()| None),
+    };
     match outcome {
-        Ok(fp) if fp.is_some() && fp == expected => Ok(None),
-        Ok(_) => Ok(Some(
-            "does not hold what the manifest records for it (edited, replaced, or taken from an older state)"
-                .into(),
-        )),
         Err(Error::File { message, .. }) => Ok(Some(message)),
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -503,12 +492,7 @@ pub fn commit(
     let changes = state.changes();
     for (rel, change) in &changes {
         match change {
-            Some(m) => txn.write(
-                store.pki_path(rel),
-                Zeroizing::new(m.text.as_bytes().to_vec()),
-                plaintext_mode(m.kind),
-                store::PRIVATE_DIR_MODE,
-            ),
+            Some(m) => cache(&mut txn, store, config, rel, m),
             None => {
                 txn.remove(store.pki_path(rel));
                 txn.remove(store.secret_path(rel));
@@ -521,17 +505,22 @@ pub fn commit(
     {
         match place {
             Place::Stale { sealed: true } => {
-                let m = state.require(rel)?;
-                txn.write(
-                    store.pki_path(rel),
-                    Zeroizing::new(m.text.as_bytes().to_vec()),
-                    plaintext_mode(m.kind),
-                    store::PRIVATE_DIR_MODE,
-                );
+                cache(&mut txn, store, config, rel, &*state.require(rel)?)
             }
             _ => txn.remove(store.pki_path(rel)),
         }
         sealing.refreshed.push(format!("pki/{rel}"));
+    }
+    if !config.plaintext_keys {
+        for s in plan.sealed.iter().filter(|s| s.kind == Kind::PrivateKey) {
+            if !changes.contains_key(&s.rel) && store.stamp(&store.pki_path(&s.rel))?.is_some() {
+                txn.remove(store.pki_path(&s.rel));
+                sealing.written.push(format!(
+                    "pki/{} (removed: secrets.plaintext_keys = false)",
+                    s.rel
+                ));
+            }
+        }
     }
     let encrypted = encrypt_stale(state, config, recipients, &plan)?;
     let mut hashes = HashMap::new();
@@ -574,12 +563,27 @@ pub fn commit(
     Ok(sealing)
 }
 
-/// A plaintext file's mode: keys 0600, the rest 0644.
-fn plaintext_mode(kind: Kind) -> u32 {
-    match kind {
+/// Puts `material` into the plaintext cache at `pki/REL` (keys 0600, the rest 0644); a private
+/// key only where the config keeps plaintext keys.
+fn cache(
+    txn: &mut store::Transaction,
+    store: &Store,
+    config: &Config,
+    rel: &str,
+    material: &pem::Material,
+) {
+    let path = store.pki_path(rel);
+    let mode = match material.kind {
+        Kind::PrivateKey if !config.plaintext_keys => return txn.remove(path),
         Kind::PrivateKey => store::SECRET_MODE,
         _ => store::PUBLIC_MODE,
-    }
+    };
+    txn.write(
+        path,
+        Zeroizing::new(material.text.as_bytes().to_vec()),
+        mode,
+        store::PRIVATE_DIR_MODE,
+    );
 }
 
 /// Encrypts every stale file from its trusted content; returns `(rel, ciphertext)` pairs.

@@ -21,7 +21,7 @@ fn string(s: &str) -> String {
 /// `secrets.nix`: one rule per file; keys are listed once, in `let` bindings.
 pub fn secrets_nix(config: &Config, admins: &[String], sealed: &[Sealed<'_>]) -> String {
     let mut out = String::from(
-        "# Written by kpki from pki/kpki.toml; do not edit.\n# agenix rules: run `agenix -e FILE` inside secrets/.\nlet\n  admins = [\n",
+        "# Written by kpki from pki/kpki.toml; do not edit.\n# agenix rules: run `agenix -e FILE` or `agenix -r` inside secrets/; armor = true keeps the files\n# ASCII-armored, as kpki writes them.\nlet\n  admins = [\n",
     );
     for admin in admins {
         let _ = writeln!(out, "    {}", string(admin));
@@ -47,7 +47,7 @@ pub fn secrets_nix(config: &Config, admins: &[String], sealed: &[Sealed<'_>]) ->
             format!("admins ++ [ {} ]", hosts.join(" "))
         };
         let name = string(&format!("{}.age", s.rel));
-        let _ = writeln!(out, "  {name}.publicKeys = {keys};");
+        let _ = writeln!(out, "  {name} = {{ publicKeys = {keys}; armor = true; }};");
     }
     out.push_str("}\n");
     out

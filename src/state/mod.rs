@@ -21,7 +21,7 @@ use crate::agefile::{self as seal, Identity};
 use crate::error::{Error, Result};
 use crate::pem::{self, Kind, Material};
 use crate::secrets::manifest::Manifest;
-use crate::store::{PEM_LIMIT, Store};
+use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
 /// The generated admin identity, used when `secrets.admins` is empty.
@@ -63,6 +63,8 @@ pub struct State {
     record: Record,
     identities: Identities,
     places: Mutex<HashMap<String, Place>>,
+    /// Stamps of files looked at this run.
+    stamps: Mutex<HashMap<PathBuf, Option<Stamp>>>,
     /// `pki/` files parsed this run, trusted or not.
     plain: Mutex<HashMap<String, Arc<Material>>>,
     /// Trusted contents read this run.
@@ -84,6 +86,7 @@ impl State {
             manifest_fp,
             record,
             places: Mutex::default(),
+            stamps: Mutex::default(),
             plain: Mutex::default(),
             contents: Mutex::default(),
             changes: Mutex::default(),
@@ -124,11 +127,20 @@ impl State {
         Ok(place)
     }
 
+    /// The stamp of a file below the cluster directory, looked at once per run.
+    pub fn stamp(&self, path: &Path) -> Result<Option<Stamp>> {
+        if let Some(stamp) = lock(&self.stamps).get(path) {
+            return Ok(*stamp);
+        }
+        let stamp = self.store.stamp(path)?;
+        lock(&self.stamps).insert(path.to_path_buf(), stamp);
+        Ok(stamp)
+    }
+
     fn resolve(&self, rel: &str) -> Result<Place> {
         let committed = self.manifest.files.get(rel);
-        let sealed =
-            committed.is_some() && self.store.stamp(&self.store.secret_path(rel))?.is_some();
-        let Some(stamp) = self.store.stamp(&self.store.pki_path(rel))? else {
+        let sealed = committed.is_some() && self.stamp(&self.store.secret_path(rel))?.is_some();
+        let Some(stamp) = self.stamp(&self.store.pki_path(rel))? else {
             return Ok(if sealed { Place::Sealed } else { Place::Absent });
         };
         let known = self.record.files.get(rel);
@@ -147,16 +159,30 @@ impl State {
         })
     }
 
-    /// Parses `pki/REL` and keeps it for this run.
+    /// Reads `pki/REL` and keeps it for this run: parsed strictly, unless it is unchanged since
+    /// kpki recorded it (then it is what kpki wrote or checked).
     fn parse_plain(&self, rel: &str) -> Result<Arc<Material>> {
         let path = self.store.pki_path(rel);
-        let bytes = self
+        let (bytes, stamp) = self
             .store
-            .read(&path, PEM_LIMIT)?
+            .read_stamped(&path, PEM_LIMIT)?
             .ok_or_else(|| Error::file(&path, "disappeared while kpki was reading it"))?;
         let bytes = zeroize::Zeroizing::new(bytes);
-        let material =
-            Arc::new(pem::parse(Kind::of(rel), &bytes).map_err(|m| Error::file(&path, m))?);
+        let recorded = self
+            .record
+            .files
+            .get(rel)
+            .filter(|k| k.plain == Some(stamp))
+            .and_then(|k| Some((k, std::str::from_utf8(&bytes).ok()?)));
+        let material = match recorded {
+            Some((known, text)) => Material::recorded(
+                Kind::of(rel),
+                zeroize::Zeroizing::new(text.to_string()),
+                known.public.clone(),
+            ),
+            None => pem::parse(Kind::of(rel), &bytes).map_err(|m| Error::file(&path, m))?,
+        };
+        let material = Arc::new(material);
         lock(&self.plain).insert(rel.to_string(), material.clone());
         Ok(material)
     }
@@ -202,6 +228,12 @@ impl State {
         })
     }
 
+    /// Decrypts `secrets/REL.age` and checks it against the manifest, whatever `pki/` holds
+    /// (`verify`); kept for this run.
+    pub fn check_sealed(&self, rel: &str) -> Result<()> {
+        self.read_sealed(rel).map(|_| ())
+    }
+
     /// Decrypts `secrets/REL.age` and checks it against the manifest; kept for this run.
     fn read_sealed(&self, rel: &str) -> Result<Arc<Material>> {
         let path = self.store.secret_path(rel);
@@ -216,8 +248,8 @@ impl State {
             ));
         }
         let material = Arc::new(material);
-        lock(&self.contents).insert(rel.to_string(), material.clone());
-        Ok(material)
+        let mut contents = lock(&self.contents);
+        Ok(contents.entry(rel.to_string()).or_insert(material).clone())
     }
 
     /// The plaintext of `secrets/REL.age`, unchecked: for the checks that compare it.

@@ -89,12 +89,17 @@ impl Stamp {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Directories below the root already found not to be links, this run.
+    real_dirs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl Store {
     /// The cluster directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store {
+            root: root.into(),
+            real_dirs: Default::default(),
+        }
     }
 
     /// The cluster directory.
@@ -236,6 +241,12 @@ impl Store {
         read_regular(path, limit)
     }
 
+    /// Like [`Store::read`], with the stamp of the very file read.
+    pub fn read_stamped(&self, path: &Path, limit: u64) -> Result<Option<(Vec<u8>, Stamp)>> {
+        self.refuse_links(path)?;
+        read_file(path, limit)
+    }
+
     /// The text of a file below the cluster directory (config, manifest, Nix files).
     pub fn read_text(&self, path: &Path) -> Result<Option<String>> {
         self.read(path, TEXT_LIMIT)?
@@ -263,14 +274,29 @@ impl Store {
             return Ok(());
         };
         let mut at = self.root.clone();
+        let known = |p: &Path| {
+            self.real_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(p)
+        };
         for part in below.components() {
             at.push(part);
+            if known(&at) {
+                continue;
+            }
             match fs::symlink_metadata(&at) {
                 Ok(meta) if meta.file_type().is_symlink() => {
                     return Err(Error::file(
                         &at,
                         "is a symbolic link; kpki does not follow links inside the cluster directory",
                     ));
+                }
+                Ok(meta) if meta.is_dir() => {
+                    self.real_dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(at.clone());
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -382,6 +408,11 @@ fn not_regular(path: &Path, meta: &fs::Metadata) -> Error {
 /// Reads a regular file of at most `limit` bytes, or `None` when it does not exist. Opened
 /// without following a link and without blocking (a FIFO swapped in is refused, not waited on).
 pub fn read_regular(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    Ok(read_file(path, limit)?.map(|(bytes, _)| bytes))
+}
+
+/// [`read_regular`], with the stamp of the file read.
+fn read_file(path: &Path, limit: u64) -> Result<Option<(Vec<u8>, Stamp)>> {
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = match fs::OpenOptions::new()
         .read(true)
@@ -412,7 +443,7 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     if bytes.len() as u64 > limit {
         return Err(too_large(path, limit));
     }
-    Ok(Some(bytes))
+    Ok(Some((bytes, Stamp::of(&meta))))
 }
 
 fn too_large(path: &Path, limit: u64) -> Error {

@@ -27,9 +27,17 @@ struct Pending {
     dir_mode: u32,
 }
 
+/// What the transaction does to one path.
+enum Op {
+    Write(Pending),
+    Remove,
+}
+
 /// A change to the cluster directory, carried out by [`Transaction::commit`].
 pub struct Transaction {
     store: Store,
+    /// The last word on each path.
+    ops: std::collections::BTreeMap<PathBuf, Op>,
     writes: Vec<Pending>,
     removals: Vec<PathBuf>,
     /// Temporary files written but not yet renamed, removed if the commit fails.
@@ -40,6 +48,7 @@ impl Transaction {
     pub(super) fn new(store: Store) -> Transaction {
         Transaction {
             store,
+            ops: Default::default(),
             writes: Vec::new(),
             removals: Vec::new(),
             temps: Vec::new(),
@@ -49,32 +58,23 @@ impl Transaction {
     /// Replaces (or creates) `path` with `contents`, mode `mode`; missing directories are made
     /// with `dir_mode`.
     pub fn write(&mut self, path: PathBuf, contents: Zeroizing<Vec<u8>>, mode: u32, dir_mode: u32) {
-        self.removals.retain(|p| *p != path);
-        self.writes.retain(|w| w.path != path);
-        self.writes.push(Pending {
-            path,
+        let pending = Pending {
+            path: path.clone(),
             contents,
             mode,
             dir_mode,
-        });
+        };
+        self.ops.insert(path, Op::Write(pending));
     }
 
     /// Removes `path` if it exists.
     pub fn remove(&mut self, path: PathBuf) {
-        self.writes.retain(|w| w.path != path);
-        if !self.removals.contains(&path) {
-            self.removals.push(path);
-        }
+        self.ops.insert(path, Op::Remove);
     }
 
     /// Whether the transaction changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.removals.is_empty()
-    }
-
-    /// The paths it writes, in order.
-    pub fn written(&self) -> impl Iterator<Item = &Path> {
-        self.writes.iter().map(|w| w.path.as_path())
+        self.ops.is_empty()
     }
 
     /// Carries out the change: refuses first what it must not write (plaintext git would not
@@ -84,6 +84,12 @@ impl Transaction {
     pub fn commit(mut self, then: impl FnOnce() -> Result<()>) -> Result<()> {
         if self.is_empty() {
             return Ok(());
+        }
+        for (path, op) in std::mem::take(&mut self.ops) {
+            match op {
+                Op::Write(pending) => self.writes.push(pending),
+                Op::Remove => self.removals.push(path),
+            }
         }
         for path in self.writes.iter().map(|w| &w.path).chain(&self.removals) {
             self.store.refuse_links(path)?;

@@ -14,5 +14,6 @@ mod locking;
 mod netns;
 mod openssl;
 mod secrets;
+mod team;
 mod verify;
 mod webpki;

@@ -1,0 +1,471 @@
+//! The committed manifest is the anchor: two admins sharing one repository, agenix (here: the
+//! age CLI doing what agenix does) editing `secrets/`, and the day-2 states of a growing cluster.
+//! Every check of content uses the age CLI, openssl or git, not kpki's own reading.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, age_seal, commit_all, fixture, git, manifest_entry, run, run_ok, s};
+use crate::secrets::{admin_recipient, config_with_keys};
+
+fn admin() -> String {
+    s(&fixture("admin-identity.txt")).to_string()
+}
+
+/// `git add -A && git commit`.
+fn commit(cluster: &Cluster, message: &str) {
+    git(cluster, &["add", "-A"]);
+    git(
+        cluster,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            message,
+        ],
+    );
+}
+
+/// What `git status` lists as changed.
+fn changed(cluster: &Cluster) -> BTreeSet<String> {
+    git(cluster, &["status", "--porcelain"])
+        .lines()
+        .map(|l| l[3..].to_string())
+        .collect()
+}
+
+/// The bytes of every file under `secrets/`.
+fn secrets(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
+    cluster
+        .snapshot()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("secrets/"))
+        .map(|(p, (bytes, ..))| (p, bytes))
+        .collect()
+}
+
+/// Decrypts `secrets/REL.age` with the age CLI and the test admin identity.
+fn decrypt(cluster: &Cluster, rel: &str) -> Vec<u8> {
+    let file = cluster.path().join(format!("secrets/{rel}.age"));
+    let out = run("age", &["-d", "-i", &admin(), s(&file)]);
+    assert!(
+        out.status.success(),
+        "{rel}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Admin A's repository (with plaintext) pushed to a bare repository, and admin B's fresh clone.
+fn two_admins() -> (Cluster, Cluster, tempfile::TempDir) {
+    let a = Cluster::initialized(&config_with_keys());
+    commit_all(&a);
+    let bare = tempfile::tempdir().unwrap();
+    run_ok("git", &["init", "-q", "--bare", s(bare.path())]);
+    git(&a, &["remote", "add", "origin", s(bare.path())]);
+    git(&a, &["push", "-q", "origin", "HEAD:main"]);
+    git(&a, &["branch", "-q", "--set-upstream-to=origin/main"]);
+    let b = Cluster::new();
+    run_ok(
+        "git",
+        &["clone", "-q", "-b", "main", s(bare.path()), s(b.path())],
+    );
+    (a, b, bare)
+}
+
+#[test]
+fn a_stale_cache_never_overwrites_what_a_teammate_committed() {
+    let (a, b, _bare) = two_admins();
+    // B, from a fresh clone: a new kubelet certificate and the start of an etcd CA rotation.
+    b.kpki(&["issue", "kubelet", "node-02", "-i", &admin()])
+        .success();
+    b.kpki(&["rotate", "--ca", "etcd", "-i", &admin()])
+        .success();
+    commit(&b, "B: kubelet and etcd rotation");
+    git(&b, &["push", "-q", "origin", "HEAD:main"]);
+    let b_secrets = secrets(&b);
+    let b_ca_key = decrypt(&b, "etcd/ca-key.pem");
+    let b_kubelet = decrypt(&b, "node-02/kubelet.pem");
+
+    git(&a, &["pull", "-q", "--ff-only"]);
+    let pulled = a.snapshot();
+    // Without an identity, A's stale plaintext cannot be refreshed: every command refuses.
+    for args in [&["status"][..], &["init"], &["rotate"], &["issue", "admin"]] {
+        let line = a.kpki(args).fails_with(2);
+        assert!(line.contains("no identity"), "{args:?}: {line}");
+        assert!(pulled == a.snapshot(), "{args:?} changed files");
+    }
+    // With one, status reads the committed state: B's rotation, not an interrupted one.
+    let status = a.kpki(&["status", "-i", &admin()]);
+    assert_eq!(status.code(), Some(1));
+    let text = status.stdout();
+    assert!(text.contains("the etcd CA is being rotated"), "{text}");
+    assert!(text.contains("behind secrets/"), "{text}");
+    // init refreshes the cache and seals nothing: B's CA key and kubelet survive.
+    let out = a.kpki(&["init", "-i", &admin()]).success().stdout();
+    assert!(out.contains("refreshed pki/etcd/ca-key.pem"), "{out}");
+    assert_eq!(secrets(&a), b_secrets, "A's init changed secrets/");
+    assert!(changed(&a).is_empty(), "{:?}", changed(&a));
+    assert_eq!(std::fs::read(a.pki("etcd/ca-key.pem")).unwrap(), b_ca_key);
+    assert_eq!(
+        std::fs::read(a.pki("node-02/kubelet.pem")).unwrap(),
+        b_kubelet
+    );
+    // A finishes B's rotation; B pulls with its now stale cache and verifies.
+    a.kpki(&["rotate", "--ca", "etcd", "--finish"]).success();
+    commit(&a, "A: finish the etcd rotation");
+    git(&a, &["push", "-q", "origin", "HEAD:main"]);
+    git(&b, &["pull", "-q", "--ff-only"]);
+    let verify = b.kpki(&["verify", "-i", &admin()]);
+    assert_eq!(
+        verify.code(),
+        Some(0),
+        "{}{}",
+        verify.stdout(),
+        verify.stderr()
+    );
+    assert_eq!(b.kpki(&["status", "-i", &admin()]).code(), Some(0));
+    // openssl: A's and B's kubelets verify under the one etcd CA that is left.
+    let ca = b.path().join("etcd-ca.pem");
+    std::fs::write(&ca, decrypt(&b, "etcd/ca.pem")).unwrap();
+    let peer = b.path().join("peer.pem");
+    std::fs::write(&peer, decrypt(&b, "node-01/etcd-peer.pem")).unwrap();
+    run_ok("openssl", &["verify", "-CAfile", s(&ca), s(&peer)]);
+}
+
+#[test]
+fn unsealed_changes_and_a_newer_commit_are_a_conflict() {
+    let (a, b, _bare) = two_admins();
+    b.kpki(&["issue", "kubelet", "node-01", "-i", &admin()])
+        .success();
+    commit(&b, "B: kubelet");
+    git(&b, &["push", "-q", "origin", "HEAD:main"]);
+    // A edits its plaintext by hand, then pulls B's work.
+    std::fs::copy(a.pki("node-02/kubelet.pem"), a.pki("node-03/kubelet.pem")).unwrap();
+    git(&a, &["pull", "-q", "--ff-only"]);
+    let before = a.snapshot();
+    let run = a.kpki(&["init", "-i", &admin()]);
+    let stderr = run.stderr();
+    let line = run.fails_with(2);
+    assert!(line.contains("pki/node-03/kubelet.pem"), "{line}");
+    assert!(line.contains("moved on"), "{line}");
+    assert!(stderr.contains("remove those files"), "{stderr}");
+    assert!(before == a.snapshot(), "a refused init changed files");
+}
+
+/// The agenix rules, by file name: recipients and whether the file stays armored.
+fn rules(cluster: &Cluster) -> Vec<(String, Vec<String>, bool)> {
+    let file = cluster.path().join("secrets/secrets.nix");
+    let json = run_ok(
+        "nix-instantiate",
+        &[
+            "--eval",
+            "--strict",
+            "--json",
+            "-E",
+            &format!("import {}", s(&file)),
+        ],
+    );
+    let rules: Value = serde_json::from_str(&json).unwrap();
+    rules
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, rule)| {
+            let keys = rule["publicKeys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            (name.clone(), keys, rule["armor"].as_bool() == Some(true))
+        })
+        .collect()
+}
+
+/// What `agenix -r` does: decrypt each file and encrypt it again to its rule's recipients,
+/// armored only where the rule says so (here: `binary` forces binary output).
+fn agenix_rekey(cluster: &Cluster, binary: bool) {
+    for (name, keys, armor) in rules(cluster) {
+        let rel = name.strip_suffix(".age").unwrap();
+        let plain = cluster.path().join("plain.tmp");
+        std::fs::write(&plain, decrypt(cluster, rel)).unwrap();
+        let mut args = Vec::new();
+        if armor && !binary {
+            args.push("-a".to_string());
+        }
+        for k in keys {
+            args.extend(["-r".into(), k]);
+        }
+        let out = cluster.path().join("secrets").join(&name);
+        args.extend(["-o".into(), s(&out).into(), s(&plain).into()]);
+        run_ok("age", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        std::fs::remove_file(&plain).unwrap();
+    }
+}
+
+#[test]
+fn every_rule_keeps_the_files_armored_and_a_rekey_changes_nothing() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    commit_all(&cluster);
+    let rules = rules(&cluster);
+    assert!(rules.len() > 50);
+    assert!(
+        rules.iter().all(|(_, _, armor)| *armor),
+        "a rule without armor = true"
+    );
+    for binary in [false, true] {
+        agenix_rekey(&cluster, binary);
+        let rekeyed = secrets(&cluster);
+        let status = cluster.kpki(&["status"]);
+        assert_eq!(status.code(), Some(0), "{}", status.stdout());
+        let verify = cluster.kpki(&["verify", "-i", &admin()]);
+        assert_eq!(verify.code(), Some(0), "{}", verify.stdout());
+        let out = cluster.kpki(&["init", "-i", &admin()]).success().stdout();
+        assert!(out.contains("nothing to do"), "{out}");
+        assert_eq!(secrets(&cluster), rekeyed, "kpki rewrote agenix's files");
+    }
+}
+
+/// Encrypts `text` into `secrets/REL.age` to the recipients the manifest lists for it, or to
+/// `recipients` when given.
+fn reseal(cluster: &Cluster, rel: &str, text: &[u8], recipients: Option<Vec<String>>) {
+    let plain = cluster.path().join("plain.tmp");
+    std::fs::write(&plain, text).unwrap();
+    let recipients = recipients.unwrap_or_else(|| manifest_entry(cluster, rel).0);
+    age_seal(cluster, rel, &plain, &recipients);
+    std::fs::remove_file(&plain).unwrap();
+}
+
+/// A fresh age X25519 recipient nobody in the cluster holds.
+fn stranger() -> String {
+    let out = run_ok("age-keygen", &[]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_string()
+}
+
+/// `verify -i` must find `needle`; `status` must not call the cluster healthy; `init -i`
+/// must repair it from the trusted plaintext, after which `verify -i` passes and the file
+/// decrypts (age CLI) to the plaintext again.
+fn found_and_repaired(cluster: &Cluster, rel: &str, needle: &str) {
+    let verify = cluster.kpki(&["verify", "-i", &admin()]);
+    assert_eq!(verify.code(), Some(1), "{rel}: verify passed");
+    assert!(
+        verify.stdout().contains(needle),
+        "{needle:?} not in {}",
+        verify.stdout()
+    );
+    let status = cluster.kpki(&["status", "-i", &admin()]);
+    assert_eq!(status.code(), Some(1), "{rel}: {}", status.stdout());
+    assert!(
+        status.stdout().contains("stale-secret"),
+        "{}",
+        status.stdout()
+    );
+    let out = cluster.kpki(&["init", "-i", &admin()]).success().stdout();
+    assert!(
+        out.contains(&format!("encrypted secrets/{rel}.age")),
+        "{out}"
+    );
+    let verify = cluster.kpki(&["verify", "-i", &admin()]);
+    assert_eq!(verify.code(), Some(0), "{}", verify.stdout());
+    assert_eq!(
+        decrypt(cluster, rel),
+        std::fs::read(cluster.pki(rel)).unwrap()
+    );
+}
+
+#[test]
+fn an_edited_file_is_found_and_repaired() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let other = std::fs::read(cluster.pki("node-02/kubelet.pem")).unwrap();
+    reseal(&cluster, "node-01/kubelet.pem", &other, None);
+    found_and_repaired(
+        &cluster,
+        "node-01/kubelet.pem",
+        "secrets/node-01/kubelet.pem.age: does not hold what the manifest records",
+    );
+}
+
+#[test]
+fn a_foreign_ca_appended_to_a_ca_file_is_found_and_repaired() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let dir = cluster.path();
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=kubernetes-ca",
+            "-days",
+            "30",
+            "-keyout",
+            s(&dir.join("evil-key.pem")),
+            "-out",
+            s(&dir.join("evil.pem")),
+        ],
+    );
+    let mut bundle = std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap();
+    bundle.extend(std::fs::read(dir.join("evil.pem")).unwrap());
+    reseal(&cluster, "kubernetes/ca.pem", &bundle, None);
+    found_and_repaired(
+        &cluster,
+        "kubernetes/ca.pem",
+        "secrets/kubernetes/ca.pem.age: does not hold what the manifest records",
+    );
+}
+
+#[test]
+fn an_extra_recipient_on_a_ca_key_is_found_and_repaired() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let key = std::fs::read(cluster.pki("etcd/ca-key.pem")).unwrap();
+    reseal(
+        &cluster,
+        "etcd/ca-key.pem",
+        &key,
+        Some(vec![admin_recipient(), stranger()]),
+    );
+    // Without an identity, the header alone gives it away: two X25519 stanzas, one due.
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1));
+    assert!(
+        verify
+            .stdout()
+            .contains("secrets/etcd/ca-key.pem.age: encrypted to other recipients")
+    );
+    found_and_repaired(&cluster, "etcd/ca-key.pem", "encrypted to other recipients");
+}
+
+#[test]
+fn an_admin_locked_out_of_a_file_is_found_and_repaired() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let rel = "node-02/kubelet-key.pem";
+    let (mut recipients, _) = manifest_entry(&cluster, rel);
+    recipients[0] = stranger();
+    let key = std::fs::read(cluster.pki(rel)).unwrap();
+    reseal(&cluster, rel, &key, Some(recipients));
+    // The header looks right (one X25519 stanza, the node's tag): only decrypting tells.
+    let status = cluster.kpki(&["status"]);
+    assert!(
+        status.stdout().contains("not decrypted to check them"),
+        "{}",
+        status.stdout()
+    );
+    found_and_repaired(&cluster, rel, "cannot decrypt it");
+}
+
+#[test]
+fn a_new_node_is_missing_until_rotate_creates_it() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let grown = format!(
+        "{}\n[[node]]\nname = \"node-05\"\naddresses = [\"2001:db8::5\"]\nroles = [\"worker\"]\n",
+        config_with_keys()
+    );
+    cluster.write_config(&grown);
+    let status = cluster.kpki(&["status", "--json"]);
+    assert_eq!(status.code(), Some(1));
+    let report: Value = serde_json::from_str(&status.stdout()).unwrap();
+    let missing: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "missing")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(missing, ["node-05/kubelet", "node-05/kubelet-serving"]);
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1));
+    assert!(
+        verify.stdout().contains("pki/node-05/kubelet.pem: missing"),
+        "{}",
+        verify.stdout()
+    );
+    let before = cluster.snapshot();
+    let plan = cluster.kpki(&["rotate", "--dry-run"]).success().stdout();
+    assert!(plan.contains("renew node-05/kubelet (missing"), "{plan}");
+    assert!(before == cluster.snapshot(), "a dry run changed files");
+    cluster.kpki(&["rotate"]).success();
+    assert_eq!(cluster.kpki(&["status"]).code(), Some(0));
+    let ca = cluster.pki("kubernetes/ca.pem");
+    run_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            s(&ca),
+            s(&cluster.pki("node-05/kubelet.pem")),
+        ],
+    );
+}
+
+#[test]
+fn init_says_what_drifted_instead_of_up_to_date() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    cluster.write_config(&config_with_keys().replace("2001:db8::3\"", "2001:db8::33\""));
+    let run = cluster.kpki(&["init"]).success();
+    let (out, err) = (run.stdout(), run.stderr());
+    assert!(!out.contains("up to date"), "{out}");
+    assert!(
+        err.contains("4 certificates drifted from the config") && err.contains("kpki rotate"),
+        "{err}"
+    );
+    // A change only a CA rotation can apply says so.
+    cluster.write_config(&config_with_keys().replace("ecdsa-p256", "ed25519"));
+    let status = cluster.kpki(&["status"]).stdout();
+    let ca_line = status
+        .lines()
+        .skip_while(|l| !l.starts_with("etcd/ca "))
+        .nth(1)
+        .unwrap();
+    assert!(ca_line.contains("kpki rotate --ca etcd"), "{status}");
+}
+
+#[test]
+fn a_lost_config_is_restored_not_replaced() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    std::fs::remove_file(cluster.pki("kpki.toml")).unwrap();
+    let before = cluster.snapshot();
+    for args in [
+        &["init"][..],
+        &["status"],
+        &["verify"],
+        &["rotate"],
+        &["issue", "admin"],
+    ] {
+        let run = cluster.kpki(args);
+        let stderr = run.stderr();
+        let line = run.fails_with(2);
+        assert!(line.contains("pki/kpki.toml"), "{args:?}: {line}");
+        assert!(
+            stderr.contains("git checkout pki/kpki.toml"),
+            "{args:?}: {stderr}"
+        );
+        assert!(before == cluster.snapshot(), "{args:?} changed files");
+    }
+}
+
+#[test]
+fn init_inside_a_cluster_directory_warns() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let nested = cluster.pki("sub");
+    let run = crate::harness::kpki(&["--dir", s(&nested), "init", "-q"]).success();
+    assert!(
+        run.stderr().contains("is inside the cluster directory"),
+        "{}",
+        run.stderr()
+    );
+    assert!(Path::new(&nested).join("pki/kpki.toml").is_file());
+}
