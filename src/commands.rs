@@ -372,7 +372,11 @@ pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, seal.unchecked())?;
-    let report = status::report(&state, &config, &seal, at, rotations, notes)?;
+    let outdated = secrets::outdated_files(&ctx.store, &config, &recipients, &seal)?
+        .into_iter()
+        .map(|f| format!("secrets/{f}"))
+        .collect();
+    let report = status::report(&state, &config, &seal, outdated, at, rotations, notes)?;
     let text = if json {
         serde_json::to_string_pretty(&report).expect("a report serializes") + "\n"
     } else {

@@ -79,6 +79,8 @@ pub struct Report {
     pub stale_secrets: Vec<String>,
     /// Encrypted files that belong to nothing in the config any more (relative to `secrets/`).
     pub orphaned_secrets: Vec<String>,
+    /// Of the manifest, `secrets.nix` and `kpki.nix`, those missing or not as kpki writes them.
+    pub outdated_files: Vec<String>,
     /// Rotations in progress.
     pub rotations: Vec<Rotation>,
     /// About the plaintext cache and checks not made; no action needed.
@@ -91,6 +93,7 @@ impl Report {
         self.rows.iter().any(|r| r.state != State::Ok)
             || !self.stale_secrets.is_empty()
             || !self.orphaned_secrets.is_empty()
+            || !self.outdated_files.is_empty()
             || !self.rotations.is_empty()
     }
 }
@@ -349,6 +352,7 @@ pub fn report(
     pki: &Pki,
     config: &Config,
     seal: &SealPlan<'_>,
+    outdated_files: Vec<String>,
     at: OffsetDateTime,
     rotations: Vec<Rotation>,
     notes: Vec<String>,
@@ -374,6 +378,7 @@ pub fn report(
         rows: assessed.into_iter().map(|a| a.row).collect(),
         stale_secrets,
         orphaned_secrets: seal.orphans(pki.store())?,
+        outdated_files,
         rotations,
         notes,
     })
@@ -439,6 +444,11 @@ pub fn table(report: &Report) -> String {
         out += &format!(
             "secrets: out of date ({}): kpki init or kpki rotate writes them again\n",
             all.join(", ")
+        );
+    }
+    for file in &report.outdated_files {
+        out += &format!(
+            "secrets: {file} is missing or not as kpki writes it (edited by hand?): kpki init rewrites it\n"
         );
     }
     if !report.orphaned_secrets.is_empty() {

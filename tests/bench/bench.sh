@@ -91,8 +91,10 @@ done
 big=$work/kpki-1000
 rotate=$(for r in $(seq 1 "$kpki_runs"); do seconds "$kpki" --dir "$big" rotate -q; done | median)
 status=$(for r in $(seq 1 "$kpki_runs"); do seconds "$kpki" --dir "$big" status; done | median)
+verify=$(for r in $(seq 1 3); do seconds "$kpki" --dir "$big" -i "$work/admin.txt" verify -q; done | median)
 rotate_rss=$(peak "$kpki" --dir "$big" rotate -q)
 status_rss=$(peak "$kpki" --dir "$big" status)
+verify_rss=$(peak "$kpki" --dir "$big" -i "$work/admin.txt" verify -q)
 
 # The crypto floor (criterion): name, then its median time.
 floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
@@ -114,6 +116,7 @@ floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
   echo "|---|---:|---:|"
   echo "| no-op \`kpki rotate\` | $rotate | $rotate_rss |"
   echo "| \`kpki status\` | $status | $status_rss |"
+  echo "| \`kpki verify -i\` (decrypts and checks all $(files "$big" | grep -c '^secrets/') secrets) | $verify | $verify_rss |"
   echo
   echo "| the floor, per operation (criterion, median) | time |"
   echo "|---|---:|"

@@ -469,3 +469,30 @@ fn init_inside_a_cluster_directory_warns() {
     );
     assert!(Path::new(&nested).join("pki/kpki.toml").is_file());
 }
+
+#[test]
+fn hand_edited_or_missing_nix_files_are_reported_and_rewritten() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let module = cluster.path().join("secrets/kpki.nix");
+    let text = std::fs::read_to_string(&module).unwrap();
+    std::fs::write(&module, text.replace("\"0400\"", "\"0444\"")).unwrap();
+    std::fs::remove_file(cluster.path().join("secrets/secrets.nix")).unwrap();
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1));
+    for file in ["secrets/kpki.nix", "secrets/secrets.nix"] {
+        assert!(
+            status.stdout().contains(&format!(
+                "secrets: {file} is missing or not as kpki writes it"
+            )),
+            "{}",
+            status.stdout()
+        );
+    }
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(
+        out.contains("wrote secrets/kpki.nix") && out.contains("wrote secrets/secrets.nix"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&module).unwrap(), text);
+    assert_eq!(cluster.kpki(&["status"]).code(), Some(0));
+}
