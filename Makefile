@@ -42,10 +42,13 @@ test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantia
 bench: build ## Time kpki init against the openssl + age workflow (3/100/1,000 nodes); writes target/bench/results.md
 	bash tests/bench/bench.sh
 
+FUZZ_TARGETS := config pem kubeconfig
+
 .PHONY: fuzz
-fuzz: ## Fuzz the config parser and the PEM/age loaders for FUZZ_SECONDS each (cargo-fuzz, nightly)
-	cd tests/fuzz && cargo +nightly fuzz run --fuzz-dir . config corpus/config -- -max_total_time=$(or $(FUZZ_SECONDS),60)
-	cd tests/fuzz && cargo +nightly fuzz run --fuzz-dir . pem corpus/pem -- -max_total_time=$(or $(FUZZ_SECONDS),60)
+fuzz: ## Fuzz the config parser, the PEM/age loaders and kubeconfig rendering for FUZZ_SECONDS each (cargo-fuzz, nightly)
+	for target in $(FUZZ_TARGETS); do \
+	  (cd tests/fuzz && cargo +nightly fuzz run --fuzz-dir . $$target corpus/$$target -- -max_total_time=$(or $(FUZZ_SECONDS),60)) || exit 1; \
+	done
 
 .PHONY: lint
 lint: ## Check formatting and run clippy with warnings as errors

@@ -13,14 +13,9 @@ pub struct Cli {
     /// The cluster directory (holds pki/ and secrets/).
     #[arg(long, global = true, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
-    /// The admin identity that decrypts secrets/ (age identity file or OpenSSH private key).
-    #[arg(
-        short = 'i',
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "KPKI_IDENTITY"
-    )]
+    /// The admin identity that decrypts secrets/ (age identity file or OpenSSH private key);
+    /// default: $KPKI_IDENTITY when set and not empty, else pki/admin.agekey and ~/.ssh/id_ed25519.
+    #[arg(short = 'i', long, global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// Print nothing but errors and requested output.
     #[arg(short, long, global = true)]

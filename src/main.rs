@@ -14,7 +14,12 @@ fn main() -> ExitCode {
     if !cli.quiet {
         kpki::progress::enable();
     }
-    let ctx = Context::new(Store::new(&cli.dir), cli.identity.clone(), cli.quiet);
+    let identity = cli.identity.clone().or_else(|| {
+        std::env::var_os("KPKI_IDENTITY")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    let ctx = Context::new(Store::new(&cli.dir), identity, cli.quiet);
     let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
     match outcome {
         Ok(false) => ExitCode::SUCCESS,

@@ -58,3 +58,44 @@ impl Manifest {
         format!("{HEADER}{body}")
     }
 }
+
+/// Whether `rel` is a path kpki may use below `pki/` and `secrets/`: `/`-separated names of
+/// letters, digits, `.`, `_`, `-`, `@`, none empty or starting with `.`.
+pub fn safe_path(rel: &str) -> bool {
+    rel.len() <= 512
+        && rel.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_relative_paths_are_safe() {
+        for good in [
+            "kubernetes/ca.pem",
+            "users/bob@example.org.pem",
+            "node-01/kubelet-key.pem",
+        ] {
+            assert!(safe_path(good), "{good}");
+        }
+        for bad in [
+            "../x.pem",
+            "a/../b",
+            "/etc/passwd",
+            ".kpki/cache",
+            "a//b",
+            "",
+            "a/.b",
+            "a b",
+        ] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
+}

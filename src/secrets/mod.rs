@@ -174,7 +174,8 @@ pub fn users(state: &State) -> Result<Vec<String>> {
         .iter()
         .filter_map(|rel| {
             let name = rel.strip_prefix(catalogue::USERS_DIR)?.strip_prefix('/')?;
-            name.strip_suffix(".pem").filter(|u| !u.ends_with("-key"))
+            name.strip_suffix(".pem")
+                .filter(|u| catalogue::check_user_name(u).is_ok())
         })
         .map(String::from)
         .collect())

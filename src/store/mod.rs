@@ -140,6 +140,7 @@ impl Store {
             dir.unlock().map_err(|e| Error::io(&self.root, e))?;
         }
         flock(&dir, &self.root, exclusive, wait)?;
+        fault::lock_taken();
         if exclusive {
             transaction::recover(self)?;
             self.remove_temporary_files()?;

@@ -373,4 +373,25 @@ pub mod fault {
 
     #[cfg(not(debug_assertions))]
     pub fn operation_done() {}
+
+    /// A test-only handshake: with `KPKI_PAUSE_AFTER_LOCK=FILE` in a debug build, kpki creates
+    /// FILE once it holds the cluster directory's lock and waits (up to a minute) until FILE is
+    /// gone, so a test can act while the lock is certainly held.
+    #[cfg(debug_assertions)]
+    pub fn lock_taken() {
+        let Some(marker) = std::env::var_os("KPKI_PAUSE_AFTER_LOCK") else {
+            return;
+        };
+        let marker = std::path::PathBuf::from(marker);
+        if std::fs::write(&marker, b"locked\n").is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while marker.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn lock_taken() {}
 }

@@ -12,6 +12,17 @@ fn edit(from: &str, to: &str) -> String {
     DEFAULT_CONFIG.replacen(from, to, 1)
 }
 
+/// A test-only age identity: no error may repeat it.
+const SECRET: &str = "AGE-SECRET-KEY-1U2H55D9QUSFM9MD0WR9ZTAFVQE9HXTZF7F3R6R8AC6M9J2KWG3MSQ5K4DT";
+
+/// A public key from the fixtures, as one line.
+fn fixture_key(name: &str) -> String {
+    std::fs::read_to_string(crate::harness::fixture(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// The default config with `lines` appended.
 fn plus(lines: &str) -> String {
     format!("{DEFAULT_CONFIG}\n{lines}\n")
@@ -184,6 +195,141 @@ fn cases() -> Vec<(&'static str, String, &'static [&'static str])> {
             &["node \"node-01\": host_key", "ssh-ed25519 AAAAnope"],
         ),
         (
+            "two nodes with one host key",
+            edit(
+                "# host_key = \"ssh-ed25519 AAAA... root@node-01\"",
+                &format!(
+                    "host_key = \"{}\"",
+                    fixture_key("node-01_ssh_host_ed25519_key.pub")
+                ),
+            )
+            .replacen(
+                "name = \"node-02\"",
+                &format!(
+                    "name = \"node-02\"\nhost_key = \"{}\"",
+                    fixture_key("node-01_ssh_host_ed25519_key.pub")
+                ),
+                1,
+            ),
+            &[
+                "node \"node-02\": host_key",
+                "the same key as node \"node-01\"",
+            ],
+        ),
+        (
+            "unspecified address",
+            edit("2001:db8::2\"", "::\""),
+            &[
+                "node \"node-02\": addresses",
+                ":: is the unspecified address",
+            ],
+        ),
+        (
+            "unspecified IPv4 address",
+            edit("2001:db8::2\"", "0.0.0.0\""),
+            &[
+                "node \"node-02\": addresses",
+                "0.0.0.0 is the unspecified address",
+            ],
+        ),
+        (
+            "multicast address",
+            edit("2001:db8::2\"", "ff02::1\""),
+            &["ff02::1 is a multicast address"],
+        ),
+        (
+            "broadcast address",
+            edit("2001:db8::2\"", "255.255.255.255\""),
+            &["255.255.255.255 is the broadcast address"],
+        ),
+        (
+            "loopback address",
+            edit("2001:db8::2\"", "::1\""),
+            &["::1 is a loopback address"],
+        ),
+        (
+            "IPv4 loopback address",
+            edit("2001:db8::2\"", "127.0.0.2\""),
+            &["127.0.0.2 is a loopback address"],
+        ),
+        (
+            "the service IP as a node address",
+            edit("2001:db8::2\"", "fd00:10:96::1\""),
+            &["node \"node-02\": addresses", "kubernetes service IP"],
+        ),
+        (
+            "an IPv4-mapped address of another node",
+            edit("[\"2001:db8::2\"]", "[\"2001:db8::2\", \"10.0.0.2\"]").replacen(
+                "[\"2001:db8::3\"]",
+                "[\"2001:db8::3\", \"::ffff:10.0.0.2\"]",
+                1,
+            ),
+            &[
+                "node \"node-03\": addresses",
+                "::ffff:10.0.0.2 is used by another node",
+            ],
+        ),
+        (
+            "a node named like kpki's users directory",
+            edit("name = \"node-03\"", "name = \"users\""),
+            &["node.name", "\"users\" is reserved"],
+        ),
+        (
+            "a node named like a CA directory",
+            edit("name = \"node-03\"", "name = \"etcd\""),
+            &["node.name", "\"etcd\" is reserved"],
+        ),
+        (
+            "YAML smuggled into the API server URL",
+            edit(
+                "api_server = \"https://[2001:db8::1]:6443\"",
+                "api_server = \"https://[2001:db8::1]:6443/\\\"\\n    insecure-skip-tls-verify: true\"",
+            ),
+            &["cluster.api_server", "whitespace, quotes"],
+        ),
+        (
+            "a user name in the API server URL",
+            edit(
+                "https://[2001:db8::1]:6443",
+                "https://user@[2001:db8::1]:6443",
+            ),
+            &["cluster.api_server", "must not carry a user name"],
+        ),
+        (
+            "a path in the API server URL",
+            edit(
+                "https://[2001:db8::1]:6443",
+                "https://[2001:db8::1]:6443/api",
+            ),
+            &["cluster.api_server", "no path, query or fragment"],
+        ),
+        (
+            "an age identity pasted as an admin",
+            edit("admins = []", &format!("admins = [\"{SECRET}\"]")),
+            &["secrets.admins[0]", "this is a private key"],
+        ),
+        (
+            "an age identity pasted as a host key",
+            edit(
+                "# host_key = \"ssh-ed25519 AAAA... root@node-01\"",
+                &format!("host_key = \"{SECRET}\""),
+            ),
+            &["node \"node-01\": host_key", "this is a private key"],
+        ),
+        (
+            "an identity where a list belongs",
+            edit("admins = []", &format!("admins = \"{SECRET}\"")),
+            &["a private key is written here"],
+        ),
+        (
+            "a weak RSA host key",
+            edit(
+                "# host_key = \"ssh-ed25519 AAAA... root@node-01\"",
+                &format!("host_key = \"{}\"", fixture_key("weak_rsa1024.pub")),
+            ),
+            &["node \"node-01\": host_key", "1024 bits is too weak"],
+        ),
+        (
             "wrong type",
             edit(
                 "addresses = [\"2001:db8::2\"]",
@@ -217,6 +363,10 @@ fn every_invalid_config_is_refused_and_nothing_is_written() {
             "{what}: more than an error and a hint: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(
+            !stderr.contains("U2H55D9QUSFM9MD0"),
+            "{what}: the secret was echoed: {stderr}"
+        );
         assert!(before == cluster.snapshot(), "{what}: files changed");
     }
 }

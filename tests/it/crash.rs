@@ -50,9 +50,10 @@ fn sweep(
         );
         let after_crash = cas(&cluster);
         let rerun = cluster.kpki(&all);
-        // Aborted after its last operation, a CA rotation was complete: starting it again is
-        // then refused, as it must be.
-        let complete = rerun.stderr().contains("already in progress");
+        // Aborted after its journal, a rotation's start (or finish) was complete once the next
+        // command replayed it: starting (finishing) it again is then refused, as it must be.
+        let complete = rerun.stderr().contains("already in progress")
+            || rerun.stderr().contains("no rotation of");
         assert!(
             rerun.output.status.success() || complete,
             "N={n}: the re-run failed: {}",
@@ -128,4 +129,53 @@ fn ca_rotation_survives_a_crash_at_every_file_operation() {
         },
     );
     assert!(operations >= 20, "only {operations} file operations");
+}
+
+/// The public keys of `service-account/sa.pem` and the public key of `sa-key.pem`, by openssl.
+fn sa_keys(cluster: &Cluster) -> (Vec<String>, String) {
+    let text = std::fs::read_to_string(cluster.pki("service-account/sa.pem")).unwrap();
+    let keys = text
+        .split_inclusive("-----END PUBLIC KEY-----\n")
+        .map(String::from)
+        .collect();
+    let key = cluster.pki("service-account/sa-key.pem");
+    let public = crate::harness::run_ok("openssl", &["pkey", "-in", s(&key), "-pubout"]);
+    (keys, public)
+}
+
+#[test]
+fn service_account_rotation_survives_a_crash_at_every_file_operation() {
+    let template = Cluster::initialized(&config());
+    let (old, _) = sa_keys(&template);
+    let operations = sweep(
+        || template.copy(),
+        &["rotate", "--service-account"],
+        |cluster, _| {
+            let (keys, signing) = sa_keys(cluster);
+            assert_eq!(keys.len(), 2, "the rotation did not start");
+            assert_eq!(
+                keys[0], signing,
+                "sa.pem does not publish the signing key first"
+            );
+            assert_eq!(keys[1], old[0], "the old public key was lost");
+        },
+    );
+    assert!(operations >= 6, "only {operations} file operations");
+    let started = template.copy();
+    started
+        .kpki(&["rotate", "--service-account", "-q"])
+        .success();
+    let operations = sweep(
+        || started.copy(),
+        &["rotate", "--service-account", "--finish"],
+        |cluster, _| {
+            let (keys, signing) = sa_keys(cluster);
+            assert_eq!(
+                keys,
+                [signing],
+                "the finish did not keep exactly the signing key"
+            );
+        },
+    );
+    assert!(operations >= 4, "only {operations} file operations");
 }

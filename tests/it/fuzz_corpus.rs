@@ -6,6 +6,9 @@ use std::path::Path;
 #[path = "../fuzz/fuzz_targets/load.rs"]
 mod load;
 
+#[path = "../fuzz/fuzz_targets/render.rs"]
+mod render;
+
 fn corpus(name: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz/corpus")
@@ -22,6 +25,11 @@ fn the_fuzz_corpora_load_without_panics() {
     assert!(pem.len() >= 6);
     for input in &pem {
         load::load(input);
+    }
+    let kubeconfigs = corpus("kubeconfig");
+    assert!(kubeconfigs.len() >= 6);
+    for input in &kubeconfigs {
+        render::render(input);
     }
     let configs = corpus("config");
     assert!(!configs.is_empty());

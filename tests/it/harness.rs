@@ -140,6 +140,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// A process already run, described as `what`.
+    pub fn from_output(output: Output, what: String) -> Run {
+        Run { output, what }
+    }
+
     fn of(mut cmd: Command) -> Run {
         let what = format!("{cmd:?}");
         let output = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -6,6 +6,7 @@ mod config_errors;
 mod crash;
 mod etcd;
 mod fuzz_corpus;
+mod hardening;
 mod harness;
 mod init;
 mod issue;
