@@ -154,7 +154,7 @@ pub fn client(
     user: &str,
     server: &str,
 ) -> Result<Zeroizing<String>> {
-    let ca = state.require(&ca_cert())?;
+    let ca = crate::inspection::ca_bundle(state, CaName::Kubernetes)?;
     let (cert, key) = (state.require(cert)?, state.require(key)?);
     Ok(Kubeconfig {
         cluster: &config.cluster.name,

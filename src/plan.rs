@@ -144,7 +144,7 @@ fn ca_item(name: CaName) -> Item<'static> {
 
 fn read_authority(state: &State, name: CaName, allow_expired: bool) -> Result<Authority> {
     let item = ca_item(name);
-    let cert = state.require(&item.file(Part::Cert))?;
+    let cert = inspection::ca_bundle(state, name)?;
     let key = load_key(state, &item.file(Part::Key))?;
     let chain = state
         .read(&catalogue::cross_file(name))?

@@ -9,10 +9,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use x509_parser::prelude::*;
 
-use crate::catalogue::{Item, Kind, Subject, Usage};
+use std::sync::Arc;
+
+use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Usage};
 use crate::config::Span;
 use crate::config::{Algorithm, Config, San};
+use crate::error::{Error, Result};
 use crate::issuing;
+use crate::pem::Material;
+use crate::state::State;
 
 /// What kpki compares of a certificate.
 #[derive(Debug, Clone)]
@@ -30,6 +35,34 @@ pub struct Facts {
     pub issuer_raw: Vec<u8>,
     pub subject_key_id: Option<Vec<u8>>,
     pub authority_key_id: Option<Vec<u8>>,
+}
+
+/// The certificate file of the CA `name`: exactly one CA certificate, or two (new, then old)
+/// while a rotation is recorded (its previous key kept). A bundle with more CAs than that would
+/// make every reader trust a CA nobody rotated in, so it is refused.
+pub fn ca_bundle(state: &State, name: CaName) -> Result<Arc<Material>> {
+    let item = Item {
+        entry: catalogue::ca_entry(name),
+        node: None,
+    };
+    let rel = item.file(Part::Cert);
+    let bundle = state.require(&rel)?;
+    let count = bundle.blocks().len();
+    let rotating = state.exists(&catalogue::previous_key_file(name))?;
+    if count > 1 + usize::from(rotating) {
+        return Err(Error::file(
+            &state.store().pki_path(&rel),
+            format!(
+                "holds {count} CA certificates, but {}",
+                if rotating {
+                    "a rotation has two (new and old)".to_string()
+                } else {
+                    format!("no rotation of the {} CA is recorded", name.dir())
+                }
+            ),
+        ));
+    }
+    Ok(bundle)
 }
 
 /// The certificates of a PEM file, in order.

@@ -572,3 +572,50 @@ fn identities_and_keys_get_clear_errors() {
     let run = cluster.kpki_env(&["status"], &[("KPKI_IDENTITY", &admin())]);
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
 }
+
+#[test]
+fn a_ca_bundle_without_a_recorded_rotation_is_not_trusted() {
+    // A commit that appends a CA to the Kubernetes CA file and vouches for it in the manifest.
+    let cluster = Cluster::initialized(&config_with_keys());
+    let evil = cluster.path().join("evil.pem");
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=kubernetes-ca",
+            "-days",
+            "30",
+            "-keyout",
+            s(&cluster.path().join("evil-key.pem")),
+            "-out",
+            s(&evil),
+        ],
+    );
+    let mut bundle = std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap();
+    bundle.extend(std::fs::read(&evil).unwrap());
+    std::fs::write(cluster.pki("kubernetes/ca.pem"), bundle).unwrap();
+    commit_by_hand(&cluster, "kubernetes/ca.pem");
+    let needles = [
+        "pki/kubernetes/ca.pem",
+        "holds 2 CA certificates",
+        "no rotation",
+    ];
+    refused(&cluster, &["kubeconfig", "kube-proxy"], &needles);
+    refused(&cluster, &["issue", "kubelet", "node-01"], &needles);
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1));
+    assert!(
+        verify
+            .stdout()
+            .contains("holds 2 CA certificates, but no rotation of the kubernetes CA is recorded"),
+        "{}",
+        verify.stdout()
+    );
+}
