@@ -12,7 +12,14 @@
   };
 
   outputs = { self, nixpkgs, agenix, flake-utils }:
-    flake-utils.lib.eachDefaultSystem (system:
+    {
+      # The cluster's NixOS module, once `kpki init` has written it (this repository is also the
+      # cluster template): import it with agenix's module on every node.
+      nixosModules = nixpkgs.lib.optionalAttrs (builtins.pathExists ./secrets/kpki.nix) {
+        kpki = ./secrets/kpki.nix;
+      };
+    }
+    // flake-utils.lib.eachDefaultSystem (system:
       let
         pkgs = import nixpkgs { inherit system; };
       in
@@ -32,6 +39,7 @@
 
         devShells.default = pkgs.mkShell {
           packages = with pkgs; [
+            self.packages.${system}.default # kpki
             cargo
             rustc
             clippy

@@ -113,6 +113,8 @@ impl FromStr for San {
 pub struct Cluster {
     pub name: String,
     pub domain: String,
+    /// The service CIDR as written (kube-apiserver's `--service-cluster-ip-range`).
+    pub service_cidr: String,
     /// The first address of the service CIDR: the in-cluster `kubernetes` service IP.
     pub service_ip: IpAddr,
     /// The URL as written, for kubeconfigs.
@@ -326,6 +328,7 @@ impl RawCluster {
             name: self.name,
             domain: self.domain.to_ascii_lowercase(),
             service_ip,
+            service_cidr: self.service_cidr,
             api_server,
             api_server_host,
             api_sans,

@@ -21,3 +21,4 @@ pub mod rotation;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod wiring;

@@ -664,9 +664,9 @@ pub fn nix_files(
         (manifest::FILE, plan.manifest().render()),
         (
             "secrets.nix",
-            nix::secrets_nix(config, recipients.admins(), &plan.sealed),
+            nix::secrets_nix(config, recipients.admins(), plan),
         ),
-        ("kpki.nix", nix::module_nix(config, &plan.sealed)),
+        ("kpki.nix", nix::module_nix(config, plan)),
     ]
 }
 

@@ -24,18 +24,48 @@ pub struct Etcd {
 impl Etcd {
     /// Starts one member per node with the node's certificates from `pki`.
     pub fn start(pki: &Path) -> Etcd {
-        let hosts = Hosts::new(&ADDRESSES);
-        let data = tempfile::tempdir().unwrap();
-        let mut etcd = Etcd {
-            members: Vec::new(),
-            hosts,
-            data,
-        };
+        let mut etcd = Etcd::empty();
         for i in 0..NODES.len() {
             let child = etcd.spawn(i, pki);
             etcd.members.push(child);
         }
         etcd
+    }
+
+    /// Starts one member per node configured only by the environment `envs[i]` (as the etcd
+    /// service of a NixOS node is: `ETCD_*` variables).
+    pub fn start_with_env(envs: &[std::collections::BTreeMap<String, String>]) -> Etcd {
+        let mut etcd = Etcd::empty();
+        for (i, env) in envs.iter().enumerate() {
+            let child = etcd
+                .hosts
+                .command(i, "etcd")
+                .env_clear()
+                .envs(env)
+                .stdout(Stdio::null())
+                .stderr(etcd.log(i))
+                .spawn()
+                .expect("etcd starts");
+            etcd.members.push(child);
+        }
+        etcd
+    }
+
+    fn empty() -> Etcd {
+        Etcd {
+            members: Vec::new(),
+            hosts: Hosts::new(&ADDRESSES),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Member `i`'s log file, for appending.
+    fn log(&self, i: usize) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("{}.log", NODES[i])))
+            .unwrap()
     }
 
     fn spawn(&self, i: usize, pki: &Path) -> Child {
@@ -47,11 +77,7 @@ impl Etcd {
             .zip(ADDRESSES)
             .map(|(n, a)| format!("{n}=https://[{a}]:2380"))
             .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.path().join(format!("{node}.log")))
-            .unwrap();
+        let log = self.log(i);
         self.hosts
             .command(i, "etcd")
             .args(["--name", node, "--data-dir"])

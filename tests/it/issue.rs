@@ -229,8 +229,10 @@ fn a_reissued_kubelet_has_a_new_serial_and_key_and_touches_only_its_files() {
             s(&cluster.pki("node-02/kubelet.pem")),
         ],
     );
+    // kpki.nix carries the new fingerprints as node-02's kubelet restart triggers.
     let expected: BTreeSet<String> = [
         "secrets/manifest.toml",
+        "secrets/kpki.nix",
         "secrets/node-02/kubelet-key.pem.age",
         "secrets/node-02/kubelet.pem.age",
     ]

@@ -126,6 +126,7 @@ fn past_expiry_every_leaf_expires_and_rotate_renews_exactly_the_leaves() {
     expected.extend(
         [
             "secrets/manifest.toml",
+            "secrets/kpki.nix",
             "secrets/kubernetes/admin.kubeconfig.age",
         ]
         .map(String::from),

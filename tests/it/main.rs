@@ -13,6 +13,7 @@ mod issue;
 mod lifecycle;
 mod locking;
 mod netns;
+mod nixos;
 mod openssl;
 mod secrets;
 mod team;

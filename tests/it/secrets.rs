@@ -227,14 +227,8 @@ fn secrets_nix_lists_each_files_recipients() {
 #[test]
 fn the_nixos_module_declares_exactly_the_hosts_files() {
     let cluster = Cluster::initialized(&config_with_keys());
-    let module = cluster.path().join("secrets/kpki.nix");
-    let secrets_of = |host: &str| {
-        nix_eval(&format!(
-            "builtins.mapAttrs (n: v: {{ inherit (v) owner group mode; file = toString v.file; }}) \
-             (import {} {{ config.networking.hostName = \"{host}\"; }}).age.secrets",
-            s(&module)
-        ))
-    };
+    let secrets_of =
+        |host: &str| crate::nixos::eval(&cluster, host, "{ }").unwrap()["secrets"].clone();
     assert!(secrets_of("elsewhere").as_object().unwrap().is_empty());
     for node in ["node-02", "node-04"] {
         let declared = secrets_of(node);
@@ -412,12 +406,18 @@ fn without_admins_a_generated_identity_decrypts_everything() {
 }
 
 #[test]
-fn the_readme_nixos_example_parses() {
+fn the_readmes_nix_examples_parse() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```nix\n").expect("README has a nix example") + "```nix\n".len();
-    let end = start + readme[start..].find("```").unwrap();
-    let file = tempfile::Builder::new().suffix(".nix").tempfile().unwrap();
-    std::fs::write(file.path(), &readme[start..end]).unwrap();
-    run_ok("nix-instantiate", &["--parse", s(file.path())]);
+    let examples: Vec<&str> = readme
+        .split("```nix\n")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("```").unwrap()])
+        .collect();
+    assert!(examples.len() >= 2, "README has no nix examples");
+    for example in examples {
+        let file = tempfile::Builder::new().suffix(".nix").tempfile().unwrap();
+        std::fs::write(file.path(), example).unwrap();
+        run_ok("nix-instantiate", &["--parse", s(file.path())]);
+    }
 }
