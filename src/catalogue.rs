@@ -6,46 +6,8 @@
 
 use std::net::IpAddr;
 
-use crate::config::{Config, Node, Role, San};
-
-/// The three certificate authorities, named as their directories under `pki/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CaName {
-    Kubernetes,
-    Etcd,
-    FrontProxy,
-}
-
-impl CaName {
-    /// The CA's directory under `pki/` and its name on the command line.
-    pub const fn dir(self) -> &'static str {
-        match self {
-            CaName::Kubernetes => "kubernetes",
-            CaName::Etcd => "etcd",
-            CaName::FrontProxy => "front-proxy",
-        }
-    }
-}
-
-/// What a leaf certificate may be used for (extended key usage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usage {
-    Client,
-    Server,
-    ServerAndClient,
-}
-
-impl Usage {
-    /// Whether the certificate authenticates a server.
-    pub fn server(self) -> bool {
-        matches!(self, Usage::Server | Usage::ServerAndClient)
-    }
-
-    /// Whether the certificate authenticates a client.
-    pub fn client(self) -> bool {
-        matches!(self, Usage::Client | Usage::ServerAndClient)
-    }
-}
+pub use crate::config::{CaName, Usage};
+use crate::config::{Config, Declared, Node, Role, San, Span};
 
 /// What kind of material an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,28 +20,67 @@ pub enum Kind {
     Leaf { ca: CaName, usage: Usage },
 }
 
+/// A set of nodes: those with any of `roles`, and those named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection<'a> {
+    pub roles: &'a [Role],
+    pub nodes: &'a [String],
+}
+
+impl Selection<'_> {
+    /// The nodes of one role.
+    pub const fn role(role: &'static [Role]) -> Selection<'static> {
+        Selection {
+            roles: role,
+            nodes: &[],
+        }
+    }
+
+    /// Whether `node` is one of them.
+    pub fn includes(&self, node: &Node) -> bool {
+        self.roles.iter().any(|r| node.has(*r)) || self.nodes.contains(&node.name)
+    }
+}
+
 /// Where an entry lives and who holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub enum Scope<'a> {
     /// One file pair for the cluster, in a fixed directory under `pki/`.
     Cluster { dir: &'static str },
-    /// One file pair per node with the role, under `pki/NODE/`.
-    Node(Role),
+    /// One file pair per node of the selection, under `pki/NODE/`.
+    Node(Selection<'a>),
 }
 
 /// How the certificate's common name is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommonName {
-    Fixed(&'static str),
+pub enum CommonName<'a> {
+    /// As written; `{node}` stands for the node's name.
+    Fixed(&'a str),
     /// The node's name.
     NodeName,
     /// `system:node:NODE`, the kubelet's identity to the apiserver.
     NodeIdentity,
 }
 
+/// Organizations (Kubernetes groups), in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Groups<'a> {
+    Fixed(&'static [&'static str]),
+    Declared(&'a [String]),
+}
+
+impl Groups<'_> {
+    fn to_vec(self) -> Vec<String> {
+        match self {
+            Groups::Fixed(g) => g.iter().map(|s| s.to_string()).collect(),
+            Groups::Declared(g) => g.to_vec(),
+        }
+    }
+}
+
 /// Which subject alternative names the certificate carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SanRule {
+pub enum SanRule<'a> {
     None,
     /// The node name, the in-cluster service names and IP, the node's addresses, the public API
     /// host, `api_sans`, and localhost.
@@ -88,42 +89,101 @@ pub enum SanRule {
     NodeAndLocal,
     /// The node name and the node's addresses.
     Node,
+    /// Those declared; for a per-node certificate, after the node name and addresses.
+    Declared(&'a [San]),
 }
 
 /// Which nodes may read a file (the admins always can).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readers {
+pub enum Readers<'a> {
     /// Nobody but the admins.
     Admins,
     /// Every node.
     AllNodes,
-    /// Every node that has at least one of these roles.
-    AnyRole(&'static [Role]),
+    /// The nodes of a selection.
+    Selected(Selection<'a>),
     /// The node a per-node entry belongs to.
     OwnNode,
 }
 
-/// One row of the catalogue.
-#[derive(Debug)]
-pub struct Entry {
+/// One row of the catalogue: built in, or declared with `[[certificate]]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
     /// The name on the command line (`kpki issue PROFILE`).
-    pub profile: &'static str,
-    pub description: &'static str,
-    pub scope: Scope,
+    pub profile: &'a str,
+    pub description: &'a str,
+    pub scope: Scope<'a>,
     /// File stem: the entry is `STEM.pem` and `STEM-key.pem`.
-    pub stem: &'static str,
+    pub stem: &'a str,
     pub kind: Kind,
-    pub cn: CommonName,
-    /// Organizations (Kubernetes groups), in order.
-    pub groups: &'static [&'static str],
-    pub sans: SanRule,
-    pub cert_readers: Readers,
-    pub key_readers: Readers,
+    pub cn: CommonName<'a>,
+    pub groups: Groups<'a>,
+    pub sans: SanRule<'a>,
+    pub cert_readers: Readers<'a>,
+    pub key_readers: Readers<'a>,
     /// The user that owns the files on a node (the service that reads them runs as it).
-    pub owner: &'static str,
+    pub owner: &'a str,
+    /// Instead of `keys.leaf_validity`.
+    pub validity: Option<Span>,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry of a `[[certificate]]` declaration.
+    pub fn declared(d: &'a Declared) -> Entry<'a> {
+        let selection = Selection {
+            roles: &d.roles,
+            nodes: &d.nodes,
+        };
+        let readers = match (d.per_node, d.roles.is_empty() && d.nodes.is_empty()) {
+            (true, _) => Readers::OwnNode,
+            (false, true) => Readers::Admins,
+            (false, false) => Readers::Selected(selection),
+        };
+        Entry {
+            profile: &d.name,
+            description: "declared in kpki.toml ([[certificate]])",
+            scope: match d.per_node {
+                true => Scope::Node(selection),
+                false => Scope::Cluster { dir: d.ca.dir() },
+            },
+            stem: &d.name,
+            kind: Kind::Leaf {
+                ca: d.ca,
+                usage: d.usage,
+            },
+            cn: CommonName::Fixed(&d.cn),
+            groups: Groups::Declared(&d.organizations),
+            sans: SanRule::Declared(&d.sans),
+            cert_readers: readers,
+            key_readers: readers,
+            owner: &d.owner,
+            validity: d.validity,
+        }
+    }
+
+    /// Whether the entry was declared in the config rather than built in.
+    pub fn is_declared(&self) -> bool {
+        matches!(self.sans, SanRule::Declared(_))
+    }
 }
 
 const CP: &[Role] = &[Role::ControlPlane];
+
+/// What every built-in entry has in common.
+const BUILT_IN: Entry<'static> = Entry {
+    profile: "",
+    description: "",
+    scope: Scope::Cluster { dir: "" },
+    stem: "",
+    kind: Kind::KeyPair,
+    cn: CommonName::Fixed(""),
+    groups: Groups::Fixed(&[]),
+    sans: SanRule::None,
+    cert_readers: Readers::Admins,
+    key_readers: Readers::Admins,
+    owner: "root",
+    validity: None,
+};
 
 /// A cluster-wide client certificate of `ca`, read by the control plane as `kubernetes`.
 const fn control_plane_client(
@@ -133,7 +193,7 @@ const fn control_plane_client(
     ca: CaName,
     cn: &'static str,
     groups: &'static [&'static str],
-) -> Entry {
+) -> Entry<'static> {
     Entry {
         profile,
         description,
@@ -144,11 +204,11 @@ const fn control_plane_client(
             usage: Usage::Client,
         },
         cn: CommonName::Fixed(cn),
-        groups,
-        sans: SanRule::None,
-        cert_readers: Readers::AnyRole(CP),
-        key_readers: Readers::AnyRole(CP),
+        groups: Groups::Fixed(groups),
+        cert_readers: Readers::Selected(Selection::role(CP)),
+        key_readers: Readers::Selected(Selection::role(CP)),
         owner: "kubernetes",
+        ..BUILT_IN
     }
 }
 
@@ -158,8 +218,8 @@ const fn ca(
     description: &'static str,
     name: CaName,
     cn: &'static str,
-    readers: Readers,
-) -> Entry {
+    readers: Readers<'static>,
+) -> Entry<'static> {
     Entry {
         profile,
         description,
@@ -167,36 +227,34 @@ const fn ca(
         stem: "ca",
         kind: Kind::Ca(name),
         cn: CommonName::Fixed(cn),
-        groups: &[],
-        sans: SanRule::None,
         cert_readers: readers,
-        key_readers: Readers::Admins,
-        owner: "root",
+        ..BUILT_IN
     }
 }
 
-/// A certificate of each node with `role`, read only by that node.
+/// A certificate of each node with `role` (a one-role slice), read only by that node.
 const fn per_node(
     profile: &'static str,
     description: &'static str,
-    role: Role,
+    role: &'static [Role],
     kind: Kind,
-    (cn, groups): (CommonName, &'static [&'static str]),
-    sans: SanRule,
+    (cn, groups): (CommonName<'static>, &'static [&'static str]),
+    sans: SanRule<'static>,
     owner: &'static str,
-) -> Entry {
+) -> Entry<'static> {
     Entry {
         profile,
         description,
-        scope: Scope::Node(role),
+        scope: Scope::Node(Selection::role(role)),
         stem: profile,
         kind,
         cn,
-        groups,
+        groups: Groups::Fixed(groups),
         sans,
         cert_readers: Readers::OwnNode,
         key_readers: Readers::OwnNode,
         owner,
+        ..BUILT_IN
     }
 }
 
@@ -204,7 +262,7 @@ const NODE_IDENTITY: (CommonName, &[&str]) = (CommonName::NodeIdentity, &["syste
 const NODE_NAME: (CommonName, &[&str]) = (CommonName::NodeName, &[]);
 
 /// Every CA, key pair and certificate, CAs first (an entry's issuer always comes before it).
-pub static ENTRIES: &[Entry] = &[
+pub static ENTRIES: &[Entry<'static>] = &[
     ca(
         "kubernetes-ca",
         "Kubernetes CA: signs the apiserver, kubelets and cluster clients",
@@ -217,14 +275,14 @@ pub static ENTRIES: &[Entry] = &[
         "etcd CA: signs etcd members and etcd clients",
         CaName::Etcd,
         "etcd-ca",
-        Readers::AnyRole(&[Role::Etcd, Role::ControlPlane]),
+        Readers::Selected(Selection::role(&[Role::Etcd, Role::ControlPlane])),
     ),
     ca(
         "front-proxy-ca",
         "front-proxy CA: signs the apiserver's aggregation-layer client",
         CaName::FrontProxy,
         "kubernetes-front-proxy-ca",
-        Readers::AnyRole(CP),
+        Readers::Selected(Selection::role(CP)),
     ),
     Entry {
         profile: "service-account",
@@ -234,12 +292,10 @@ pub static ENTRIES: &[Entry] = &[
         },
         stem: "sa",
         kind: Kind::KeyPair,
-        cn: CommonName::Fixed(""),
-        groups: &[],
-        sans: SanRule::None,
-        cert_readers: Readers::AnyRole(CP),
-        key_readers: Readers::AnyRole(CP),
+        cert_readers: Readers::Selected(Selection::role(CP)),
+        key_readers: Readers::Selected(Selection::role(CP)),
         owner: "kubernetes",
+        ..BUILT_IN
     },
     Entry {
         cert_readers: Readers::Admins,
@@ -279,8 +335,8 @@ pub static ENTRIES: &[Entry] = &[
         &["system:masters"],
     ),
     Entry {
-        cert_readers: Readers::AnyRole(&[Role::Worker]),
-        key_readers: Readers::AnyRole(&[Role::Worker]),
+        cert_readers: Readers::Selected(Selection::role(&[Role::Worker])),
+        key_readers: Readers::Selected(Selection::role(&[Role::Worker])),
         owner: "root",
         ..control_plane_client(
             "kube-proxy",
@@ -313,7 +369,7 @@ pub static ENTRIES: &[Entry] = &[
     per_node(
         "apiserver",
         "kube-apiserver's serving certificate",
-        Role::ControlPlane,
+        &[Role::ControlPlane],
         Kind::Leaf {
             ca: CaName::Kubernetes,
             usage: Usage::Server,
@@ -325,7 +381,7 @@ pub static ENTRIES: &[Entry] = &[
     per_node(
         "etcd-server",
         "etcd's serving certificate for clients",
-        Role::Etcd,
+        &[Role::Etcd],
         Kind::Leaf {
             ca: CaName::Etcd,
             usage: Usage::ServerAndClient,
@@ -337,7 +393,7 @@ pub static ENTRIES: &[Entry] = &[
     per_node(
         "etcd-peer",
         "etcd's certificate for its peers",
-        Role::Etcd,
+        &[Role::Etcd],
         Kind::Leaf {
             ca: CaName::Etcd,
             usage: Usage::ServerAndClient,
@@ -349,7 +405,7 @@ pub static ENTRIES: &[Entry] = &[
     per_node(
         "kubelet",
         "the kubelet's client certificate to the apiserver",
-        Role::Worker,
+        &[Role::Worker],
         Kind::Leaf {
             ca: CaName::Kubernetes,
             usage: Usage::Client,
@@ -361,7 +417,7 @@ pub static ENTRIES: &[Entry] = &[
     per_node(
         "kubelet-serving",
         "the kubelet's serving certificate",
-        Role::Worker,
+        &[Role::Worker],
         Kind::Leaf {
             ca: CaName::Kubernetes,
             usage: Usage::Server,
@@ -372,17 +428,85 @@ pub static ENTRIES: &[Entry] = &[
     ),
 ];
 
-/// The entry named `profile` on the command line.
-pub fn entry(profile: &str) -> Option<&'static Entry> {
-    ENTRIES.iter().find(|e| e.profile == profile)
+/// Every entry under `config`: the built-in ones, then those it declares.
+pub fn entries(config: &Config) -> impl Iterator<Item = Entry<'_>> {
+    ENTRIES
+        .iter()
+        .copied()
+        .chain(config.certificates.iter().map(Entry::declared))
+}
+
+/// The entry named `profile` on the command line, built in or declared.
+pub fn entry<'c>(config: &'c Config, profile: &str) -> Option<Entry<'c>> {
+    entries(config).find(|e| e.profile == profile)
+}
+
+/// The built-in entry named `profile`.
+pub fn builtin(profile: &str) -> Option<Entry<'static>> {
+    ENTRIES.iter().copied().find(|e| e.profile == profile)
 }
 
 /// The CA entry of `name`.
-pub fn ca_entry(name: CaName) -> &'static Entry {
+pub fn ca_entry(name: CaName) -> Entry<'static> {
     ENTRIES
         .iter()
+        .copied()
         .find(|e| e.kind == Kind::Ca(name))
         .expect("the catalogue has every CA")
+}
+
+/// File stems kpki uses besides the catalogue's, in each CA's directory: a rotation's
+/// cross-signed CA and previous key, and the etcd CA's revocation list.
+const RESERVED_STEMS: &[&str] = &["ca-cross", "ca-previous", "crl"];
+
+/// Names the command line gives a meaning of their own (`issue node`, `issue client`).
+const RESERVED_PROFILES: &[&str] = &["node", "client", "user", "cert"];
+
+/// Refuses a `[[certificate]]` whose name is taken: by a catalogue entry (as a profile, or as a
+/// file in the same directory), by a file kpki keeps next to a CA, or by a word of the command
+/// line. Errors name the declaration's line.
+pub fn check_declared(config: &Config) -> Result<(), String> {
+    for d in &config.certificates {
+        let taken = |why: String| {
+            format!(
+                "line {}: certificate \"{}\": the name is taken: {why}",
+                d.line, d.name
+            )
+        };
+        if let Some(e) = builtin(&d.name) {
+            return Err(taken(format!(
+                "it is the catalogue's {} ({})",
+                e.profile, e.description
+            )));
+        }
+        if RESERVED_PROFILES.contains(&d.name.as_str()) {
+            return Err(taken(
+                "kpki issue and kpki kubeconfig use it as a word".into(),
+            ));
+        }
+        let declared = Entry::declared(d);
+        let clash = ENTRIES.iter().find(|e| {
+            e.stem == d.name
+                && match (e.scope, declared.scope) {
+                    (Scope::Cluster { dir }, Scope::Cluster { dir: mine }) => dir == mine,
+                    (Scope::Node(_), Scope::Node(_)) => true,
+                    _ => false,
+                }
+        });
+        if let Some(e) = clash {
+            return Err(taken(format!(
+                "the catalogue's {} has the same files",
+                e.profile
+            )));
+        }
+        if !d.per_node && RESERVED_STEMS.contains(&d.name.as_str()) {
+            return Err(taken(format!(
+                "kpki keeps its own {}.pem files beside the CAs",
+                d.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Which of an item's two files.
@@ -397,7 +521,7 @@ pub enum Part {
 /// A catalogue entry bound to a node (for per-node entries): one concrete file pair.
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'c> {
-    pub entry: &'static Entry,
+    pub entry: Entry<'c>,
     pub node: Option<&'c Node>,
 }
 
@@ -428,20 +552,23 @@ impl<'c> Item<'c> {
     pub fn subject(&self, config: &Config) -> Subject {
         let node_name = self.node.map(|n| n.name.as_str()).unwrap_or_default();
         let common_name = match self.entry.cn {
-            CommonName::Fixed(cn) => cn.to_string(),
+            CommonName::Fixed(cn) => cn.replace("{node}", node_name),
             CommonName::NodeName => node_name.to_string(),
             CommonName::NodeIdentity => format!("system:node:{node_name}"),
         };
         Subject {
             common_name,
-            organizations: self.entry.groups.iter().map(|g| g.to_string()).collect(),
+            organizations: self.entry.groups.to_vec(),
             sans: self.sans(config),
         }
     }
 
     fn sans(&self, config: &Config) -> Vec<San> {
         let Some(node) = self.node else {
-            return Vec::new();
+            return match self.entry.sans {
+                SanRule::Declared(sans) => dedup(sans.to_vec()),
+                _ => Vec::new(),
+            };
         };
         let dns = |s: &str| San::Dns(s.to_string());
         let addresses = node.addresses.iter().map(|a| San::Ip(*a));
@@ -452,6 +579,10 @@ impl<'c> Item<'c> {
         let sans: Vec<San> = match self.entry.sans {
             SanRule::None => Vec::new(),
             SanRule::Node => std::iter::once(dns(&node.name)).chain(addresses).collect(),
+            SanRule::Declared(extra) => std::iter::once(dns(&node.name))
+                .chain(addresses)
+                .chain(extra.iter().cloned())
+                .collect(),
             SanRule::NodeAndLocal => std::iter::once(dns(&node.name))
                 .chain([dns("localhost")])
                 .chain(addresses)
@@ -491,10 +622,10 @@ impl<'c> Item<'c> {
         match readers {
             Readers::Admins => Vec::new(),
             Readers::AllNodes => config.nodes.iter().collect(),
-            Readers::AnyRole(roles) => config
+            Readers::Selected(selection) => config
                 .nodes
                 .iter()
-                .filter(|n| roles.iter().any(|r| n.has(*r)))
+                .filter(|n| selection.includes(n))
                 .collect(),
             Readers::OwnNode => self.node.into_iter().collect(),
         }
@@ -563,23 +694,20 @@ pub struct Subject {
 
 /// Every item of the catalogue under `config`, in creation order (issuers first).
 pub fn items(config: &Config) -> Vec<Item<'_>> {
-    let mut items = Vec::new();
-    for entry in ENTRIES
-        .iter()
+    let mut items: Vec<Item<'_>> = entries(config)
         .filter(|e| matches!(e.scope, Scope::Cluster { .. }))
-    {
-        items.push(Item { entry, node: None });
-    }
+        .map(|entry| Item { entry, node: None })
+        .collect();
     for node in &config.nodes {
-        items.extend(node_items(node));
+        items.extend(node_items(config, node));
     }
     items
 }
 
-/// The per-node items that `node` holds, by its roles.
-pub fn node_items(node: &Node) -> impl Iterator<Item = Item<'_>> {
-    ENTRIES.iter().filter_map(move |entry| match entry.scope {
-        Scope::Node(role) if node.has(role) => Some(Item {
+/// The per-node items that `node` holds, by its roles (and, for declared ones, by name).
+pub fn node_items<'c>(config: &'c Config, node: &'c Node) -> impl Iterator<Item = Item<'c>> {
+    entries(config).filter_map(move |entry| match entry.scope {
+        Scope::Node(selection) if selection.includes(node) => Some(Item {
             entry,
             node: Some(node),
         }),
@@ -670,7 +798,7 @@ mod tests {
         let config = config();
         let node = config.node("node-02").unwrap();
         let item = Item {
-            entry: entry("apiserver").unwrap(),
+            entry: builtin("apiserver").unwrap(),
             node: Some(node),
         };
         let sans: Vec<String> = item

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Kubernetes PKI for NixOS clusters: CAs and certificates with IPv6 SANs, age-encrypted for
 /// exactly the machines that need them, with agenix rules and a NixOS module.
@@ -22,6 +22,24 @@ pub struct Cli {
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `kpki kubeconfig`.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// admin, controller-manager, scheduler, kube-proxy, kubelet, user or cert.
+    #[arg(value_name = "IDENTITY")]
+    pub who: String,
+    /// The node (for kubelet), the user (for user) or the declared certificate (for cert).
+    pub name: Option<String>,
+    /// For `cert`: the node of a per-node certificate.
+    pub node: Option<String>,
+    /// The API server: a URL or a bare IP address (default: cluster.api_server).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Write the kubeconfig to FILE (mode 0600) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 /// The subcommands.
@@ -51,20 +69,9 @@ pub enum Command {
         groups: Vec<String>,
     },
     /// Print (or write with -o) a kubeconfig with embedded CA, certificate and key for `admin`,
-    /// `controller-manager`, `scheduler`, `kube-proxy`, `kubelet NODE` or `user NAME`.
-    Kubeconfig {
-        /// admin, controller-manager, scheduler, kube-proxy, kubelet or user.
-        #[arg(value_name = "IDENTITY")]
-        who: String,
-        /// The node (for kubelet) or user name (for user).
-        name: Option<String>,
-        /// The API server: a URL or a bare IP address (default: cluster.api_server).
-        #[arg(long, value_name = "URL")]
-        server: Option<String>,
-        /// Write the kubeconfig to FILE (mode 0600) instead of stdout.
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<std::path::PathBuf>,
-    },
+    /// `controller-manager`, `scheduler`, `kube-proxy`, `kubelet NODE`, `user NAME` or a declared
+    /// client certificate of the Kubernetes CA (`cert NAME [NODE]`).
+    Kubeconfig(KubeconfigArgs),
     /// One row per CA, key pair and certificate: expiry, time left and state (ok, renew, expired,
     /// drift, missing, stale-secret). Exit 1 when any row needs action.
     Status {

@@ -74,12 +74,22 @@ impl Context {
 fn config_or_default(store: &Store) -> Result<(Config, bool)> {
     let path = store.config_path();
     match store.read_text(&path)? {
-        Some(text) => Ok((Config::parse(&text, &path)?, false)),
+        Some(text) => Ok((parse_config(&text, &path)?, false)),
         None => {
             refuse_lost_config(store)?;
-            Ok((Config::parse(DEFAULT_CONFIG, &path)?, true))
+            Ok((parse_config(DEFAULT_CONFIG, &path)?, true))
         }
     }
+}
+
+/// A config, checked also against the catalogue (declared certificates must not take its names).
+fn parse_config(text: &str, path: &Path) -> Result<Config> {
+    let config = Config::parse(text, path)?;
+    catalogue::check_declared(&config).map_err(|message| Error::Config {
+        file: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
 }
 
 /// An existing cluster (a manifest or encrypted files in `secrets/`) whose config is gone is
@@ -107,7 +117,7 @@ fn refuse_lost_config(store: &Store) -> Result<()> {
 fn config(store: &Store) -> Result<Config> {
     let path = store.config_path();
     match store.read_text(&path)? {
-        Some(text) => Config::parse(&text, &path),
+        Some(text) => parse_config(&text, &path),
         None => {
             refuse_lost_config(store)?;
             Err(Error::usage(
@@ -324,8 +334,9 @@ fn report_sealing(ctx: &Context, sealing: &Sealing) {
     }
 }
 
-/// Notes on the plaintext cache and on what could not be checked, for readers.
-fn cache_notes(state: &State, unchecked: usize) -> Result<Vec<String>> {
+/// Notes for readers: on the plaintext cache, on what could not be checked, and on declared
+/// certificates that make nodes cluster admins.
+fn cache_notes(state: &State, config: &Config, unchecked: usize) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let divergent = state.divergent()?;
     let behind = divergent
@@ -347,6 +358,21 @@ fn cache_notes(state: &State, unchecked: usize) -> Result<Vec<String>> {
             "changed outside kpki, not used: {} (remove them to use the committed versions)",
             abbreviate(&changed)
         ));
+    }
+    for item in catalogue::items(config)
+        .iter()
+        .filter(|i| i.entry.is_declared())
+    {
+        let subject = item.subject(config);
+        let readers = item.readers(Part::Key, config);
+        if subject.organizations.iter().any(|o| o == "system:masters") && !readers.is_empty() {
+            let names: Vec<String> = readers.iter().map(|n| n.name.clone()).collect();
+            notes.push(format!(
+                "{} carries system:masters and goes to nodes ({}): each of them can act as cluster admin",
+                item.name(),
+                abbreviate(&names)
+            ));
+        }
     }
     if unchecked > 0 {
         notes.push(format!(
@@ -371,7 +397,7 @@ pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
     };
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
-    let notes = cache_notes(&state, seal.unchecked())?;
+    let notes = cache_notes(&state, &config, seal.unchecked())?;
     let outdated = secrets::outdated_files(&ctx.store, &config, &recipients, &seal)?
         .into_iter()
         .map(|f| format!("secrets/{f}"))
@@ -400,7 +426,7 @@ pub fn verify(ctx: &Context) -> Result<bool> {
     for problem in &problems {
         ctx.print(&format!("{problem}\n"));
     }
-    for note in cache_notes(&state, 0)? {
+    for note in cache_notes(&state, &config, 0)? {
         eprintln!("kpki: note: {note}");
     }
     if !state.has_identity()? {
@@ -653,11 +679,10 @@ fn issue_targets<'c>(
 ) -> Result<Vec<Item<'c>>> {
     if profile == "node" {
         let node = find_node(config, node, "`issue node` needs a node")?;
-        return Ok(catalogue::node_items(node).collect());
+        return Ok(catalogue::node_items(config, node).collect());
     }
-    let Some(entry) = catalogue::entry(profile) else {
-        let mut valid: Vec<&str> = catalogue::ENTRIES
-            .iter()
+    let Some(entry) = catalogue::entry(config, profile) else {
+        let mut valid: Vec<&str> = catalogue::entries(config)
             .filter(|e| !matches!(e.kind, Kind::Ca(_) | Kind::KeyPair))
             .map(|e| e.profile)
             .collect();
@@ -679,22 +704,23 @@ fn issue_targets<'c>(
             )),
             None => Ok(vec![Item { entry, node: None }]),
         },
-        (_, Scope::Node(role)) => {
+        (_, Scope::Node(selection)) => {
             let node = find_node(config, node, &format!("{profile} needs a node"))?;
-            if !node.has(role) {
+            if !selection.includes(node) {
                 let with: Vec<&str> = config
                     .nodes
                     .iter()
-                    .filter(|n| n.has(role))
+                    .filter(|n| selection.includes(n))
                     .map(|n| n.name.as_str())
                     .collect();
+                let roles: Vec<&str> = selection.roles.iter().map(|r| r.name()).collect();
                 return Err(Error::usage(
                     format!(
-                        "node \"{}\" has no {} role, so it has no {profile}",
+                        "node \"{}\" has no {profile} (it goes to nodes with the role {})",
                         node.name,
-                        role.name()
+                        roles.join(" or ")
                     ),
-                    Some(format!("nodes with that role: {}", with.join(", "))),
+                    Some(format!("nodes that have it: {}", with.join(", "))),
                 ));
             }
             Ok(vec![Item {
@@ -717,31 +743,25 @@ fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Resul
         .ok_or_else(|| Error::usage(format!("unknown node \"{name}\""), names()))
 }
 
-/// `kpki kubeconfig IDENTITY [NAME] [--server URL] [-o FILE]`.
-pub fn kubeconfig(
-    ctx: &Context,
-    who: &str,
-    name: Option<&str>,
-    server: Option<&str>,
-    output: Option<&Path>,
-) -> Result<()> {
+/// `kpki kubeconfig IDENTITY [NAME [NODE]] [--server URL] [-o FILE]`.
+pub fn kubeconfig(ctx: &Context, args: &crate::cli::KubeconfigArgs) -> Result<()> {
     let config = config(&ctx.store)?;
-    let server = match server {
+    let server = match &args.server {
         Some(s) => {
             kubeconfig::server_url(s).map_err(|e| Error::usage(format!("--server: {e}"), None))?
         }
         None => config.cluster.api_server.clone(),
     };
-    let (cert, key, user) = kubeconfig_client(&config, who, name)?;
+    let (cert, key, user) = kubeconfig_client(&config, args)?;
     let state = State::open(ctx.store.clone(), ctx.identity.clone(), Access::Read)?;
-    if who == "user" && !state.exists(&cert)? {
+    if args.who == "user" && !state.exists(&cert)? {
         return Err(Error::usage(
             format!("no user \"{user}\" (pki/{cert} does not exist)"),
             Some(format!("make one with kpki issue client --cn {user}")),
         ));
     }
     let text = kubeconfig::client(&state, &config, &cert, &key, &user, &server)?;
-    match output {
+    match &args.output {
         Some(path) => {
             store::write_outside(path, text.as_bytes(), store::SECRET_MODE)?;
             ctx.say(format_args!(
@@ -757,8 +777,7 @@ pub fn kubeconfig(
 /// The certificate, key and user name of a kubeconfig identity.
 fn kubeconfig_client(
     config: &Config,
-    who: &str,
-    name: Option<&str>,
+    args: &crate::cli::KubeconfigArgs,
 ) -> Result<(String, String, String)> {
     let from_item = |item: Item<'_>| {
         (
@@ -767,14 +786,21 @@ fn kubeconfig_client(
             item.subject(config).common_name,
         )
     };
+    let (who, name) = (args.who.as_str(), args.name.as_deref());
+    if who != "cert" && args.node.is_some() {
+        return Err(Error::usage(
+            "only `kubeconfig cert NAME NODE` takes a node after the name",
+            None,
+        ));
+    }
     match (who, name) {
         ("admin" | "controller-manager" | "scheduler" | "kube-proxy", None) => {
-            let entry = catalogue::entry(who).expect("catalogued");
+            let entry = catalogue::builtin(who).expect("catalogued");
             Ok(from_item(Item { entry, node: None }))
         }
         ("kubelet", node) => {
             let node = find_node(config, node, "`kubeconfig kubelet` needs a node")?;
-            let entry = catalogue::entry("kubelet").expect("catalogued");
+            let entry = catalogue::builtin("kubelet").expect("catalogued");
             if !node.has(Role::Worker) {
                 return Err(Error::usage(
                     format!("node \"{}\" is not a worker and has no kubelet", node.name),
@@ -787,8 +813,7 @@ fn kubeconfig_client(
             }))
         }
         ("user", Some(user)) => {
-            catalogue::check_user_name(user)
-                .map_err(|e| Error::usage(format!("user: {e}"), None))?;
+            catalogue::check_user_name(user).map_err(|e| Error::usage(format!("user: {e}"), None))?;
             Ok((
                 catalogue::user_file(user, Part::Cert),
                 catalogue::user_file(user, Part::Key),
@@ -799,16 +824,61 @@ fn kubeconfig_client(
             "`kubeconfig user` needs a user name",
             Some("users are made with kpki issue client --cn NAME".into()),
         )),
+        ("cert", Some(name)) => declared_client(config, name, args.node.as_deref()).map(from_item),
         (_, _) => Err(Error::usage(
             format!(
                 "no kubeconfig for \"{who}\"{}",
                 name.map(|n| format!(" {n}")).unwrap_or_default()
             ),
             Some(
-                "valid: admin, controller-manager, scheduler, kube-proxy, kubelet NODE, user NAME"
+                "valid: admin, controller-manager, scheduler, kube-proxy, kubelet NODE, user NAME, cert NAME [NODE]"
                     .into(),
             ),
         )),
+    }
+}
+
+/// The declared client certificate of the Kubernetes CA named `name` (of `node`, when it is one
+/// per node).
+fn declared_client<'c>(config: &'c Config, name: &str, node: Option<&str>) -> Result<Item<'c>> {
+    let client_of_kubernetes = |e: &catalogue::Entry<'_>| {
+        e.is_declared()
+            && matches!(e.kind, Kind::Leaf { ca: CaName::Kubernetes, usage } if usage.client())
+    };
+    let entry = catalogue::entry(config, name)
+        .filter(client_of_kubernetes)
+        .ok_or_else(|| {
+            let valid: Vec<&str> = catalogue::entries(config)
+                .filter(client_of_kubernetes)
+                .map(|e| e.profile)
+                .collect();
+            Error::usage(
+                format!("no declared client certificate of the Kubernetes CA named {name:?}"),
+                Some(format!("declared in kpki.toml: {}", list_or_none(&valid))),
+            )
+        })?;
+    let node = match entry.scope {
+        Scope::Cluster { .. } => None,
+        Scope::Node(selection) => {
+            let node = find_node(config, node, &format!("{name} is per node: name the node"))?;
+            if !selection.includes(node) {
+                return Err(Error::usage(
+                    format!("node \"{}\" has no {name}", node.name),
+                    None,
+                ));
+            }
+            Some(node)
+        }
+    };
+    Ok(Item { entry, node })
+}
+
+/// Names joined, or "none".
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -14,7 +14,7 @@ use crate::state::State;
 /// `pki/kubernetes/admin.pem`, whose key and CA the admin kubeconfig embeds.
 pub fn admin_item() -> Item<'static> {
     Item {
-        entry: catalogue::entry("admin").expect("admin is catalogued"),
+        entry: catalogue::builtin("admin").expect("admin is catalogued"),
         node: None,
     }
 }

@@ -43,7 +43,7 @@ fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
             true
         }
         Command::Issue { .. } | Command::Rotate { .. } => true,
-        Command::Status { .. } | Command::Verify | Command::Kubeconfig { .. } => false,
+        Command::Status { .. } | Command::Verify | Command::Kubeconfig(_) => false,
         Command::Completions { .. } => return Ok(None),
     };
     ctx.store.lock(exclusive).map(Some)
@@ -72,18 +72,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
                 groups: &groups,
             },
         )),
-        Command::Kubeconfig {
-            who,
-            name,
-            server,
-            output,
-        } => done(commands::kubeconfig(
-            ctx,
-            &who,
-            name.as_deref(),
-            server.as_deref(),
-            output.as_deref(),
-        )),
+        Command::Kubeconfig(args) => done(commands::kubeconfig(ctx, &args)),
         Command::Status { at, json } => commands::status(ctx, at.as_deref(), json),
         Command::Verify => commands::verify(ctx),
         Command::Rotate {

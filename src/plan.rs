@@ -217,14 +217,13 @@ fn apply_one(
             let authority = authorities
                 .and_then(|a| a.get(&ca))
                 .expect("authorities are loaded for every leaf");
-            let until = leaf_expiry(
-                &item.name(),
-                authority,
-                action.validity,
-                config,
-                now,
-                &mut done,
-            )?;
+            let wanted = match (action.validity, item.entry.validity) {
+                (Some(given), _) => Wanted::Given(given),
+                (None, declared) => {
+                    Wanted::Configured(declared.unwrap_or(config.keys.leaf_validity))
+                }
+            };
+            let until = leaf_expiry(&item.name(), authority, wanted, now, &mut done)?;
             issuing::sign_leaf(&subject, usage, &key, authority, now, until)?
         }
     };
@@ -238,23 +237,37 @@ fn apply_one(
     Ok(())
 }
 
-/// When a leaf issued now expires: `validity` (else `keys.leaf_validity`) from now, but never
-/// after its CA. An explicit validity past the CA is refused; the configured one is cut short,
-/// and `done` says so.
+/// How long a new leaf should be valid.
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    /// On the command line (`--validity`): past its CA, refused.
+    Given(Span),
+    /// By the config: past its CA, cut short.
+    Configured(Span),
+}
+
+impl Wanted {
+    /// `--validity` if given, else the configured validity.
+    fn of(given: Option<Span>, config: &Config) -> Wanted {
+        given.map_or(Wanted::Configured(config.keys.leaf_validity), Wanted::Given)
+    }
+}
+
+/// When a leaf issued now expires: as `wanted`, but never after its CA. A validity given on the
+/// command line past the CA is refused; a configured one is cut short, and `done` says so.
 fn leaf_expiry(
     name: &str,
     ca: &Authority,
-    validity: Option<Span>,
-    config: &Config,
+    wanted: Wanted,
     now: OffsetDateTime,
     done: &mut Applied,
 ) -> Result<OffsetDateTime> {
-    let wanted = now + validity.unwrap_or(config.keys.leaf_validity).0;
-    if wanted <= ca.not_after() {
-        return Ok(wanted);
+    let (Wanted::Given(span) | Wanted::Configured(span)) = wanted;
+    if now + span.0 <= ca.not_after() {
+        return Ok(now + span.0);
     }
     let ca_expiry = inspection::status::rfc3339(ca.not_after());
-    if validity.is_some() {
+    if matches!(wanted, Wanted::Given(_)) {
         return Err(Error::usage(
             format!(
                 "--validity: {name} would outlive the {} CA, which expires {ca_expiry}",
@@ -312,7 +325,13 @@ pub fn issue_user(
     let mut done = Applied::default();
     let key = key_for(state, &key_file, keep_key, config.keys.algorithm, &mut done)?;
     let cert_file = catalogue::user_file(name, Part::Cert);
-    let until = leaf_expiry(&cert_file, &authority, validity, config, now, &mut done)?;
+    let until = leaf_expiry(
+        &cert_file,
+        &authority,
+        Wanted::of(validity, config),
+        now,
+        &mut done,
+    )?;
     let pem = issuing::sign_leaf(subject, Usage::Client, &key, &authority, now, until)?;
     state.put(&cert_file, pem::made(pem::Kind::Certificates, &pem));
     done.written.push(cert_file);

@@ -23,7 +23,7 @@ use crate::state::State;
 
 /// What to renew.
 pub enum Target<'c> {
-    Item(Item<'c>),
+    Item(Box<Item<'c>>),
     /// An extra client, reissued with the subject its file name gives it.
     User(Subject),
 }
@@ -43,7 +43,7 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
         .filter_map(|a| {
             let target = match (a.item, a.user) {
                 (Some(item), _) if matches!(item.entry.kind, Kind::Leaf { .. }) => {
-                    Target::Item(item)
+                    Target::Item(Box::new(item))
                 }
                 (None, Some(user)) => Target::User(user),
                 _ => return None,
@@ -81,7 +81,7 @@ pub fn renew(
     for renewal in renewals {
         match &renewal.target {
             Target::Item(item) => actions.push(Action {
-                item: *item,
+                item: **item,
                 keep_key: keep_key && state.exists(&item.file(Part::Key))?,
                 validity: None,
             }),
@@ -341,7 +341,7 @@ pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished>
 /// The service-account entry.
 fn sa_item() -> Item<'static> {
     Item {
-        entry: catalogue::entry("service-account").expect("catalogued"),
+        entry: catalogue::builtin("service-account").expect("catalogued"),
         node: None,
     }
 }

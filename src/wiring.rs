@@ -172,15 +172,15 @@ mod tests {
     #[test]
     fn every_wired_file_reaches_the_nodes_that_run_the_service() {
         for w in WIRES {
-            let entry = catalogue::entry(w.profile).unwrap_or_else(|| panic!("{}", w.profile));
+            let entry = catalogue::builtin(w.profile).unwrap_or_else(|| panic!("{}", w.profile));
             let readers = match w.part {
                 Part::Cert => entry.cert_readers,
                 Part::Key => entry.key_readers,
             };
             let reaches = match (readers, entry.scope) {
                 (Readers::AllNodes, _) => true,
-                (Readers::AnyRole(roles), _) => roles.contains(&w.service.role()),
-                (Readers::OwnNode, Scope::Node(role)) => role == w.service.role(),
+                (Readers::Selected(selection), _) => selection.roles.contains(&w.service.role()),
+                (Readers::OwnNode, Scope::Node(selection)) => selection.roles == [w.service.role()],
                 _ => false,
             };
             assert!(
@@ -190,7 +190,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            catalogue::entry(FRONT_PROXY_CA).unwrap().kind,
+            catalogue::builtin(FRONT_PROXY_CA).unwrap().kind,
             Kind::Ca(_)
         ));
     }

@@ -117,7 +117,7 @@ pub struct Sealed<'c> {
     /// Its `age.secrets` name on the nodes that read it.
     pub name: String,
     /// The user that owns it on a node.
-    pub owner: &'static str,
+    pub owner: &'c str,
     /// The nodes the catalogue gives it to; those with a host key can decrypt it.
     pub readers: Vec<&'c Node>,
 }

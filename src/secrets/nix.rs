@@ -237,7 +237,7 @@ fn wiring(out: &mut String, service: Service) {
     out.push_str(&values(service));
     out.push_str("      };\n");
     if service == Service::Apiserver {
-        let ca = catalogue::entry(FRONT_PROXY_CA).expect("catalogued");
+        let ca = catalogue::builtin(FRONT_PROXY_CA).expect("catalogued");
         read.push(string(
             &Item {
                 entry: ca,
@@ -257,7 +257,7 @@ fn wiring(out: &mut String, service: Service) {
 
 /// The Nix expression of a wired file's path, and its name as a Nix string (for `changes`).
 fn file_expr(w: &Wire) -> (String, String) {
-    let entry = catalogue::entry(w.profile).expect("wired profiles are catalogued");
+    let entry = catalogue::builtin(w.profile).expect("wired profiles are catalogued");
     match entry.scope {
         Scope::Cluster { .. } => {
             let rel = string(&Item { entry, node: None }.file(w.part));
@@ -279,7 +279,7 @@ fn file_expr(w: &Wire) -> (String, String) {
 /// The options of a service that are not file paths.
 fn values(service: Service) -> String {
     let front_proxy_ca = Item {
-        entry: catalogue::entry(FRONT_PROXY_CA).expect("catalogued"),
+        entry: catalogue::builtin(FRONT_PROXY_CA).expect("catalogued"),
         node: None,
     }
     .file(Part::Cert);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The default config, as `kpki init` writes it.
-pub const DEFAULT_CONFIG: &str = include_str!("../../src/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../src/config/default.toml");
 
 /// A temporary cluster directory, removed on drop.
 pub struct Cluster {

@@ -13,13 +13,13 @@ use crate::secrets::config_with_keys;
 
 /// An `openssl s_server` on `[::1]` with node-01's apiserver certificate that requires client
 /// certificates of the Kubernetes CA and answers each request with what it saw.
-struct TestApiServer {
+pub struct TestApiServer {
     child: Child,
     port: u16,
 }
 
 impl TestApiServer {
-    fn start(cluster: &Cluster) -> TestApiServer {
+    pub fn start(cluster: &Cluster) -> TestApiServer {
         let port = TcpListener::bind("[::1]:0")
             .unwrap()
             .local_addr()
@@ -52,7 +52,7 @@ impl TestApiServer {
         TestApiServer { child, port }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("https://[::1]:{}", self.port)
     }
 }
@@ -65,7 +65,7 @@ impl Drop for TestApiServer {
 }
 
 /// The client subject the server saw when kubectl connected with `kubeconfig`.
-fn subject_seen(kubeconfig: &std::path::Path) -> String {
+pub fn subject_seen(kubeconfig: &std::path::Path) -> String {
     let page = run_ok(
         "kubectl",
         &["--kubeconfig", s(kubeconfig), "get", "--raw", "/"],
@@ -362,7 +362,7 @@ fn bad_requests_name_what_is_valid_and_change_nothing() {
         (
             &["issue", "apiserver", "node-04"],
             &[
-                "node \"node-04\" has no control-plane role",
+                "node \"node-04\" has no apiserver (it goes to nodes with the role control-plane)",
                 "node-01, node-02, node-03",
             ],
         ),

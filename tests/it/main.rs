@@ -4,6 +4,7 @@
 mod bad_input;
 mod config_errors;
 mod crash;
+mod declared;
 mod etcd;
 mod fuzz_corpus;
 mod hardening;

@@ -12,7 +12,7 @@ fn cert(cluster: &Cluster, rel: &str) -> CertificateDer<'static> {
 }
 
 /// Verifies `leaf` under `ca` for `usage`; the error as text.
-fn verify(cluster: &Cluster, ca: &str, leaf: &str, usage: KeyUsage) -> Result<(), String> {
+pub fn verify(cluster: &Cluster, ca: &str, leaf: &str, usage: KeyUsage) -> Result<(), String> {
     let ca = cert(cluster, &format!("{ca}/ca.pem"));
     let anchors = [anchor_from_trusted_cert(&ca).unwrap()];
     let leaf = cert(cluster, &format!("{leaf}.pem"));
@@ -30,7 +30,7 @@ fn verify(cluster: &Cluster, ca: &str, leaf: &str, usage: KeyUsage) -> Result<()
     .map_err(|e| format!("{e:?}"))
 }
 
-fn valid_for(cluster: &Cluster, leaf: &str, name: &str) -> bool {
+pub fn valid_for(cluster: &Cluster, leaf: &str, name: &str) -> bool {
     let der = cert(cluster, &format!("{leaf}.pem"));
     let ee = EndEntityCert::try_from(&der).unwrap();
     let name = ServerName::try_from(name).unwrap();

@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod certificate;
+pub use certificate::Declared;
+
 /// The default config, the seed's three-node IPv6 cluster. Written verbatim by `kpki init`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -35,6 +38,46 @@ impl Role {
             Role::Etcd => "etcd",
             Role::Worker => "worker",
         }
+    }
+}
+
+/// The three certificate authorities, named as their directories under `pki/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaName {
+    Kubernetes,
+    Etcd,
+    FrontProxy,
+}
+
+impl CaName {
+    /// The CA's directory under `pki/` and its name on the command line.
+    pub const fn dir(self) -> &'static str {
+        match self {
+            CaName::Kubernetes => "kubernetes",
+            CaName::Etcd => "etcd",
+            CaName::FrontProxy => "front-proxy",
+        }
+    }
+}
+
+/// What a leaf certificate may be used for (extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Client,
+    Server,
+    ServerAndClient,
+}
+
+impl Usage {
+    /// Whether the certificate authenticates a server.
+    pub fn server(self) -> bool {
+        matches!(self, Usage::Server | Usage::ServerAndClient)
+    }
+
+    /// Whether the certificate authenticates a client.
+    pub fn client(self) -> bool {
+        matches!(self, Usage::Client | Usage::ServerAndClient)
     }
 }
 
@@ -161,6 +204,8 @@ pub struct Config {
     /// without, keys are decrypted into memory when a command needs them and never written.
     pub plaintext_keys: bool,
     pub nodes: Vec<Node>,
+    /// Certificates declared with `[[certificate]]`, beyond the catalogue.
+    pub certificates: Vec<Declared>,
 }
 
 impl Config {
@@ -172,7 +217,7 @@ impl Config {
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| fail(describe_toml_error(&e, text)))?;
-        raw.validate().map_err(fail)
+        raw.validate(text).map_err(fail)
     }
 
     /// The node called `name`.
@@ -206,6 +251,8 @@ struct RawConfig {
     secrets: RawSecrets,
     #[serde(default, rename = "node")]
     nodes: Vec<RawNode>,
+    #[serde(default, rename = "certificate")]
+    certificates: Vec<toml::Spanned<certificate::RawCertificate>>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +328,8 @@ struct RawNode {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, String> {
+    /// `text` is the file, for the line numbers of declarations.
+    fn validate(self, text: &str) -> Result<Config, String> {
         let cluster = self.cluster.validate()?;
         let keys = self.keys.validate()?;
         let admins = self.secrets.admins;
@@ -290,12 +338,29 @@ impl RawConfig {
                 .map_err(|e| format!("secrets.admins[{i}]: {e}"))?;
         }
         let nodes = validate_nodes(self.nodes, cluster.service_ip)?;
+        let cx = certificate::Context {
+            nodes: &nodes,
+            ca_validity: keys.ca_validity,
+        };
+        let certificates = self
+            .certificates
+            .into_iter()
+            .map(|spanned| {
+                let line = text[..spanned.span().start.min(text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                spanned.into_inner().validate(line, &cx)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        certificate::unique(&certificates)?;
         Ok(Config {
             cluster,
             keys,
             admins,
             plaintext_keys: self.secrets.plaintext_keys,
             nodes,
+            certificates,
         })
     }
 }
