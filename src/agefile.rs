@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 /// A parsed recipient, shareable across the threads that encrypt.
-pub type Recipient = Box<dyn age::Recipient + Send + Sync>;
+pub type Recipient = std::sync::Arc<dyn age::Recipient + Send + Sync>;
 /// A parsed identity.
 pub type Identity = Box<dyn age::Identity + Send + Sync>;
 
@@ -43,31 +43,51 @@ pub fn parse_recipient(recipient: &str, what: &str) -> Result<Recipient> {
 /// The smallest RSA modulus accepted for an `ssh-rsa` recipient.
 const MIN_RSA_BITS: usize = 2048;
 
+/// Parses a recipient once per process: the config's validation and the sealing both need it,
+/// and an SSH key costs a curve conversion (a thousand host keys at fleet size).
 fn parse(recipient: &str) -> std::result::Result<Recipient, String> {
-    let text = canonical(recipient);
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Parsed = std::result::Result<Recipient, String>;
+    static PARSED: OnceLock<Mutex<HashMap<String, Parsed>>> = OnceLock::new();
     if looks_private(recipient) {
         return Err(
             "this is a private key, not a public one (it is not repeated here); use its public key"
                 .into(),
         );
     }
+    let text = canonical(recipient);
+    let cache = PARSED.get_or_init(Mutex::default);
+    if let Some(done) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&text) {
+        return done.clone();
+    }
+    let done = parse_canonical(&text);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(text, done.clone());
+    done
+}
+
+/// Parses a recipient in canonical form.
+fn parse_canonical(text: &str) -> std::result::Result<Recipient, String> {
     if text.starts_with("age1") {
         return text
             .parse::<age::x25519::Recipient>()
-            .map(|r| Box::new(r) as Recipient)
-            .map_err(|_| format!("\"{}\" is not a valid age X25519 recipient", shown(&text)));
+            .map(|r| std::sync::Arc::new(r) as Recipient)
+            .map_err(|_| format!("\"{}\" is not a valid age X25519 recipient", shown(text)));
     }
-    if let Some(bits) = rsa_bits(&text).filter(|b| *b < MIN_RSA_BITS) {
+    if let Some(bits) = rsa_bits(text).filter(|b| *b < MIN_RSA_BITS) {
         return Err(format!(
             "an RSA key of {bits} bits is too weak (use ssh-ed25519, or RSA of at least {MIN_RSA_BITS} bits)"
         ));
     }
     text.parse::<age::ssh::Recipient>()
-        .map(|r| Box::new(r) as Recipient)
+        .map(|r| std::sync::Arc::new(r) as Recipient)
         .map_err(|_| {
             format!(
                 "\"{}\" is not an age (age1...) or SSH (ssh-ed25519, ssh-rsa) public key",
-                shown(&text)
+                shown(text)
             )
         })
 }

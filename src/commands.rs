@@ -398,7 +398,7 @@ pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, &config, seal.unchecked())?;
-    let outdated = secrets::outdated_files(&ctx.store, &config, &recipients, &seal)?
+    let outdated = secrets::outdated_files(&state, &config, &recipients, &seal, Depth::Changed)?
         .into_iter()
         .map(|f| format!("secrets/{f}"))
         .collect();
@@ -510,6 +510,16 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
                     ctx.say(format_args!("refresh {rel} from secrets/"));
                 }
                 return dry_run(ctx, "");
+            }
+            if renewals.is_empty() {
+                // Nothing to renew: the plan made above is the plan to commit.
+                let sealing =
+                    secrets::commit_planned(&state, &config, &recipients, Vec::new(), seal)?;
+                report_sealing(ctx, &sealing);
+                if sealing.is_empty() {
+                    ctx.say("nothing to do: nothing is due, drifted or stale");
+                }
+                return Ok(());
             }
             rotation::renew(&state, &config, &renewals, request.keep_key, now)?
         }

@@ -206,6 +206,8 @@ pub struct Config {
     pub nodes: Vec<Node>,
     /// Certificates declared with `[[certificate]]`, beyond the catalogue.
     pub certificates: Vec<Declared>,
+    /// `sha256:HEX` of the file's text: what the Nix files were last written from.
+    pub fingerprint: String,
 }
 
 impl Config {
@@ -217,7 +219,9 @@ impl Config {
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| fail(describe_toml_error(&e, text)))?;
-        raw.validate(text).map_err(fail)
+        let mut config = raw.validate(text).map_err(fail)?;
+        config.fingerprint = crate::pem::fingerprint(text.as_bytes());
+        Ok(config)
     }
 
     /// The node called `name`.
@@ -361,6 +365,7 @@ impl RawConfig {
             plaintext_keys: self.secrets.plaintext_keys,
             nodes,
             certificates,
+            fingerprint: String::new(),
         })
     }
 }

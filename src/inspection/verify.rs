@@ -287,7 +287,7 @@ fn check_secrets(
         }),
     );
     problems.extend(
-        secrets::outdated_files(store, config, recipients, plan)?
+        secrets::outdated_files(state, config, recipients, plan, secrets::Depth::All)?
             .into_iter()
             .map(|name| format!("secrets/{name}: not current (run kpki init)")),
     );

@@ -485,9 +485,20 @@ pub fn commit(
     recipients: &Recipients,
     extras: Vec<Extra>,
 ) -> Result<Sealing> {
+    let plan = plan(state, config, recipients, Depth::Changed)?;
+    commit_planned(state, config, recipients, extras, plan)
+}
+
+/// [`commit`] with the plan already made, which must reflect every change made to `state`.
+pub fn commit_planned(
+    state: &State,
+    config: &Config,
+    recipients: &Recipients,
+    extras: Vec<Extra>,
+    plan: SealPlan<'_>,
+) -> Result<Sealing> {
     let store = state.store();
     let divergent = state.audit()?;
-    let plan = plan(state, config, recipients, Depth::Changed)?;
     let mut txn = store.transaction();
     let mut sealing = Sealing::default();
     let changes = state.changes();
@@ -535,17 +546,14 @@ pub fn commit(
         );
         sealing.encrypted.push(format!("secrets/{rel}.age"));
     }
-    for (name, text) in nix_files(config, recipients, &plan) {
-        let path = store.secrets_path(name);
-        if store.read_text(&path)?.as_deref() != Some(text.as_str()) {
-            txn.write(
-                path,
-                Zeroizing::new(text.into_bytes()),
-                store::PUBLIC_MODE,
-                store::PUBLIC_DIR_MODE,
-            );
-            sealing.written.push(format!("secrets/{name}"));
-        }
+    for (name, text) in outdated_outputs(state, config, recipients, &plan, Depth::Changed)? {
+        txn.write(
+            store.secrets_path(name),
+            Zeroizing::new(text.into_bytes()),
+            store::PUBLIC_MODE,
+            store::PUBLIC_DIR_MODE,
+        );
+        sealing.written.push(format!("secrets/{name}"));
     }
     for extra in extras {
         txn.write(
@@ -556,11 +564,21 @@ pub fn commit(
         );
     }
     sealing.encrypted.sort();
+    let manifest = plan.manifest();
     if txn.is_empty() {
+        // Nothing to write, but the record may be missing or behind (a pull, an older kpki):
+        // bring it up to date, so the next command need not read everything again.
+        let record = record(state, config, &plan, &manifest, &hashes, |p| state.stamp(p))?;
+        let path = store.state_path(crate::state::record::FILE);
+        if store.read_text(&path).ok().flatten().as_deref() != Some(record.as_str()) {
+            store.write_state(crate::state::record::FILE, record.as_bytes())?;
+        }
         return Ok(sealing);
     }
-    let manifest = plan.manifest();
-    txn.commit(|| write_record(state, &plan, &manifest, &hashes))?;
+    txn.commit(|| {
+        let record = record(state, config, &plan, &manifest, &hashes, |p| store.stamp(p))?;
+        store.write_state(crate::state::record::FILE, record.as_bytes())
+    })?;
     Ok(sealing)
 }
 
@@ -622,22 +640,35 @@ fn encrypt_stale(
         .collect()
 }
 
-/// Records what `pki/` and `secrets/` hold now that the commit's files are in place.
-fn write_record(
+/// The cache record of what `pki/` and `secrets/` hold, by the stamps `stamp` reads.
+fn record(
     state: &State,
+    config: &Config,
     plan: &SealPlan<'_>,
     manifest: &Manifest,
     hashes: &HashMap<String, String>,
-) -> Result<()> {
+    stamp: impl Fn(&std::path::Path) -> Result<Option<store::Stamp>>,
+) -> Result<String> {
     let store = state.store();
+    let manifest = match state.manifest_fingerprint() {
+        Some(fp) if manifest == state.manifest() => fp.to_string(),
+        _ => pem::fingerprint(manifest.render().as_bytes()),
+    };
     let mut record = Record {
-        manifest: Some(pem::fingerprint(manifest.render().as_bytes())),
+        manifest: Some(manifest),
+        outputs: Some(crate::state::record::Outputs {
+            config: config.fingerprint.clone(),
+            stamps: OUTPUTS
+                .iter()
+                .map(|name| stamp(&store.secrets_path(name)))
+                .collect::<Result<_>>()?,
+        }),
         files: HashMap::new(),
     };
     for (s, st) in plan.sealed.iter().zip(&plan.standings) {
         let Some(due) = &st.due else { continue };
-        let plain = store.stamp(&store.pki_path(&s.rel))?;
-        let sealed_stamp = store.stamp(&store.secret_path(&s.rel))?;
+        let plain = stamp(&store.pki_path(&s.rel))?;
+        let sealed_stamp = stamp(&store.secret_path(&s.rel))?;
         let hash = hashes
             .get(&s.rel)
             .cloned()
@@ -651,7 +682,7 @@ fn write_record(
             },
         );
     }
-    store.write_state(crate::state::record::FILE, record.render().as_bytes())
+    Ok(record.render())
 }
 
 /// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.
@@ -670,18 +701,60 @@ pub fn nix_files(
     ]
 }
 
+/// The files kpki writes besides the encrypted ones, in `secrets/`.
+const OUTPUTS: [&str; 3] = [manifest::FILE, "secrets.nix", "kpki.nix"];
+
 /// Which of the manifest, `secrets.nix` and `kpki.nix` do not read as `plan` says they must.
+/// With `Depth::Changed`, files untouched since kpki wrote them from this very config and
+/// manifest are current without being rendered again.
 pub fn outdated_files(
-    store: &Store,
+    state: &State,
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
+    depth: Depth,
 ) -> Result<Vec<&'static str>> {
+    let outdated = outdated_outputs(state, config, recipients, plan, depth)?;
+    Ok(outdated.into_iter().map(|(name, _)| name).collect())
+}
+
+/// [`outdated_files`], each with the text it must have.
+fn outdated_outputs(
+    state: &State,
+    config: &Config,
+    recipients: &Recipients,
+    plan: &SealPlan<'_>,
+    depth: Depth,
+) -> Result<Vec<(&'static str, String)>> {
+    if depth == Depth::Changed && outputs_current(state, config, plan)? {
+        return Ok(Vec::new());
+    }
+    let store = state.store();
     let mut outdated = Vec::new();
     for (name, text) in nix_files(config, recipients, plan) {
         if store.read_text(&store.secrets_path(name))?.as_deref() != Some(text.as_str()) {
-            outdated.push(name);
+            outdated.push((name, text));
         }
     }
     Ok(outdated)
+}
+
+/// Whether the manifest and the Nix files are what kpki last wrote (same stamps), from this
+/// config, and the plan changes none of the manifest's entries.
+fn outputs_current(state: &State, config: &Config, plan: &SealPlan<'_>) -> Result<bool> {
+    let Some(recorded) = state.recorded_outputs() else {
+        return Ok(false);
+    };
+    if recorded.config != config.fingerprint || plan.manifest() != *state.manifest() {
+        return Ok(false);
+    }
+    Ok(output_stamps(state.store())? == recorded.stamps)
+}
+
+/// The stamps of the manifest, `secrets.nix` and `kpki.nix`.
+fn output_stamps(store: &Store) -> Result<Vec<Option<store::Stamp>>> {
+    OUTPUTS
+        .iter()
+        .map(|name| store.stamp(&store.secrets_path(name)))
+        .collect()
 }

@@ -11,13 +11,32 @@ use crate::config::{Config, Role};
 use crate::pem::Kind;
 use crate::wiring::{FRONT_PROXY_CA, Service, WIRES, Wire};
 
+/// A Nix string literal, written without allocating (the Nix files of a fleet have thousands).
+struct Str<'a>(&'a str);
+
+impl std::fmt::Display for Str<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['\\', '"', '$']) {
+            f.write_str(&rest[..at])?;
+            let c = &rest[at..at + 1];
+            let escape = c != "$" || rest[at + 1..].starts_with('{');
+            if escape {
+                f.write_char('\\')?;
+            }
+            f.write_str(c)?;
+            rest = &rest[at + 1..];
+        }
+        f.write_str(rest)?;
+        f.write_char('"')
+    }
+}
+
 /// A Nix string literal.
 fn string(s: &str) -> String {
-    let escaped = s
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace("${", "\\${");
-    format!("\"{escaped}\"")
+    Str(s).to_string()
 }
 
 /// `secrets.nix`: one rule per file that exists; keys are listed once, in `let` bindings.
@@ -32,7 +51,7 @@ pub fn secrets_nix(config: &Config, admins: &[String], plan: &super::SealPlan<'_
     for node in &config.nodes {
         if let Some(key) = &node.host_key {
             let key = crate::agefile::canonical(key);
-            let _ = writeln!(out, "    {} = {};", string(&node.name), string(&key));
+            let _ = writeln!(out, "    {} = {};", Str(&node.name), Str(&key));
         }
     }
     out.push_str("  };\nin\n{\n");
@@ -46,15 +65,18 @@ pub fn secrets_nix(config: &Config, admins: &[String], plan: &super::SealPlan<'_
             .readers
             .iter()
             .filter(|n| n.host_key.is_some())
-            .map(|n| format!("hosts.{}", string(&n.name)))
+            .map(|n| format!("hosts.{}", Str(&n.name)))
             .collect();
         let keys = if hosts.is_empty() {
             "admins".to_string()
         } else {
             format!("admins ++ [ {} ]", hosts.join(" "))
         };
-        let name = string(&format!("{}.age", s.rel));
-        let _ = writeln!(out, "  {name} = {{ publicKeys = {keys}; armor = true; }};");
+        let _ = writeln!(
+            out,
+            "  {} = {{ publicKeys = {keys}; armor = true; }};",
+            Str(&format!("{}.age", s.rel))
+        );
     }
     out.push_str("}\n");
     out
@@ -76,19 +98,19 @@ pub fn secret_name(item: &Item<'_>, part: Part) -> String {
 /// and with `kpki.wireServices` sets the TLS options of nixpkgs' etcd and Kubernetes services.
 pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
     let mut out = String::from(MODULE_HEAD);
-    let _ = writeln!(out, "  apiServer = {};", string(&config.cluster.api_server));
+    let _ = writeln!(out, "  apiServer = {};", Str(&config.cluster.api_server));
     let _ = writeln!(
         out,
         "  serviceCidr = {};",
-        string(&config.cluster.service_cidr)
+        Str(&config.cluster.service_cidr)
     );
     out.push_str("  etcdMembers = [\n");
     for node in config.nodes.iter().filter(|n| n.has(Role::Etcd)) {
         let _ = writeln!(
             out,
             "    {{ name = {}; host = {}; }}",
-            string(&node.name),
-            string(&url_host(node.addresses[0]))
+            Str(&node.name),
+            Str(&url_host(node.addresses[0]))
         );
     }
     out.push_str("  ];\n  nodes = {\n");
@@ -109,7 +131,7 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
             .iter()
             .map(|a| string(&a.to_string()))
             .collect();
-        let _ = writeln!(out, "    {} = {{", string(&node.name));
+        let _ = writeln!(out, "    {} = {{", Str(&node.name));
         let _ = writeln!(out, "      roles = [ {} ];", roles.join(" "));
         let _ = writeln!(out, "      addresses = [ {} ];", addresses.join(" "));
         out.push_str("      files = {\n");
@@ -121,12 +143,12 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
             let _ = writeln!(
                 out,
                 "        {} = secret {} ./{}.age {} {} {};",
-                string(&s.rel),
-                string(&s.name),
+                Str(&s.rel),
+                Str(&s.name),
                 s.rel,
-                string(s.owner),
-                string(mode),
-                string(fingerprint)
+                Str(s.owner),
+                Str(mode),
+                Str(fingerprint)
             );
         }
         out.push_str("      };\n    };\n");
@@ -224,7 +246,7 @@ fn wiring(out: &mut String, service: Service) {
             enabled.trim_start_matches("services.kubernetes.")
         ),
     };
-    let _ = writeln!(out, "    (mkIf (wired {} {enable}) {{", string(role));
+    let _ = writeln!(out, "    (mkIf (wired {} {enable}) {{", Str(role));
     let _ = writeln!(out, "      {} = {{", service.options());
     let mut read = Vec::new();
     for w in WIRES.iter().filter(|w| w.service == service) {

@@ -112,6 +112,11 @@ impl State {
         self.manifest_fp.is_some()
     }
 
+    /// What the Nix files were last written from, per the cache record.
+    pub fn recorded_outputs(&self) -> Option<&record::Outputs> {
+        self.record.outputs.as_ref()
+    }
+
     /// What the cache record knew of `rel`.
     pub fn known(&self, rel: &str) -> Option<&Known> {
         self.record.files.get(rel)

@@ -10,7 +10,7 @@ use crate::store::{Stamp, Store};
 /// The record's name under `pki/.kpki/`.
 pub const FILE: &str = "cache";
 
-const HEADER: &str = "kpki cache 1";
+const HEADER: &str = "kpki cache 2";
 
 /// What kpki knew of one file when it last synced `pki/` with `secrets/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,11 +23,21 @@ pub struct Known {
     pub sealed: Option<(String, Stamp)>,
 }
 
+/// What the manifest, `secrets.nix` and `kpki.nix` were last written from, and their stamps
+/// then: while neither changed, they need not be rendered again to know they are current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// The config's fingerprint.
+    pub config: String,
+    pub stamps: Vec<Option<Stamp>>,
+}
+
 /// The whole record.
 #[derive(Debug, Default)]
 pub struct Record {
     /// The fingerprint of the manifest `pki/` was synced to; `None` without a record.
     pub manifest: Option<String>,
+    pub outputs: Option<Outputs>,
     pub files: HashMap<String, Known>,
 }
 
@@ -46,6 +56,12 @@ impl Record {
         let mut lines = text.lines();
         (lines.next()? == HEADER).then_some(())?;
         let manifest = lines.next()?.strip_prefix("manifest ")?.to_string();
+        let mut words = lines.next()?.strip_prefix("outputs ")?.split(' ');
+        let config = words.next()?.to_string();
+        let outputs = (config != "-").then(|| Outputs {
+            config,
+            stamps: words.map(Stamp::parse).collect(),
+        });
         let mut files = HashMap::new();
         for line in lines {
             let f: Vec<&str> = line.split('\t').collect();
@@ -68,6 +84,7 @@ impl Record {
         }
         Some(Record {
             manifest: Some(manifest),
+            outputs,
             files,
         })
     }
@@ -76,13 +93,20 @@ impl Record {
     pub fn render(&self) -> String {
         let mut rels: Vec<&String> = self.files.keys().collect();
         rels.sort();
+        let stamp = |s: Option<&Stamp>| s.map(Stamp::render).unwrap_or_else(|| "-".into());
+        let outputs = match &self.outputs {
+            Some(o) => std::iter::once(o.config.clone())
+                .chain(o.stamps.iter().map(|s| stamp(s.as_ref())))
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => "-".into(),
+        };
         let mut out = format!(
-            "{HEADER}\nmanifest {}\n",
+            "{HEADER}\nmanifest {}\noutputs {outputs}\n",
             self.manifest.as_deref().unwrap_or("-")
         );
         for rel in rels {
             let k = &self.files[rel];
-            let stamp = |s: Option<&Stamp>| s.map(Stamp::render).unwrap_or_else(|| "-".into());
             let (hash, sealed) = match &k.sealed {
                 Some((hash, stamp)) => (hash.as_str(), stamp.render()),
                 None => ("-", "-".into()),
@@ -110,6 +134,10 @@ mod tests {
         };
         let mut record = Record {
             manifest: Some("sha256:ab".into()),
+            outputs: Some(Outputs {
+                config: "sha256:cd".into(),
+                stamps: vec![Some(stamp), None],
+            }),
             files: HashMap::new(),
         };
         record.files.insert(
@@ -130,7 +158,8 @@ mod tests {
         );
         let again = Record::parse(&record.render()).unwrap();
         assert_eq!(again.manifest, record.manifest);
+        assert_eq!(again.outputs, record.outputs);
         assert_eq!(again.files, record.files);
-        assert!(Record::parse("kpki cache 2\n").is_none());
+        assert!(Record::parse("kpki cache 1\n").is_none());
     }
 }

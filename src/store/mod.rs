@@ -143,7 +143,10 @@ impl Store {
         fault::lock_taken();
         if exclusive {
             transaction::recover(self)?;
-            self.remove_temporary_files()?;
+            if self.state_path(transaction::WRITING).exists() {
+                self.remove_temporary_files()?;
+                remove_optional(&self.state_path(transaction::WRITING))?;
+            }
         }
         Ok(Lock { _dir: Some(dir) })
     }

@@ -19,6 +19,10 @@ use crate::error::{Error, Result};
 /// The journal's name under `pki/.kpki/`.
 pub const JOURNAL: &str = "journal";
 
+/// Exists while a commit may have temporary files about: the next writer looks for leftovers
+/// only then (walking a fleet's directories every time would cost more than the rest).
+pub const WRITING: &str = "writing";
+
 /// One file to write.
 struct Pending {
     path: PathBuf,
@@ -42,6 +46,8 @@ pub struct Transaction {
     removals: Vec<PathBuf>,
     /// Temporary files written but not yet renamed, removed if the commit fails.
     temps: Vec<PathBuf>,
+    /// Whether this transaction put the writing mark.
+    marked: bool,
 }
 
 impl Transaction {
@@ -52,6 +58,7 @@ impl Transaction {
             writes: Vec::new(),
             removals: Vec::new(),
             temps: Vec::new(),
+            marked: false,
         }
     }
 
@@ -94,6 +101,7 @@ impl Transaction {
         for path in self.writes.iter().map(|w| &w.path).chain(&self.removals) {
             self.store.refuse_links(path)?;
         }
+        self.mark_writing()?;
         self.write_ignore_rules_first()?;
         let plaintext: Vec<&Path> = self
             .writes
@@ -143,11 +151,37 @@ impl Transaction {
         self.temps.clear();
         sync(&[], &dirs)?;
         then()?;
-        remove_optional(&self.store.journal_path())
+        remove_optional(&self.store.journal_path())?;
+        self.unmark_writing()
     }
 }
 
 impl Transaction {
+    /// Marks the cluster directory as being written, before any temporary file exists.
+    fn mark_writing(&mut self) -> Result<()> {
+        let marker = self.store.state_path(WRITING);
+        let dir = parent(&marker);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(super::PRIVATE_DIR_MODE)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        fs::File::create(&marker).map_err(|e| Error::io(&marker, e))?;
+        self.marked = true;
+        Ok(())
+    }
+
+    /// Removes the mark once no temporary file of this change is left.
+    fn unmark_writing(&mut self) -> Result<()> {
+        self.marked = false;
+        match fs::remove_file(self.store.state_path(WRITING)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(&self.store.state_path(WRITING), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the `.gitignore` files of the change ahead of the rest: the check that git ignores
     /// the plaintext reads them from disk. Written early, they protect the old state just as well.
     fn write_ignore_rules_first(&mut self) -> Result<()> {
@@ -172,6 +206,9 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         for temp in &self.temps {
             let _ = fs::remove_file(temp);
+        }
+        if self.marked && !self.store.journal_path().exists() {
+            let _ = fs::remove_file(self.store.state_path(WRITING));
         }
     }
 }

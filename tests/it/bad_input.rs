@@ -23,13 +23,6 @@ fn truncate(path: &Path) {
     std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
 }
 
-/// Deletes every plaintext `.pem`: only `secrets/` is left, as in a fresh clone.
-fn fresh_clone(cluster: &Cluster) {
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
-}
-
 fn sealed(cluster: &Cluster, rel: &str) -> std::path::PathBuf {
     cluster.path().join("secrets").join(format!("{rel}.age"))
 }
@@ -106,7 +99,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "a truncated age file",
             damage: |c| {
-                fresh_clone(c);
+                c.fresh_clone();
                 truncate(&sealed(c, "kubernetes/ca-key.pem"));
             },
             args: &["issue", "admin", "-i", ADMIN],
@@ -115,7 +108,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "a tampered age file (MAC failure)",
             damage: |c| {
-                fresh_clone(c);
+                c.fresh_clone();
                 let path = sealed(c, "etcd/ca-key.pem");
                 let text = std::fs::read_to_string(&path).unwrap();
                 let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -129,7 +122,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "the wrong identity",
-            damage: fresh_clone,
+            damage: Cluster::fresh_clone,
             args: &[
                 "issue",
                 "admin",
@@ -146,13 +139,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "an identity file that does not exist",
-            damage: fresh_clone,
+            damage: Cluster::fresh_clone,
             args: &["issue", "admin", "-i", "/nonexistent/identity"],
             needles: &["/nonexistent/identity"],
         },
         Case {
             what: "an identity that is not a key",
-            damage: fresh_clone,
+            damage: Cluster::fresh_clone,
             args: &[
                 "issue",
                 "admin",

@@ -48,9 +48,7 @@ fn a_private_key_appended_to_a_certificate_file_never_leaves_pki() {
     // The same file committed by a teammate, in a fresh clone: refused, never handed out.
     std::fs::write(cluster.pki("kubernetes/ca.pem"), &ca).unwrap();
     commit_by_hand(&cluster, "kubernetes/ca.pem");
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
+    cluster.fresh_clone();
     let run = cluster.kpki(&["kubeconfig", "kube-proxy", "-i", &admin()]);
     assert!(run.stdout().is_empty(), "a kubeconfig was printed");
     let line = run.fails_with(2);
@@ -547,9 +545,7 @@ fn no_panics_on_closed_pipes_huge_timeouts_or_odd_outputs() {
 #[test]
 fn identities_and_keys_get_clear_errors() {
     let cluster = Cluster::initialized(&config_with_keys());
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
+    cluster.fresh_clone();
     for (identity, needle) in [
         ("/", "is a directory"),
         ("/nonexistent/id", "no such identity file"),

@@ -100,6 +100,22 @@ impl Cluster {
             .collect()
     }
 
+    /// Deletes every plaintext file under `pki/` but the config, and kpki's local record
+    /// (git ignores both): only `secrets/` is left, as in a fresh clone.
+    pub fn fresh_clone(&self) {
+        for file in self.pem_files() {
+            std::fs::remove_file(self.pki(&file)).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(self.pki(".kpki"));
+    }
+
+    /// The snapshot without kpki's local record, which any run may refresh.
+    pub fn committed(&self) -> BTreeMap<String, (Vec<u8>, u32, u64, i64)> {
+        let mut files = self.snapshot();
+        files.retain(|path, _| !path.starts_with("pki/.kpki/"));
+        files
+    }
+
     /// Temporary files (`.kpki-*`) left anywhere below the cluster directory.
     pub fn temp_files(&self) -> Vec<String> {
         self.snapshot()

@@ -321,9 +321,7 @@ fn issue_node_reissues_everything_the_node_holds() {
 #[test]
 fn a_fresh_clone_issues_with_the_decrypted_ca_key() {
     let cluster = Cluster::initialized(&config_with_keys());
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
+    cluster.fresh_clone();
     let before = cluster.snapshot();
     let line = cluster
         .kpki(&["issue", "etcd-peer", "node-01"])

@@ -322,21 +322,14 @@ fn reruns_are_churn_free_and_a_new_host_key_reseals_only_what_that_host_reads() 
     assert!(age_decrypt(&cluster, &host_key("node-02"), "node-02/kubelet-key.pem").is_none());
 }
 
-/// Deletes every plaintext file under `pki/` but the config: a fresh clone.
-fn fresh_clone(cluster: &Cluster) {
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
-}
-
 #[test]
 fn a_fresh_clone_signs_with_the_ca_key_decrypted_from_secrets() {
     let cluster = Cluster::initialized(&config_with_keys());
-    fresh_clone(&cluster);
-    let before = cluster.snapshot();
+    cluster.fresh_clone();
+    let before = cluster.committed();
     let out = cluster.kpki(&["init"]).stdout();
     assert!(out.contains("nothing to do"), "{out}");
-    assert!(before == cluster.snapshot());
+    assert!(before == cluster.committed());
 
     let grown = format!(
         "{}\n[[node]]\nname = \"node-06\"\naddresses = [\"2001:db8::6\"]\nroles = [\"worker\"]\n",
@@ -374,7 +367,7 @@ fn a_fresh_clone_signs_with_the_ca_key_decrypted_from_secrets() {
 fn an_openssh_private_key_works_as_the_admin_identity() {
     let config = config_with_keys().replace(&admin_recipient(), &host_public("node-05"));
     let cluster = Cluster::initialized(&config);
-    fresh_clone(&cluster);
+    cluster.fresh_clone();
     cluster.write_config(&format!(
         "{config}\n[[node]]\nname = \"node-06\"\naddresses = [\"2001:db8::6\"]\n"
     ));

@@ -221,9 +221,7 @@ fn a_ca_key_encrypted_to_a_node() {
 #[test]
 fn a_fresh_clone_verifies_from_secrets_with_an_identity() {
     let cluster = clean(&config_with_keys());
-    for file in cluster.pem_files() {
-        std::fs::remove_file(cluster.pki(&file)).unwrap();
-    }
+    cluster.fresh_clone();
     let line = cluster.kpki(&["verify"]).fails_with(2);
     assert!(line.contains("no identity"), "{line}");
     let run = cluster.kpki(&["verify", "-i", s(&fixture("admin-identity.txt"))]);
