@@ -534,9 +534,13 @@ pub fn commit_planned(
             }
         }
     }
-    let encrypted = encrypt_stale(state, config, recipients, &plan)?;
+    // Rendering the Nix files takes a while at a thousand nodes: alongside the encryption.
+    let (encrypted, outputs) = rayon::join(
+        || encrypt_stale(state, config, recipients, &plan),
+        || outdated_outputs(state, config, recipients, &plan, Depth::Changed),
+    );
     let mut hashes = HashMap::new();
-    for (rel, ciphertext) in encrypted {
+    for (rel, ciphertext) in encrypted? {
         hashes.insert(rel.clone(), pem::fingerprint(&ciphertext));
         txn.write(
             store.secret_path(&rel),
@@ -546,7 +550,7 @@ pub fn commit_planned(
         );
         sealing.encrypted.push(format!("secrets/{rel}.age"));
     }
-    for (name, text) in outdated_outputs(state, config, recipients, &plan, Depth::Changed)? {
+    for (name, text) in outputs? {
         txn.write(
             store.secrets_path(name),
             Zeroizing::new(text.into_bytes()),
@@ -575,8 +579,12 @@ pub fn commit_planned(
         }
         return Ok(sealing);
     }
-    txn.commit(|| {
-        let record = record(state, config, &plan, &manifest, &hashes, |p| store.stamp(p))?;
+    txn.commit(|written| {
+        let stamp = |p: &std::path::Path| match written.get(p) {
+            Some(stamp) => Ok(Some(*stamp)),
+            None => store.stamp(p),
+        };
+        let record = record(state, config, &plan, &manifest, &hashes, stamp)?;
         store.write_state(crate::state::record::FILE, record.as_bytes())
     })?;
     Ok(sealing)

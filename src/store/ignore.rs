@@ -18,10 +18,10 @@ pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
     if paths.is_empty() {
         return Ok(());
     }
-    let verdicts = match check_with_git(store, paths) {
-        Some(v) => v,
-        None => check_with_files(store, paths),
-    };
+    let git = in_work_tree(store.root())
+        .then(|| check_with_git(store, paths))
+        .flatten();
+    let verdicts = git.unwrap_or_else(|| check_with_files(store, paths));
     match verdicts.into_iter().find(|(_, why)| why.is_some()) {
         None => Ok(()),
         Some((path, why)) => Err(Error::usage(
@@ -36,6 +36,16 @@ pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
             ),
         )),
     }
+}
+
+/// Whether `dir` may be inside a git work tree: a `.git` in it or above, or git pointed
+/// elsewhere by the environment. Spares starting git (milliseconds) where it has no verdict.
+fn in_work_tree(dir: &Path) -> bool {
+    std::env::var_os("GIT_DIR").is_some()
+        || std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .ancestors()
+            .any(|d| d.join(".git").symlink_metadata().is_ok())
 }
 
 /// Per path, why git would not ignore it (`None`: ignored); `None` overall outside a git work

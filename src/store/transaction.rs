@@ -1,10 +1,12 @@
-//! All-or-nothing changes: every file of a change is written aside first, made durable with one
-//! `syncfs`, then a journal naming every rename is made durable, then the renames and removals
-//! run, then one more `syncfs`, then the journal goes. A crash before the journal leaves only
-//! temporary files (removed by the next run); a crash after it is completed by the next run,
-//! which replays the journal. Durability is paid once per change, not once per file.
+//! All-or-nothing changes: every file of a change is written aside, then a journal naming each
+//! rename with the hash of what it puts in place; one `syncfs` makes all of it durable; then the
+//! renames and removals run, one more `syncfs`, and the journal goes. The next run finds a
+//! journal only after a crash: when every file it names holds what the journal says, it
+//! completes the change; when one does not (the power went before the first `syncfs` ended, so
+//! no rename ran), it removes the files written aside. Durability costs two `syncfs` per change,
+//! not one `fsync` per file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use super::{Store, TEMP_PREFIX, remove_optional};
+use super::{Stamp, Store, TEMP_PREFIX, remove_optional};
 use crate::error::{Error, Result};
 
 /// The journal's name under `pki/.kpki/`.
@@ -85,10 +87,14 @@ impl Transaction {
     }
 
     /// Carries out the change: refuses first what it must not write (plaintext git would not
-    /// ignore, paths through links, a disk too full), then writes, syncs, journals and renames;
-    /// `then` runs once every file is in place, before the journal goes (a crash in between
-    /// makes the next run replay the journal and drop what `then` wrote: kpki's cache record).
-    pub fn commit(mut self, then: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// ignore, paths through links, a disk too full), then writes, journals, syncs and renames;
+    /// `then` runs once every file is in place, with the stamp of each file written, before the
+    /// journal goes (a crash in between makes the next run replay the journal and drop what
+    /// `then` wrote: kpki's cache record).
+    pub fn commit(
+        mut self,
+        then: impl FnOnce(&HashMap<PathBuf, Stamp>) -> Result<()>,
+    ) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
@@ -112,52 +118,54 @@ impl Transaction {
         super::plaintext_ignored(&self.store, &plaintext)?;
         let bytes = self.writes.iter().map(|w| w.contents.len() as u64).sum();
         self.store.ensure_room(self.writes.len(), bytes)?;
-        let mut dirs = BTreeSet::new();
-        for w in &self.writes {
-            let dir = parent(&w.path);
-            if dirs.insert(dir.to_path_buf()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(w.dir_mode)
-                    .create(dir)
-                    .map_err(|e| Error::io(dir, e))?;
-            }
-        }
-        let temps = self
-            .writes
-            .par_iter()
-            .map(|w| write_temp(&w.path, &w.contents, w.mode))
-            .collect::<Vec<_>>();
+        let mut stamps = HashMap::new();
         let mut failed = None;
-        for t in temps {
+        for (w, t) in self.writes.iter().zip(write_temps(&self.writes)) {
             match t {
-                Ok(path) => self.temps.push(path),
+                Ok((temp, stamp)) => {
+                    self.temps.push(temp);
+                    stamps.insert(w.path.clone(), stamp);
+                }
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
         if let Some(e) = failed {
             return Err(e);
         }
+        let mut dirs: BTreeSet<PathBuf> = self
+            .writes
+            .iter()
+            .map(|w| parent(&w.path).to_path_buf())
+            .collect();
         dirs.extend(self.removals.iter().map(|p| parent(p).to_path_buf()));
-        sync(&self.temps, &dirs)?;
-        let renames: Vec<(PathBuf, PathBuf)> = self
+        let renames: Vec<Rename> = self
             .temps
             .iter()
-            .cloned()
-            .zip(self.writes.iter().map(|w| w.path.clone()))
+            .zip(&self.writes)
+            .map(|(temp, w)| Rename {
+                temp: temp.clone(),
+                path: w.path.clone(),
+                hash: crate::pem::fingerprint(&w.contents),
+            })
             .collect();
-        write_journal(&self.store, &renames, &self.removals)?;
+        let journal = write_journal(&self.store, &renames, &self.removals)?;
+        dirs.insert(parent(&journal).to_path_buf());
+        let mut written = self.temps.clone();
+        written.push(journal);
+        sync(&written, &dirs)?;
         apply(&renames, &self.removals)?;
         self.temps.clear();
         sync(&[], &dirs)?;
-        then()?;
+        then(&stamps)?;
         remove_optional(&self.store.journal_path())?;
         self.unmark_writing()
     }
 }
 
 impl Transaction {
-    /// Marks the cluster directory as being written, before any temporary file exists.
+    /// Marks the cluster directory as being written, before any temporary file exists. Not
+    /// synced on its own: journaling filesystems commit its creation no later than that of the
+    /// temporary files created after it.
     fn mark_writing(&mut self) -> Result<()> {
         let marker = self.store.state_path(WRITING);
         let dir = parent(&marker);
@@ -226,8 +234,35 @@ fn parent(path: &Path) -> &Path {
     path.parent().expect("written paths have a parent")
 }
 
-/// Writes `contents` to a new temporary file beside `path`; returns the temporary file's path.
-fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf> {
+/// Writes every file aside, in parallel by directory: a task creates a directory, then the
+/// temporary files of its files. One result per file, in order, while all goes well.
+fn write_temps(writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>> {
+    let groups: Vec<&[Pending]> = writes
+        .chunk_by(|a, b| parent(&a.path) == parent(&b.path))
+        .collect();
+    groups
+        .par_iter()
+        .flat_map_iter(|group| {
+            let dir = parent(&group[0].path);
+            let made = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(group[0].dir_mode)
+                .create(dir)
+                .map_err(|e| Error::io(dir, e));
+            match made {
+                Err(e) => vec![Err(e)],
+                Ok(()) => group
+                    .iter()
+                    .map(|w| write_temp(&w.path, &w.contents, w.mode))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Writes `contents` to a new temporary file beside `path`; returns the temporary file's path
+/// and stamp (which the rename keeps).
+fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
     let dir = parent(path);
     let io = |e| Error::io(path, e);
     let mut tmp = tempfile::Builder::new()
@@ -239,14 +274,16 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf> {
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
+    let stamp = Stamp::of(&tmp.as_file().metadata().map_err(io)?);
     let (_, temp) = tmp.keep().map_err(|e| io(e.error))?;
     fault::operation_done();
     // tempfile makes the path absolute; keep the form of `path` (the journal names both
     // relative to the cluster directory).
-    Ok(match temp.file_name() {
+    let temp = match temp.file_name() {
         Some(name) => dir.join(name),
         None => temp,
-    })
+    };
+    Ok((temp, stamp))
 }
 
 /// Makes the written files (and renames so far) durable: one `syncfs` per filesystem touched,
@@ -273,25 +310,36 @@ fn sync_each(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Renames every temporary file into place and removes what goes.
-fn apply(renames: &[(PathBuf, PathBuf)], removals: &[PathBuf]) -> Result<()> {
-    for (temp, path) in renames {
-        fs::rename(temp, path).map_err(|e| Error::io(path, e))?;
-        fault::operation_done();
-    }
+/// Renames every temporary file into place (in parallel: their order does not matter once
+/// all are durable) and removes what goes.
+fn apply(renames: &[Rename], removals: &[PathBuf]) -> Result<()> {
+    renames
+        .par_iter()
+        .try_for_each(|Rename { temp, path, .. }| {
+            fs::rename(temp, path).map_err(|e| Error::io(path, e))?;
+            fault::operation_done();
+            Ok::<_, Error>(())
+        })?;
     for path in removals {
         remove_optional(path)?;
     }
     Ok(())
 }
 
-/// Writes the journal: one line per rename (`R TEMP PATH`) and removal (`D PATH`), relative to
-/// the cluster directory, durable before the first rename.
-fn write_journal(
-    store: &Store,
-    renames: &[(PathBuf, PathBuf)],
-    removals: &[PathBuf],
-) -> Result<()> {
+/// One file of a change: written aside at `temp`, renamed to `path`, holding bytes of `hash`.
+struct Rename {
+    temp: PathBuf,
+    path: PathBuf,
+    hash: String,
+}
+
+/// The journal's first line: version 2 records each file's hash.
+const JOURNAL_HEADER: &str = "kpki journal 2";
+
+/// Writes the journal: one line per rename (`R TEMP PATH HASH`) and removal (`D PATH`),
+/// relative to the cluster directory. Returns its path; the caller makes it durable together
+/// with the files it names, before the first rename.
+fn write_journal(store: &Store, renames: &[Rename], removals: &[PathBuf]) -> Result<PathBuf> {
     let rel = |p: &Path| -> Result<String> {
         p.strip_prefix(store.root())
             .ok()
@@ -300,9 +348,10 @@ fn write_journal(
             .map(String::from)
             .ok_or_else(|| Error::file(p, "cannot be journaled"))
     };
-    let mut text = String::from("kpki journal 1\n");
-    for (temp, path) in renames {
-        text.push_str(&format!("R\t{}\t{}\n", rel(temp)?, rel(path)?));
+    let mut text = format!("{JOURNAL_HEADER}\n");
+    for r in renames {
+        let (temp, path) = (rel(&r.temp)?, rel(&r.path)?);
+        text.push_str(&format!("R\t{temp}\t{path}\t{}\n", r.hash));
     }
     for path in removals {
         text.push_str(&format!("D\t{}\n", rel(path)?));
@@ -315,76 +364,96 @@ fn write_journal(
         .create(dir)
         .map_err(|e| Error::io(dir, e))?;
     replace(&journal, text.as_bytes(), super::PUBLIC_MODE)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    Ok(journal)
 }
 
-/// Completes the change an interrupted run journaled: renames what is still aside, removes what
-/// goes, then drops the journal. Runs under the exclusive lock.
+/// Completes the change an interrupted run journaled, or undoes it when its files did not all
+/// reach the disk (then no rename had run): see the module's documentation. Either way the
+/// cache record goes and the journal last. Runs under the exclusive lock.
 pub(super) fn recover(store: &Store) -> Result<()> {
     let journal = store.journal_path();
     let Some(text) = super::read_regular(&journal, super::TEXT_LIMIT)? else {
         return Ok(());
     };
-    let text =
-        String::from_utf8(text).map_err(|_| Error::file(&journal, "is not a kpki journal"))?;
-    let mut lines = text.lines();
-    if lines.next() != Some("kpki journal 1") {
-        return Err(Error::file(&journal, "is not a kpki journal"));
-    }
-    let bad = || {
-        Error::file(
-            &journal,
-            "is damaged; remove it and check pki/ and secrets/",
-        )
-    };
-    let mut renames = Vec::new();
-    let mut removals = Vec::new();
-    let mut dirs = BTreeSet::new();
-    for line in lines {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let at = |rel: &str| -> Result<PathBuf> {
-            let path = Path::new(rel);
-            if path.is_absolute()
-                || path
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(bad());
-            }
-            Ok(store.root().join(path))
-        };
-        match fields.as_slice() {
-            ["R", temp, path] => {
-                let (temp, path) = (at(temp)?, at(path)?);
-                dirs.insert(parent(&path).to_path_buf());
-                if temp.exists() {
-                    renames.push((temp, path));
-                }
-            }
-            ["D", path] => {
-                let path = at(path)?;
-                dirs.insert(parent(&path).to_path_buf());
-                removals.push(path);
-            }
-            _ => return Err(bad()),
+    let (renames, removals) = read_journal(store, &journal, &text)?;
+    let mut dirs: BTreeSet<PathBuf> = renames
+        .iter()
+        .map(|r| &r.path)
+        .chain(&removals)
+        .map(|p| parent(p).to_path_buf())
+        .collect();
+    dirs.retain(|d| d.is_dir());
+    let mut complete = true;
+    let mut pending = Vec::new();
+    for r in renames {
+        if holds(&r.temp, &r.hash)? {
+            pending.push(r);
+        } else if !holds(&r.path, &r.hash)? {
+            complete = false;
+            pending.push(r);
         }
     }
-    apply(&renames, &removals)?;
-    dirs.retain(|d| d.is_dir());
+    if complete {
+        apply(&pending, &removals)?;
+    } else {
+        for r in &pending {
+            remove_optional(&r.temp)?;
+        }
+    }
     sync(&[], &dirs)?;
     remove_optional(&store.state_path(crate::state::record::FILE))?;
     remove_optional(&journal)
 }
 
-/// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename, its data
-/// on disk first. The rename itself is durable once the directory is synced.
+/// The renames and removals a journal names; refuses one damaged or naming paths outside the
+/// cluster directory.
+fn read_journal(store: &Store, journal: &Path, text: &[u8]) -> Result<(Vec<Rename>, Vec<PathBuf>)> {
+    let not_journal = || Error::file(journal, "is not a kpki journal");
+    let text = std::str::from_utf8(text).map_err(|_| not_journal())?;
+    let mut lines = text.lines();
+    if lines.next() != Some(JOURNAL_HEADER) {
+        return Err(not_journal());
+    }
+    let bad = || Error::file(journal, "is damaged; remove it and check pki/ and secrets/");
+    let at = |rel: &str| -> Result<PathBuf> {
+        let path = Path::new(rel);
+        let escapes = path.is_absolute()
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+        if escapes {
+            return Err(bad());
+        }
+        Ok(store.root().join(path))
+    };
+    let mut renames = Vec::new();
+    let mut removals = Vec::new();
+    for line in lines {
+        match line.split('\t').collect::<Vec<_>>().as_slice() {
+            ["R", temp, path, hash] => renames.push(Rename {
+                temp: at(temp)?,
+                path: at(path)?,
+                hash: hash.to_string(),
+            }),
+            ["D", path] => removals.push(at(path)?),
+            _ => return Err(bad()),
+        }
+    }
+    Ok((renames, removals))
+}
+
+/// Whether `path` is a regular file holding bytes of fingerprint `hash`.
+fn holds(path: &Path, hash: &str) -> Result<bool> {
+    Ok(super::read_regular(path, super::TEXT_LIMIT)?
+        .is_some_and(|bytes| crate::pem::fingerprint(&bytes) == hash))
+}
+
+/// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename. Durable
+/// only with the next `syncfs`: the journal and `.gitignore` files get it before any rename of
+/// their change, the cache record needs none (lost or torn, it costs the next run a full read).
 pub(super) fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let temp = write_temp(path, contents, mode)?;
-    let synced = fs::File::open(&temp).and_then(|f| f.sync_data());
-    let renamed = synced.and_then(|()| fs::rename(&temp, path));
-    if let Err(e) = renamed {
+    let (temp, _) = write_temp(path, contents, mode)?;
+    if let Err(e) = fs::rename(&temp, path) {
         let _ = fs::remove_file(&temp);
         return Err(Error::io(path, e));
     }

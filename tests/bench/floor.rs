@@ -1,13 +1,16 @@
 //! The floor under kpki's speed: one P-256 keygen + signature with ring alone and one age
-//! encryption alone, against what kpki spends per certificate and per sealed file.
+//! encryption alone, against what kpki spends per certificate and per sealed file; and the
+//! per-file cost of sealing and writing durably, so that a regression in either shows.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kpki::agefile as seal;
 use kpki::catalogue::{CaName, Subject, Usage};
 use kpki::config::{Algorithm, San, Span};
 use kpki::issuing::{self, Authority};
+use kpki::store::Store;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use zeroize::Zeroizing;
 
 fn subject(cn: &str, sans: Vec<San>) -> Subject {
     Subject {
@@ -86,5 +89,31 @@ fn encryption(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, certificates, encryption);
+/// Files per transaction in the durable-write bench: the order of a 3-node `init`.
+const FILES: usize = 100;
+
+fn durable_writes(c: &mut Criterion) {
+    // On the repository's own filesystem (target/), not a tmpfs: fsync costs what users pay.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = Store::new(dir.path());
+    let admin = age::x25519::Identity::generate().to_public().to_string();
+    let admin = seal::parse_recipient(&admin, "admin").unwrap();
+    let plaintext = [b'k'; 700];
+    let mut group = c.benchmark_group("kpki: seal + durable write");
+    group.throughput(Throughput::Elements(FILES as u64));
+    group.bench_function(format!("{FILES} files in one transaction"), |b| {
+        b.iter(|| {
+            let mut txn = store.transaction();
+            for i in 0..FILES {
+                let sealed = seal::encrypt(&plaintext, &[&admin], "bench").unwrap();
+                let path = store.secret_path(&format!("node-{}/file-{i}.pem", i % 3));
+                txn.write(path, Zeroizing::new(sealed), 0o644, 0o755);
+            }
+            txn.commit(|_| Ok(())).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, certificates, encryption, durable_writes);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{Cluster, DEFAULT_CONFIG};
+use crate::harness::{Cluster, DEFAULT_CONFIG, run_ok, s};
 
 #[test]
 fn init_in_an_empty_directory_writes_the_default_config_and_reports() {
@@ -192,4 +192,36 @@ fn an_interrupted_reissue_is_all_or_nothing() {
     let new = files(&after);
     assert_ne!(new[1], old[1], "the new key is in place");
     assert_ne!(new[0], old[0], "the new certificate is in place");
+}
+
+#[test]
+fn a_journaled_change_whose_files_did_not_reach_the_disk_is_undone() {
+    let template = Cluster::initialized(DEFAULT_CONFIG);
+    let files = |c: &Cluster| {
+        ["node-02/kubelet.pem", "node-02/kubelet-key.pem"].map(|f| std::fs::read(c.pki(f)).unwrap())
+    };
+    let old = files(&template);
+    let (_, cut) =
+        crate::harness::crash_around_journal(&template, &["issue", "kubelet", "node-02"]);
+    // A power cut before the sync: the journal reached the disk, one file written aside did not.
+    let journal = std::fs::read_to_string(cut.pki(".kpki/journal")).unwrap();
+    let temp = journal
+        .lines()
+        .find(|l| l.starts_with("R\t") && l.contains("kubelet-key.pem"))
+        .and_then(|l| l.split('\t').nth(1))
+        .expect("the journal names the new key");
+    std::fs::write(cut.path().join(temp), b"").unwrap();
+    assert_eq!(cut.kpki(&["verify"]).code(), Some(0));
+    assert_eq!(files(&cut), old, "the half-written change was not undone");
+    assert!(cut.temp_files().is_empty(), "{:?}", cut.temp_files());
+    assert!(!cut.pki(".kpki/journal").exists());
+    run_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            s(&cut.pki("kubernetes/ca.pem")),
+            s(&cut.pki("node-02/kubelet.pem")),
+        ],
+    );
 }
