@@ -673,6 +673,22 @@ pub fn previous_key_file(ca: CaName) -> String {
     format!("{}/ca-previous-key.pem", ca.dir())
 }
 
+/// The etcd CA's certificate revocation list: etcd is the one consumer that checks one.
+pub fn crl_file() -> String {
+    format!("{}/crl.pem", CaName::Etcd.dir())
+}
+
+/// The role a node has when it holds the built-in per-node file `STEM.pem` or `STEM-key.pem`
+/// (`etcd-peer`: etcd); `None` for any other file.
+pub fn role_of_node_file(file: &str) -> Option<Role> {
+    let stem = file.strip_suffix(".pem")?;
+    let stem = stem.strip_suffix("-key").unwrap_or(stem);
+    ENTRIES.iter().find_map(|e| match e.scope {
+        Scope::Node(Selection { roles: [role], .. }) if e.stem == stem => Some(*role),
+        _ => None,
+    })
+}
+
 /// Every CA.
 pub const CAS: [CaName; 3] = [CaName::Kubernetes, CaName::Etcd, CaName::FrontProxy];
 

@@ -110,6 +110,19 @@ pub enum Command {
         /// Finish the rotation started with --ca or --service-account.
         #[arg(long)]
         finish: bool,
+        /// Carry out removals from the config: delete the files of removed nodes and
+        /// declarations, revoke their etcd certificates (on etcd/crl.pem), and reissue the shared
+        /// keys they could read. With --dry-run, print the plan.
+        #[arg(long, conflicts_with_all = ["within", "all", "keep_key", "ca", "service_account", "finish"])]
+        prune: bool,
+    },
+    /// Revoke certificates of the etcd CA (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`):
+    /// list them on etcd/crl.pem, which etcd checks, and reissue them with new keys. An extra
+    /// user (`users/NAME`) is removed instead: the Kubernetes CA has no revocation.
+    Revoke {
+        /// Certificates as kpki status names them.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
     },
     /// Print shell completions.
     Completions {

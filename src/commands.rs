@@ -16,6 +16,7 @@ use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
 use crate::plan::{self, Applied};
+use crate::revocation;
 use crate::rotation;
 use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
 use crate::state::{ADMIN_IDENTITY, Access, Place, State};
@@ -449,6 +450,7 @@ pub struct RotateRequest<'a> {
     pub ca: Option<&'a str>,
     pub service_account: bool,
     pub finish: bool,
+    pub prune: bool,
 }
 
 /// `kpki rotate`.
@@ -467,6 +469,9 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
         state,
     } = cluster(ctx, Access::Write)?;
     let now = issuing::now();
+    if request.prune {
+        return prune(ctx, &state, &config, &recipients, request.dry_run, now);
+    }
     let applied = match (ca, request.service_account) {
         (Some(ca), _) if request.dry_run => {
             return dry_run(
@@ -487,7 +492,16 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             }
             finished.applied
         }
-        (Some(ca), _) => rotation::start_ca(&state, &config, ca, request.keep_key, now)?,
+        (Some(ca), _) => {
+            let mut applied = rotation::start_ca(&state, &config, ca, request.keep_key, now)?;
+            // The CRL is signed by the CA that signs today: the new one.
+            if ca == revocation::CA && revocation::crl(&state)?.is_some() {
+                applied
+                    .written
+                    .push(revocation::issue_crl(&state, &config, now)?);
+            }
+            applied
+        }
         (None, true) if request.finish => rotation::finish_sa(&state)?,
         (None, true) => rotation::start_sa(&state, &config)?,
         (None, false) => {
@@ -497,6 +511,10 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             let renewals = rotation::renewals(assessed, within, request.all);
             for r in &renewals {
                 ctx.say(format_args!("renew {} ({})", r.name, r.reason));
+            }
+            let crl_due = revocation::crl_due(&state, now, within)?;
+            if let Some(why) = &crl_due {
+                ctx.say(format_args!("sign {} anew ({why})", catalogue::crl_file()));
             }
             if request.dry_run {
                 for (s, why) in seal.stale_files() {
@@ -511,7 +529,7 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
                 }
                 return dry_run(ctx, "");
             }
-            if renewals.is_empty() {
+            if renewals.is_empty() && crl_due.is_none() {
                 // Nothing to renew: the plan made above is the plan to commit.
                 let sealing =
                     secrets::commit_planned(&state, &config, &recipients, Vec::new(), seal)?;
@@ -521,7 +539,13 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
                 }
                 return Ok(());
             }
-            rotation::renew(&state, &config, &renewals, request.keep_key, now)?
+            let mut applied = rotation::renew(&state, &config, &renewals, request.keep_key, now)?;
+            if crl_due.is_some() {
+                applied
+                    .written
+                    .push(revocation::issue_crl(&state, &config, now)?);
+            }
+            applied
         }
     };
     report_applied(ctx, &applied, "wrote");
@@ -540,6 +564,184 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.
+fn prune(
+    ctx: &Context,
+    state: &State,
+    config: &Config,
+    recipients: &Recipients,
+    plan_only: bool,
+    now: time::OffsetDateTime,
+) -> Result<()> {
+    let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
+    let prune = revocation::plan_prune(state, config, &seal, now)?;
+    if prune.is_empty() {
+        ctx.say("nothing to prune: every file in secrets/ belongs to the config");
+        return if plan_only { dry_run(ctx, "") } else { Ok(()) };
+    }
+    let say = |line: String| match plan_only {
+        true => ctx.print(&format!("{line}\n")),
+        false => ctx.say(line),
+    };
+    for line in prune_plan(&prune) {
+        say(line);
+    }
+    if plan_only {
+        return dry_run(ctx, "");
+    }
+    let applied = revocation::apply_prune(state, config, &prune, now)?;
+    report_applied(ctx, &applied, "wrote");
+    let sealing = secrets::commit(state, config, recipients, Vec::new())?;
+    report_sealing(ctx, &sealing);
+    ctx.say(prune_next(&prune));
+    Ok(())
+}
+
+/// The plan of a prune, one line per step.
+fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (dir, roles) in &prune.removed {
+        let files: Vec<&String> = prune
+            .deleted
+            .iter()
+            .filter(|f| f.starts_with(&format!("{dir}/")))
+            .collect();
+        let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        let held = match names.as_slice() {
+            [] => String::new(),
+            [one] => format!("; the {one} role"),
+            more => format!("; the {} roles", more.join(", ")),
+        };
+        lines.push(format!(
+            "delete {} (no longer in the config{held})",
+            abbreviate(&files.iter().map(|f| format!("pki/{f}")).collect::<Vec<_>>())
+        ));
+    }
+    let orphans: Vec<String> = prune
+        .deleted
+        .iter()
+        .filter(|f| {
+            !prune
+                .removed
+                .iter()
+                .any(|(d, _)| f.starts_with(&format!("{d}/")))
+        })
+        .map(|f| format!("secrets/{f}.age"))
+        .collect();
+    if !orphans.is_empty() {
+        lines.push(format!(
+            "delete {} (in secrets/ but in neither the manifest nor the config)",
+            abbreviate(&orphans)
+        ));
+    }
+    for r in &prune.revoked {
+        lines.push(format!(
+            "revoke {} (serial {}, valid until {}) on {}",
+            r.file,
+            r.serial,
+            short_date(r.not_after),
+            catalogue::crl_file()
+        ));
+    }
+    for item in &prune.reissued {
+        lines.push(format!(
+            "reissue {} with a new key (a removed node could read its key)",
+            item.name()
+        ));
+    }
+    match prune.signing_key {
+        revocation::SigningKey::Rotate => lines.push(
+            "start a service-account key rotation (a removed node could read the signing key)".into(),
+        ),
+        revocation::SigningKey::Busy => lines.push(
+            "a removed node could read the service-account signing key, but a rotation of it is in progress: finish it, then run kpki rotate --service-account".into(),
+        ),
+        revocation::SigningKey::Untouched => {}
+    }
+    for ca in catalogue::CAS {
+        let outlived: Vec<String> = prune
+            .outlived
+            .iter()
+            .filter(|u| u.ca == ca)
+            .map(|u| format!("{} ({})", u.file, short_date(u.not_after)))
+            .collect();
+        if !outlived.is_empty() {
+            lines.push(format!(
+                "still valid until they expire (the {} CA has no revocation; kpki rotate --ca {} ends them): {}",
+                ca.dir(),
+                ca.dir(),
+                abbreviate(&outlived)
+            ));
+        }
+    }
+    lines
+}
+
+/// A date as `2027-11-26`.
+fn short_date(t: time::OffsetDateTime) -> String {
+    status::rfc3339(t).chars().take(10).collect()
+}
+
+/// What to do after a prune.
+fn prune_next(prune: &revocation::Prune<'_>) -> String {
+    let mut next = String::from("next: deploy to every node");
+    if !prune.revoked.is_empty() {
+        next += " (etcd refuses the revoked certificates as soon as a member has the new CRL)";
+    }
+    if prune.signing_key == revocation::SigningKey::Rotate {
+        next += "; finish the service-account rotation once old tokens have expired (kpki rotate --service-account --finish)";
+    }
+    if let Some(ca) = prune.outlived.first().map(|u| u.ca) {
+        next += &format!(
+            "; what stays valid ends with a CA rotation (kpki rotate --ca {})",
+            ca.dir()
+        );
+    }
+    next
+}
+
+/// `kpki revoke NAME...`.
+pub fn revoke(ctx: &Context, names: &[String]) -> Result<()> {
+    let Cluster {
+        config,
+        recipients,
+        state,
+    } = cluster(ctx, Access::Write)?;
+    let now = issuing::now();
+    let mut applied = Applied::default();
+    for name in names {
+        let (outcome, done) = revocation::revoke(&state, &config, name, now)?;
+        applied.merge(done);
+        match outcome {
+            revocation::Revoked::Reissued(r) => ctx.say(format_args!(
+                "revoked {} (serial {}) on {}; reissued it with a new key",
+                r.file,
+                r.serial,
+                catalogue::crl_file()
+            )),
+            revocation::Revoked::UserRemoved(outlived) => {
+                ctx.say(format_args!("removed {name}"));
+                if let Some(u) = outlived {
+                    ctx.warn(format_args!(
+                        "{}: stays valid until {}: the {} CA has no revocation (kpki rotate --ca {} ends it)",
+                        u.file,
+                        status::rfc3339(u.not_after),
+                        u.ca.dir(),
+                        u.ca.dir()
+                    ));
+                }
+            }
+        }
+    }
+    applied.written.sort();
+    applied.written.dedup();
+    report_applied(ctx, &applied, "wrote");
+    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    report_sealing(ctx, &sealing);
+    ctx.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //! rcgen's defaults are placeholders (validity 1975–4096, a dummy CN, a serial derived from the
 //! key), so every parameter of every certificate is set here explicitly.
 
+pub use rcgen::RevocationReason;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use time::OffsetDateTime;
@@ -232,6 +234,45 @@ pub fn cross_signed_ca(
         .signed_by(key, &by.issuer)
         .map_err(|e| Error::crypto(format!("cross-signing CA {}", subject.common_name), e))?;
     Ok(cert.pem())
+}
+
+/// One entry of a revocation list: a serial number (its bytes) and when it was revoked.
+pub struct Revoked {
+    pub serial: Vec<u8>,
+    pub at: OffsetDateTime,
+    pub reason: RevocationReason,
+}
+
+/// A certificate revocation list (PEM) signed by `ca`: number `number`, issued now, next
+/// update by `next_update`.
+pub fn revocation_list(
+    ca: &Authority,
+    number: u64,
+    revoked: &[Revoked],
+    now: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<String> {
+    let params = CertificateRevocationListParams {
+        this_update: now - BACKDATE,
+        next_update,
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|r| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&r.serial),
+                revocation_time: r.at,
+                reason_code: Some(r.reason),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let fail = |e: rcgen::Error| Error::crypto(format!("signing the {} CRL", ca.name.dir()), e);
+    params
+        .signed_by(&ca.issuer)
+        .and_then(|crl| crl.pem())
+        .map_err(fail)
 }
 
 /// Whole seconds: certificates carry no fractions, and equal inputs should give equal times.

@@ -17,6 +17,7 @@ pub mod kubeconfig;
 pub mod pem;
 pub mod plan;
 pub mod progress;
+pub mod revocation;
 pub mod rotation;
 pub mod secrets;
 pub mod state;

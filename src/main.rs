@@ -42,7 +42,7 @@ fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
             ctx.store.create_root()?;
             true
         }
-        Command::Issue { .. } | Command::Rotate { .. } => true,
+        Command::Issue { .. } | Command::Rotate { .. } | Command::Revoke { .. } => true,
         Command::Status { .. } | Command::Verify | Command::Kubeconfig(_) => false,
         Command::Completions { .. } => return Ok(None),
     };
@@ -83,6 +83,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
             ca,
             service_account,
             finish,
+            prune,
         } => done(commands::rotate(
             ctx,
             &RotateRequest {
@@ -93,8 +94,10 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
                 ca: ca.as_deref(),
                 service_account,
                 finish,
+                prune,
             },
         )),
+        Command::Revoke { names } => done(commands::revoke(ctx, &names)),
         Command::Completions { shell } => done(commands::completions(ctx, shell)),
     }
 }

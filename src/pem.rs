@@ -22,6 +22,8 @@ pub enum Kind {
     PublicKeys,
     /// A kubeconfig made by kpki (only ever sealed, never parsed here).
     Kubeconfig,
+    /// One certificate revocation list (the etcd CA's `crl.pem`).
+    Crl,
 }
 
 impl Kind {
@@ -34,6 +36,8 @@ impl Kind {
             Kind::PrivateKey
         } else if rel == "service-account/sa.pem" {
             Kind::PublicKeys
+        } else if rel == "etcd/crl.pem" {
+            Kind::Crl
         } else {
             Kind::Certificates
         }
@@ -46,6 +50,7 @@ impl Kind {
             Kind::PrivateKey => "PRIVATE KEY",
             Kind::PublicKeys => "PUBLIC KEY",
             Kind::Kubeconfig => "",
+            Kind::Crl => "X509 CRL",
         }
     }
 
@@ -56,6 +61,7 @@ impl Kind {
             Kind::PrivateKey => "exactly one PKCS#8 private key",
             Kind::PublicKeys => "only public keys",
             Kind::Kubeconfig => "a kubeconfig",
+            Kind::Crl => "exactly one revocation list",
         }
     }
 
@@ -66,6 +72,7 @@ impl Kind {
             Kind::PrivateKey => "private-key",
             Kind::PublicKeys => "public-key",
             Kind::Kubeconfig => "kubeconfig",
+            Kind::Crl => "revocation-list",
         }
     }
 }
@@ -116,10 +123,12 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
         return Err("a kubeconfig is not read back".into());
     }
     let blocks = frame(bytes, kind)?;
-    if kind == Kind::PrivateKey && blocks.len() != 1 {
+    if matches!(kind, Kind::PrivateKey | Kind::Crl) && blocks.len() != 1 {
         return Err(format!(
-            "holds {} private keys, but a key file holds exactly one",
-            blocks.len()
+            "holds {} {} blocks, but it must hold {}",
+            blocks.len(),
+            kind.noun(),
+            kind.wanted()
         ));
     }
     let mut text = Zeroizing::new(String::new());
@@ -257,6 +266,11 @@ fn check_der(kind: Kind, der: &[u8]) -> Result<(), String> {
             let pem = Zeroizing::new(encode(kind.label(), der));
             key_spki(&pem).map(|_| ())
         }
+        Kind::Crl => match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
+            Ok(([], _)) => Ok(()),
+            Ok(_) => Err("a revocation list with trailing data".into()),
+            Err(e) => Err(format!("not a valid revocation list ({e})")),
+        },
         Kind::Kubeconfig => Ok(()),
     }
 }

@@ -19,7 +19,7 @@ pub use certificate::Declared;
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// What a node does; decides which catalogue entries it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     ControlPlane,
@@ -206,7 +206,8 @@ pub struct Config {
     pub nodes: Vec<Node>,
     /// Certificates declared with `[[certificate]]`, beyond the catalogue.
     pub certificates: Vec<Declared>,
-    /// `sha256:HEX` of the file's text: what the Nix files were last written from.
+    /// `sha256:HEX` of the file's text and kpki's version: what the Nix files are written from
+    /// (a new kpki may write them differently).
     pub fingerprint: String,
 }
 
@@ -220,7 +221,8 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| fail(describe_toml_error(&e, text)))?;
         let mut config = raw.validate(text).map_err(fail)?;
-        config.fingerprint = crate::pem::fingerprint(text.as_bytes());
+        let versioned = format!("kpki {}\n{text}", env!("CARGO_PKG_VERSION"));
+        config.fingerprint = crate::pem::fingerprint(versioned.as_bytes());
         Ok(config)
     }
 

@@ -35,6 +35,8 @@ pub struct Facts {
     pub issuer_raw: Vec<u8>,
     pub subject_key_id: Option<Vec<u8>>,
     pub authority_key_id: Option<Vec<u8>>,
+    /// The serial number, lowercase hex of its bytes as encoded.
+    pub serial: String,
 }
 
 /// The certificate file of the CA `name`: exactly one CA certificate, or two (new, then old)
@@ -130,7 +132,13 @@ pub fn facts(der: &[u8]) -> Result<Facts, String> {
         issuer_raw: cert.issuer().as_raw().to_vec(),
         subject_key_id,
         authority_key_id,
+        serial: hex(cert.raw_serial()),
     })
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sans(cert: &X509Certificate<'_>) -> Vec<San> {

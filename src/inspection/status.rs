@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
-use crate::config::Config;
+use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::rotation::Rotation;
 use crate::secrets::{SealPlan, Stale};
@@ -77,7 +77,11 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Encrypted files out of date that no row shows (relative to the cluster directory).
     pub stale_secrets: Vec<String>,
-    /// Encrypted files that belong to nothing in the config any more (relative to `secrets/`).
+    /// Files the manifest holds that the config no longer accounts for (a removed node or
+    /// declaration), relative to `pki/`: `kpki rotate --prune` removes them.
+    pub leftovers: Vec<String>,
+    /// Encrypted files that neither the manifest nor the config accounts for (relative to
+    /// `secrets/`).
     pub orphaned_secrets: Vec<String>,
     /// Of the manifest, `secrets.nix` and `kpki.nix`, those missing or not as kpki writes them.
     pub outdated_files: Vec<String>,
@@ -92,6 +96,7 @@ impl Report {
     pub fn needs_action(&self) -> bool {
         self.rows.iter().any(|r| r.state != State::Ok)
             || !self.stale_secrets.is_empty()
+            || !self.leftovers.is_empty()
             || !self.orphaned_secrets.is_empty()
             || !self.outdated_files.is_empty()
             || !self.rotations.is_empty()
@@ -373,15 +378,50 @@ pub fn report(
         .filter(|(s, _)| !covered.contains(&s.rel))
         .map(|(s, why)| format!("secrets/{}.age ({})", s.rel, why.describe()))
         .collect();
+    let mut rows: Vec<Row> = assessed.into_iter().map(|a| a.row).collect();
+    rows.extend(crl_row(pki, config, at)?);
     Ok(Report {
         at: rfc3339(at),
-        rows: assessed.into_iter().map(|a| a.row).collect(),
+        rows,
         stale_secrets,
+        leftovers: seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect(),
         orphaned_secrets: seal.orphans(pki.store())?,
         outdated_files,
         rotations,
         notes,
     })
+}
+
+/// The row of the etcd CA's revocation list, when there is one: its next update is its
+/// expiry; it drifts when it is not what the manifest's revocations and the current CA make.
+fn crl_row(pki: &Pki, config: &Config, at: OffsetDateTime) -> Result<Option<Row>> {
+    let Some(crl) = crate::revocation::crl(pki)? else {
+        return Ok(None);
+    };
+    let left = crl.next_update.map(|t| t - at);
+    let mut row = Row {
+        name: "etcd/crl".into(),
+        node: None,
+        ca: Some(crate::revocation::CA.dir()),
+        expires: crl.next_update.map(rfc3339),
+        residual_seconds: left.map(|l| l.whole_seconds()),
+        state: match left {
+            Some(l) if l <= time::Duration::ZERO => State::Expired,
+            Some(l) if l <= config.keys.renew_before.0 => State::Renew,
+            _ => State::Ok,
+        },
+        detail: Some(format!("{} revoked", crl.serials.len())),
+    };
+    if let Some(why) = crate::revocation::crl_due(pki, at, Span(time::Duration::ZERO))? {
+        if row.state == State::Ok {
+            row.state = State::Drift;
+        }
+        row.detail = Some(format!(
+            "{} revoked; {why}: kpki rotate signs it anew",
+            crl.serials.len()
+        ));
+    }
+    Ok(Some(row))
 }
 
 /// The report as a table, then the secrets, rotations and notes.
@@ -451,9 +491,14 @@ pub fn table(report: &Report) -> String {
             "secrets: {file} is missing or not as kpki writes it (edited by hand?): kpki init rewrites it\n"
         );
     }
+    for (dir, count) in by_directory(&report.leftovers) {
+        out += &format!(
+            "removed: {count} files under {dir}/ no longer belong to the config (a removed node or declaration): kpki rotate --prune deletes them, revokes their etcd certificates and reissues the shared keys they opened\n"
+        );
+    }
     if !report.orphaned_secrets.is_empty() {
         out += &format!(
-            "secrets: {} no longer in the config (a removed node?), delete them: {}\n",
+            "secrets: {} in neither the manifest nor the config (put there by hand?): kpki rotate --prune deletes them: {}\n",
             report.orphaned_secrets.len(),
             report.orphaned_secrets.join(", ")
         );
@@ -472,6 +517,16 @@ pub fn table(report: &Report) -> String {
         out += &format!("note: {note}\n");
     }
     out
+}
+
+/// The directories of `files` (relative paths) with how many files each holds.
+fn by_directory(files: &[String]) -> std::collections::BTreeMap<&str, usize> {
+    let mut dirs = std::collections::BTreeMap::new();
+    for file in files {
+        let dir = file.split_once('/').map_or(file.as_str(), |(d, _)| d);
+        *dirs.entry(dir).or_insert(0) += 1;
+    }
+    dirs
 }
 
 /// `2027-11-26T05:08:21Z` as `2027-11-26 05:08 UTC`.

@@ -40,6 +40,7 @@ pub fn verify(
         }
     }
     problems.extend(check_secrets(state, config, recipients, plan)?);
+    problems.extend(check_revocation(state, config, now)?);
     problems.extend(check_cache(state)?);
     problems.extend(tracked_plaintext(state));
     Ok(problems)
@@ -281,16 +282,58 @@ fn check_secrets(
             why => format!("secrets/{}.age: {} (run kpki init)", s.rel, why.describe()),
         })
         .collect();
-    problems.extend(
-        plan.orphans(store)?.into_iter().map(|rel| {
-            format!("secrets/{rel}: no longer in the config (a removed node?); delete it")
-        }),
-    );
+    problems.extend(plan.leftovers.iter().map(|(rel, _)| {
+        format!(
+            "secrets/{rel}.age: no longer in the config (a removed node or declaration): kpki rotate --prune removes it"
+        )
+    }));
+    problems.extend(plan.orphans(store)?.into_iter().map(|rel| {
+        format!(
+            "secrets/{rel}: in neither the manifest nor the config: kpki rotate --prune deletes it"
+        )
+    }));
     problems.extend(
         secrets::outdated_files(state, config, recipients, plan, secrets::Depth::All)?
             .into_iter()
             .map(|name| format!("secrets/{name}: not current (run kpki init)")),
     );
+    Ok(problems)
+}
+
+/// The etcd CA's revocation list: signed by the current CA, listing exactly the revocations the
+/// manifest records, not past its next update; and no live certificate revoked.
+fn check_revocation(state: &State, config: &Config, now: OffsetDateTime) -> Result<Vec<String>> {
+    let rel = catalogue::crl_file();
+    let mut problems = Vec::new();
+    let zero = crate::config::Span(time::Duration::ZERO);
+    match crate::revocation::crl_due(state, now, zero) {
+        Ok(Some(why)) => problems.push(format!("pki/{rel}: {why} (kpki rotate signs it anew)")),
+        Ok(None) => {}
+        Err(Error::File { path, message }) => {
+            problems.push(format!("{}: {message}", shown(state, &path)))
+        }
+        Err(e) => return Err(e),
+    }
+    let revoked = state.revocations();
+    for item in catalogue::items(config) {
+        if !matches!(item.entry.kind, Kind::Leaf { ca, .. } if ca == crate::revocation::CA) {
+            continue;
+        }
+        let cert = item.file(Part::Cert);
+        let Ok(Some(text)) = state.read(&cert) else {
+            continue;
+        };
+        let serial = pem_certs(&text.text)
+            .ok()
+            .and_then(|c| facts(&c[0]).ok())
+            .map(|f| f.serial);
+        if let Some(serial) = serial.filter(|s| revoked.contains_key(s)) {
+            problems.push(format!(
+                "pki/{cert}: revoked (serial {serial} is on {rel}): kpki issue {} reissues it",
+                item.entry.profile
+            ));
+        }
+    }
     Ok(problems)
 }
 

@@ -25,12 +25,30 @@ pub struct Entry {
     pub recipients: Vec<String>,
 }
 
-/// Every encrypted file, by its path relative to `pki/` (and, with `.age`, to `secrets/`).
+/// Every encrypted file, by its path relative to `pki/` (and, with `.age`, to `secrets/`), and
+/// the certificates the etcd CA revoked, by serial number (lowercase hex).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     #[serde(default)]
     pub files: BTreeMap<String, Entry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, Revocation>,
+}
+
+/// A revoked certificate, listed on the etcd CA's revocation list until it would have expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// The file it was, relative to `pki/` (`node-03/etcd-peer.pem`).
+    pub file: String,
+    /// Why: `removed` (its node or declaration left the config), `superseded` (a shared
+    /// certificate a removed node could read, reissued) or `compromised` (`kpki revoke`).
+    pub reason: String,
+    /// When kpki revoked it (RFC 3339).
+    pub revoked: String,
+    /// When it expires (RFC 3339); its entry goes from the list after that.
+    pub not_after: String,
 }
 
 impl Manifest {

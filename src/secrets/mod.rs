@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::agefile::{self as seal, Recipient};
 use crate::catalogue::{self, Part};
-use crate::config::{Config, Node};
+use crate::config::{Config, Node, Role};
 use crate::error::{Error, Result};
 use crate::pem::{self, Kind};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
@@ -152,6 +152,16 @@ pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<
             }
         }
     }
+    let crl = catalogue::crl_file();
+    if state.exists(&crl)? {
+        sealed.push(Sealed {
+            kind: Kind::Crl,
+            name: format!("kpki-{}", crl.replace('/', "-")),
+            rel: crl,
+            owner: "etcd",
+            readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),
+        });
+    }
     sealed.push(admin_only(ADMIN_KUBECONFIG.to_string()));
     Ok(sealed)
 }
@@ -237,6 +247,11 @@ pub struct SealPlan<'c> {
     pub sealed: Vec<Sealed<'c>>,
     /// Per sealed file, in the same order.
     pub standings: Vec<Standing>,
+    /// Files the manifest lists that the config no longer accounts for (a removed node or
+    /// declaration), still in `secrets/`: kept, as committed, until `kpki rotate --prune`.
+    pub leftovers: Vec<(String, Entry)>,
+    /// The revocation ledger to commit.
+    pub revoked: std::collections::BTreeMap<String, manifest::Revocation>,
 }
 
 impl SealPlan<'_> {
@@ -264,23 +279,26 @@ impl SealPlan<'_> {
 
     /// The manifest that describes `secrets/` once the plan is carried out.
     pub fn manifest(&self) -> Manifest {
+        let due = self
+            .sealed
+            .iter()
+            .zip(&self.standings)
+            .filter_map(|(s, st)| Some((s.rel.clone(), st.due.clone()?)));
         Manifest {
-            files: self
-                .sealed
-                .iter()
-                .zip(&self.standings)
-                .filter_map(|(s, st)| Some((s.rel.clone(), st.due.clone()?)))
-                .collect(),
+            files: due.chain(self.leftovers.iter().cloned()).collect(),
+            revoked: self.revoked.clone(),
         }
     }
 
-    /// Encrypted files in `secrets/` that nothing in the config, the users or a rotation
-    /// accounts for, such as the files of a node removed from the config (relative to `secrets/`).
+    /// Encrypted files in `secrets/` that neither the manifest nor the config accounts for
+    /// (relative to `secrets/`): put there by hand, or left by an older kpki.
     pub fn orphans(&self, store: &Store) -> Result<Vec<String>> {
         let known: HashSet<String> = self
             .sealed
             .iter()
-            .map(|s| format!("{}.age", s.rel))
+            .map(|s| &s.rel)
+            .chain(self.leftovers.iter().map(|(rel, _)| rel))
+            .map(|rel| format!("{rel}.age"))
             .collect();
         Ok(store
             .list(&store.secrets_dir())?
@@ -327,7 +345,30 @@ pub fn plan<'c>(
             standing(state, config, s, due, depth, deep)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(SealPlan { sealed, standings })
+    let leftovers = leftovers(state, &sealed)?;
+    Ok(SealPlan {
+        sealed,
+        standings,
+        leftovers,
+        revoked: state.revocations(),
+    })
+}
+
+/// The manifest's files that `sealed` lacks and whose encrypted copy still exists (one deleted
+/// by hand is gone for good), unless this run deleted them.
+fn leftovers(state: &State, sealed: &[Sealed<'_>]) -> Result<Vec<(String, Entry)>> {
+    let due: HashSet<&str> = sealed.iter().map(|s| s.rel.as_str()).collect();
+    let changes = state.changes();
+    let mut found = Vec::new();
+    for (rel, entry) in &state.manifest().files {
+        if due.contains(rel.as_str()) || changes.contains_key(rel) {
+            continue;
+        }
+        if state.stamp(&state.store().secret_path(rel))?.is_some() {
+            found.push((rel.clone(), entry.clone()));
+        }
+    }
+    Ok(found)
 }
 
 /// How far one file's encrypted copy is from `due`.

@@ -333,8 +333,15 @@ fn values(service: Service) -> String {
             "        listenPeerUrls = wire (map (url 2380) node.addresses);\n",
             "        initialAdvertisePeerUrls = wire (map (url 2380) node.addresses);\n",
             "        initialCluster = wire (map (m: \"${m.name}=https://${m.host}:2380\") etcdMembers);\n",
+            "        # Once a certificate is revoked (kpki revoke, kpki rotate --prune): etcd reads the\n",
+            "        # list at every connection, so a new one needs no restart.\n",
+            "        extraConf = mkIf (files ? \"CRL_FILE\") {\n",
+            "          CLIENT_CRL_FILE = wire (path \"CRL_FILE\");\n",
+            "          PEER_CRL_FILE = wire (path \"CRL_FILE\");\n",
+            "        };\n",
         ),
         Service::ControllerManager | Service::Scheduler | Service::Proxy => "",
     };
     text.replace("FRONT_PROXY_CA", &front_proxy_ca)
+        .replace("\"CRL_FILE\"", &string(&catalogue::crl_file()))
 }

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::agefile::{self as seal, Identity};
 use crate::error::{Error, Result};
 use crate::pem::{self, Kind, Material};
-use crate::secrets::manifest::Manifest;
+use crate::secrets::manifest::{Manifest, Revocation};
 use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
@@ -70,6 +70,8 @@ pub struct State {
     /// Trusted contents read this run.
     contents: Mutex<HashMap<String, Arc<Material>>>,
     changes: Mutex<BTreeMap<String, Option<Arc<Material>>>>,
+    /// The revocation ledger as this run changed it.
+    revoked: Mutex<Option<BTreeMap<String, Revocation>>>,
 }
 
 impl State {
@@ -90,6 +92,7 @@ impl State {
             plain: Mutex::default(),
             contents: Mutex::default(),
             changes: Mutex::default(),
+            revoked: Mutex::default(),
         })
     }
 
@@ -315,6 +318,18 @@ impl State {
     /// Removes `pki/REL` (and its encrypted copy) at the commit.
     pub fn delete(&self, rel: &str) {
         lock(&self.changes).insert(rel.to_string(), None);
+    }
+
+    /// The revoked certificates, by serial: as committed, or as this run changed them.
+    pub fn revocations(&self) -> BTreeMap<String, Revocation> {
+        lock(&self.revoked)
+            .clone()
+            .unwrap_or_else(|| self.manifest.revoked.clone())
+    }
+
+    /// Replaces the revocation ledger for the rest of the run and the commit.
+    pub fn set_revocations(&self, revoked: BTreeMap<String, Revocation>) {
+        *lock(&self.revoked) = Some(revoked);
     }
 
     /// This run's changes, by path.

@@ -153,7 +153,7 @@ impl Transaction {
         let mut written = self.temps.clone();
         written.push(journal);
         sync(&written, &dirs)?;
-        apply(&renames, &self.removals)?;
+        apply(&self.store, &renames, &self.removals)?;
         self.temps.clear();
         sync(&[], &dirs)?;
         then(&stamps)?;
@@ -291,6 +291,7 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp
 fn sync(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
     let mut devices = BTreeSet::new();
     for dir in dirs {
+        let dir = existing(dir);
         let handle = fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
         let dev = handle.metadata().map_err(|e| Error::io(dir, e))?.dev();
         if devices.insert(dev) && rustix::fs::syncfs(&handle).is_err() {
@@ -302,7 +303,11 @@ fn sync(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
 
 /// The fallback of [`sync`]: fsync every file and directory.
 fn sync_each(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
-    for path in files.iter().chain(dirs) {
+    for path in files
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(dirs.iter().map(|d| existing(d)))
+    {
         fs::File::open(path)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(path, e))?;
@@ -310,9 +315,17 @@ fn sync_each(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `dir`, or its nearest ancestor that exists when a removal took it (whose entry then
+/// changed).
+fn existing(dir: &Path) -> &Path {
+    dir.ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("."))
+}
+
 /// Renames every temporary file into place (in parallel: their order does not matter once
 /// all are durable) and removes what goes.
-fn apply(renames: &[Rename], removals: &[PathBuf]) -> Result<()> {
+fn apply(store: &Store, renames: &[Rename], removals: &[PathBuf]) -> Result<()> {
     renames
         .par_iter()
         .try_for_each(|Rename { temp, path, .. }| {
@@ -323,7 +336,24 @@ fn apply(renames: &[Rename], removals: &[PathBuf]) -> Result<()> {
     for path in removals {
         remove_optional(path)?;
     }
+    remove_emptied_dirs(store, removals);
     Ok(())
+}
+
+/// Removes the directories below `pki/` and `secrets/` that `removals` left empty (a removed
+/// node's), deepest first. A directory that still holds anything stays.
+fn remove_emptied_dirs(store: &Store, removals: &[PathBuf]) {
+    let roots = [store.pki_dir(), store.secrets_dir()];
+    let mut dirs: Vec<&Path> = removals
+        .iter()
+        .map(|p| parent(p))
+        .filter(|d| roots.iter().any(|r| d.starts_with(r) && d != r))
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs.dedup();
+    for dir in dirs {
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 /// One file of a change: written aside at `temp`, renamed to `path`, holding bytes of `hash`.
@@ -394,7 +424,7 @@ pub(super) fn recover(store: &Store) -> Result<()> {
         }
     }
     if complete {
-        apply(&pending, &removals)?;
+        apply(store, &pending, &removals)?;
     } else {
         for r in &pending {
             remove_optional(&r.temp)?;

@@ -179,3 +179,43 @@ fn service_account_rotation_survives_a_crash_at_every_file_operation() {
     );
     assert!(operations >= 4, "only {operations} file operations");
 }
+
+#[test]
+fn prune_survives_a_crash_at_every_file_operation() {
+    let two = format!(
+        "{}[[node]]\nname = \"node-02\"\naddresses = [\"2001:db8::2\"]\n",
+        config()
+    );
+    let template = Cluster::initialized(&two);
+    let gone = std::fs::read(template.pki("node-02/etcd-peer.pem")).unwrap();
+    template.write_config(&config());
+    let before = cas(&template);
+    let operations = sweep(
+        || template.copy(),
+        &["rotate", "--prune"],
+        |cluster, _| {
+            assert_eq!(cas(cluster), before, "a CA changed");
+            assert!(!cluster.pki("node-02").exists(), "node-02's files are left");
+            let listed = crate::harness::run_ok(
+                "openssl",
+                &[
+                    "crl",
+                    "-in",
+                    s(&cluster.pki("etcd/crl.pem")),
+                    "-noout",
+                    "-text",
+                ],
+            );
+            let old = cluster.path().join("gone-peer.pem");
+            std::fs::write(&old, &gone).unwrap();
+            let serial =
+                crate::harness::run_ok("openssl", &["x509", "-in", s(&old), "-noout", "-serial"]);
+            let serial = serial.trim().trim_start_matches("serial=");
+            assert!(
+                listed.contains(serial),
+                "node-02's peer certificate is not revoked"
+            );
+        },
+    );
+    assert!(operations >= 20, "only {operations} file operations");
+}

@@ -384,13 +384,22 @@ fn a_removed_declaration_is_reported_and_system_masters_on_nodes_is_marked() {
     let status = cluster.kpki(&["status", "--json"]);
     assert_eq!(status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
-    let orphans = report["orphaned_secrets"].to_string();
+    let leftovers = report["leftovers"].to_string();
     assert!(
-        orphans.contains("kubernetes/flannel.pem.age")
-            && orphans.contains("kubernetes/flannel-key.pem.age"),
-        "{orphans}"
+        leftovers.contains("kubernetes/flannel.pem")
+            && leftovers.contains("kubernetes/flannel-key.pem"),
+        "{leftovers}"
     );
     assert_eq!(cluster.kpki(&["verify"]).code(), Some(1));
+    let pruned = cluster.kpki(&["rotate", "--prune"]).success().stdout();
+    assert!(pruned.contains("pki/kubernetes/flannel.pem"), "{pruned}");
+    assert!(
+        !cluster
+            .path()
+            .join("secrets/kubernetes/flannel.pem.age")
+            .exists()
+    );
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
     let masters = format!(
         "{}\n[[certificate]]\nname = \"break-glass\"\nca = \"kubernetes\"\norganizations = [\"system:masters\"]\nusages = [\"client\"]\nnodes = [\"node-04\"]\n",
         config()

@@ -26,7 +26,7 @@ impl Etcd {
     pub fn start(pki: &Path) -> Etcd {
         let mut etcd = Etcd::empty();
         for i in 0..NODES.len() {
-            let child = etcd.spawn(i, pki);
+            let child = etcd.spawn(i, pki, None);
             etcd.members.push(child);
         }
         etcd
@@ -68,7 +68,8 @@ impl Etcd {
             .unwrap()
     }
 
-    fn spawn(&self, i: usize, pki: &Path) -> Child {
+    /// Member `i` on the files of `pki`, checking the revocation list `crl` if given.
+    fn spawn(&self, i: usize, pki: &Path, crl: Option<&Path>) -> Child {
         let (node, addr) = (NODES[i], ADDRESSES[i]);
         let file = |rel: &str| pki.join(node).join(rel).display().to_string();
         let ca = pki.join("etcd/ca.pem").display().to_string();
@@ -110,6 +111,10 @@ impl Etcd {
                 &file("etcd-peer-key.pem"),
             ])
             .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", &ca])
+            .args(crl.into_iter().flat_map(|crl| {
+                ["--client-crl-file", "--peer-crl-file"]
+                    .map(|flag| format!("{flag}={}", crl.display()))
+            }))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -135,10 +140,21 @@ impl Etcd {
 
     /// Restarts member `i` with the files now on disk (its data is kept).
     pub fn restart(&mut self, i: usize, pki: &Path) {
+        self.restart_checking(i, pki, None);
+    }
+
+    /// Restarts member `i` with the files of `pki`, checking the revocation list `crl`.
+    pub fn restart_checking(&mut self, i: usize, pki: &Path, crl: Option<&Path>) {
         let old = &mut self.members[i];
         let _ = old.kill();
         let _ = old.wait();
-        self.members[i] = self.spawn(i, pki);
+        self.members[i] = self.spawn(i, pki, crl);
+    }
+
+    /// Member `i`'s whole log.
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.data.path().join(format!("{}.log", NODES[i])))
+            .unwrap_or_default()
     }
 
     /// Every member's whole log.
@@ -278,7 +294,7 @@ impl Drop for StopOnDrop<'_> {
 }
 
 /// Copies a client's files aside, so they outlive a rotation.
-fn keep_copy(cluster: &Cluster, client: &Client) -> Client {
+pub fn keep_copy(cluster: &Cluster, client: &Client) -> Client {
     let copy = |p: &Path, name: &str| {
         let to = cluster.path().join(name);
         std::fs::copy(p, &to).unwrap();

@@ -363,7 +363,7 @@ fn an_interrupted_ca_rotation_is_either_not_started_or_complete() {
 }
 
 #[test]
-fn secrets_of_a_removed_node_are_reported_until_deleted() {
+fn secrets_of_a_removed_node_are_reported_until_pruned() {
     let cluster = Cluster::initialized(&config_with_keys());
     let without = config_with_keys();
     let at = without.find("\n[[node]]\nname = \"node-04\"").unwrap();
@@ -371,26 +371,28 @@ fn secrets_of_a_removed_node_are_reported_until_deleted() {
     cluster.kpki(&["init", "-q"]).success();
     let (report, code) = status(&cluster, &[]);
     assert_eq!(code, Some(1));
-    let orphans: Vec<&str> = report["orphaned_secrets"]
+    let leftovers: Vec<&str> = report["leftovers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(
-        orphans,
+        leftovers,
         [
-            "node-04/kubelet-key.pem.age",
-            "node-04/kubelet-serving-key.pem.age",
-            "node-04/kubelet-serving.pem.age",
-            "node-04/kubelet.pem.age"
+            "node-04/kubelet-key.pem",
+            "node-04/kubelet-serving-key.pem",
+            "node-04/kubelet-serving.pem",
+            "node-04/kubelet.pem"
         ]
     );
+    // Until pruned, the node's files stay as committed: the manifest still vouches for them.
+    assert!(cluster.pki("node-04/kubelet-key.pem").exists());
     let verify = cluster.kpki(&["verify"]).stdout();
     assert!(
         verify.contains("secrets/node-04/kubelet.pem.age: no longer in the config"),
         "{verify}"
     );
-    std::fs::remove_dir_all(cluster.path().join("secrets/node-04")).unwrap();
+    cluster.kpki(&["rotate", "--prune", "-q"]).success();
     assert_eq!(status(&cluster, &[]).1, Some(0));
 }

@@ -16,6 +16,7 @@ mod locking;
 mod netns;
 mod nixos;
 mod openssl;
+mod revocation;
 mod secrets;
 mod team;
 mod verify;

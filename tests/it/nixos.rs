@@ -387,9 +387,10 @@ fn a_deploy_restarts_exactly_the_units_whose_files_changed() {
     assert_eq!(changed, ["kube-apiserver"]);
 }
 
-#[test]
-fn etcd_runs_on_exactly_what_the_module_wires() {
-    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+/// Starts the three members of the default cluster as the module wires them (the environment
+/// of each node's etcd service, its files where agenix would put them); returns them with the
+/// apiserver's etcd client and servers as wired on node-01.
+fn wired_etcd(cluster: &Cluster) -> (Etcd, Client, Vec<String>, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let mut envs = Vec::new();
     let mut apiserver = None;
@@ -401,7 +402,7 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
             s(&secrets),
             s(&data)
         );
-        let v = ok(&cluster, node, &settings);
+        let v = ok(cluster, node, &settings);
         // agenix's job: the host's files at the paths the module declares.
         std::fs::create_dir_all(&secrets).unwrap();
         for (rel, path) in v["paths"].as_object().unwrap() {
@@ -419,7 +420,6 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
         }
     }
     let etcd = Etcd::start_with_env(&envs);
-    // The apiserver's etcd client, as the module wires it on node-01.
     let wired = apiserver.unwrap();
     let client = Client {
         ca: wired["caFile"].as_str().unwrap().into(),
@@ -427,12 +427,19 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
         key: wired["keyFile"].as_str().unwrap().into(),
     };
     etcd.wait_healthy(&client);
-    let servers: Vec<&str> = wired["servers"]
+    let servers = wired["servers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s.as_str().unwrap())
+        .map(|s| s.as_str().unwrap().to_string())
         .collect();
+    (etcd, client, servers, root)
+}
+
+#[test]
+fn etcd_runs_on_exactly_what_the_module_wires() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let (etcd, client, servers, _root) = wired_etcd(&cluster);
     let put = client.ctl(
         &etcd.hosts.ns(0),
         &servers.join(","),
@@ -441,7 +448,7 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
     assert!(put.status.success(), "{put:?}\n{}", etcd.logs());
     let get = client.ctl(
         &etcd.hosts.ns(2),
-        servers[2],
+        &servers[2],
         &["get", "--print-value-only", "/kpki/nixos"],
     );
     assert_eq!(
@@ -449,4 +456,51 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
         "wired",
         "{get:?}"
     );
+}
+
+#[test]
+fn etcd_checks_the_revocation_list_the_module_wires() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let keep = |rel: &str| {
+        let to = cluster
+            .path()
+            .join(format!("old-{}", rel.replace('/', "-")));
+        std::fs::copy(cluster.pki(rel), &to).unwrap();
+        to
+    };
+    let old = Client {
+        ca: keep("etcd/ca.pem"),
+        cert: keep("etcd/apiserver-etcd-client.pem"),
+        key: keep("etcd/apiserver-etcd-client-key.pem"),
+    };
+    cluster
+        .kpki(&["revoke", "etcd/apiserver-etcd-client"])
+        .success();
+    let v = ok(&cluster, "node-02", ETCD);
+    let crl = agenix("kpki-etcd-crl.pem");
+    assert_eq!(v["paths"]["etcd/crl.pem"], crl);
+    assert_eq!(v["etcd"]["ETCD_CLIENT_CRL_FILE"], crl);
+    assert_eq!(v["etcd"]["ETCD_PEER_CRL_FILE"], crl);
+    assert!(
+        ok(&cluster, "node-02", CONTROL_PLANE)["paths"]
+            .get("etcd/crl.pem")
+            .is_some(),
+        "node-02 holds etcd: it gets the list whatever it runs"
+    );
+
+    let (etcd, client, servers, _root) = wired_etcd(&cluster);
+    let put = client.ctl(&etcd.hosts.ns(0), &servers[0], &["put", "/kpki/crl", "new"]);
+    assert!(
+        put.status.success(),
+        "the reissued client: {put:?}\n{}",
+        etcd.logs()
+    );
+    for (i, server) in servers.iter().enumerate() {
+        let refused = old.ctl(&etcd.hosts.ns(i), server, &["get", "/kpki/crl"]);
+        assert!(
+            !refused.status.success(),
+            "member {i} accepted the revoked client"
+        );
+    }
+    assert!(etcd.full_logs().contains("revoked"), "{}", etcd.logs());
 }

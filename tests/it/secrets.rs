@@ -28,7 +28,7 @@ pub fn admin_recipient() -> String {
 }
 
 /// The SSH host key file of a test node.
-fn host_key(node: &str) -> PathBuf {
+pub fn host_key(node: &str) -> PathBuf {
     match node {
         "node-03" => fixture("node-03_ssh_host_rsa_key"),
         n => fixture(&format!("{n}_ssh_host_ed25519_key")),
@@ -109,7 +109,7 @@ fn sealed(cluster: &Cluster) -> Vec<String> {
 }
 
 /// Decrypts `secrets/REL.age` with the age CLI.
-fn age_decrypt(cluster: &Cluster, identity: &Path, rel: &str) -> Option<Vec<u8>> {
+pub fn age_decrypt(cluster: &Cluster, identity: &Path, rel: &str) -> Option<Vec<u8>> {
     let file = cluster.path().join("secrets").join(format!("{rel}.age"));
     let out = run("age", &["-d", "-i", s(identity), s(&file)]);
     out.status.success().then_some(out.stdout)

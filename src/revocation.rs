@@ -1,0 +1,530 @@
+//! Revocation: the etcd CA's certificate revocation list, `kpki revoke`, and `kpki rotate
+//! --prune`, which carries out the removal of nodes and declarations from the config.
+//!
+//! etcd is the one consumer in a Kubernetes cluster that checks a CRL (`--client-crl-file`,
+//! `--peer-crl-file`); kube-apiserver and the kubelet have none. So certificates of the etcd CA
+//! are revoked, and those of the other CAs are reported with their expiry and the remedy (a CA
+//! rotation). The ledger of revoked certificates lives in the manifest, with each one's expiry,
+//! so an entry leaves the list once the certificate it names could no longer be used anyway.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::catalogue::{self, CaName, Item, Kind, Part, Readers, Scope};
+use crate::config::{Config, Role, Span};
+use crate::error::{Error, Result};
+use crate::inspection::status::rfc3339;
+use crate::inspection::{self, facts, pem_certs, signed_by};
+use crate::issuing::{self, RevocationReason};
+use crate::pem;
+use crate::plan::{self, Action, Applied};
+use crate::secrets::SealPlan;
+use crate::secrets::manifest::Revocation;
+use crate::state::State;
+
+/// The CA whose certificates can be revoked.
+pub const CA: CaName = CaName::Etcd;
+
+/// How long a CRL is good for, at most (else `keys.ca_validity`, and never past the CA).
+const CRL_VALIDITY: time::Duration = time::Duration::days(365);
+
+/// What the CRL in `pki/etcd/crl.pem` says.
+#[derive(Debug, Clone)]
+pub struct Crl {
+    pub number: u64,
+    pub next_update: Option<OffsetDateTime>,
+    /// The revoked serials, lowercase hex.
+    pub serials: BTreeSet<String>,
+    /// Whether the current etcd CA (the first certificate of `ca.pem`) signed it.
+    pub signed: bool,
+}
+
+/// The CRL, if there is one.
+pub fn crl(state: &State) -> Result<Option<Crl>> {
+    let rel = catalogue::crl_file();
+    let Some(material) = state.read(&rel)? else {
+        return Ok(None);
+    };
+    let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
+    let blocks = material.blocks();
+    let (_, list) = CertificateRevocationList::from_der(&blocks[0])
+        .map_err(|e| bad(format!("is not a revocation list ({e})")))?;
+    let ca = current_ca(state)?;
+    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca).map_err(|e| {
+        bad(format!(
+            "cannot be checked: the etcd CA does not parse ({e})"
+        ))
+    })?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    };
+    Ok(Some(Crl {
+        number: list
+            .crl_number()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        next_update: list.next_update().map(time),
+        serials: list
+            .iter_revoked_certificates()
+            .map(|r| inspection::hex(r.raw_serial()))
+            .collect(),
+        signed: list.verify_signature(ca.public_key()).is_ok(),
+    }))
+}
+
+/// The DER of the certificate that signs for the etcd CA today.
+fn current_ca(state: &State) -> Result<Vec<u8>> {
+    let bundle = inspection::ca_bundle(state, CA)?;
+    Ok(bundle.blocks()[0].to_vec())
+}
+
+/// The ledger's entries still in force at `now`.
+fn in_force(ledger: &BTreeMap<String, Revocation>, now: OffsetDateTime) -> BTreeSet<String> {
+    ledger
+        .iter()
+        .filter(|(_, r)| parse_time(&r.not_after).is_none_or(|t| t > now))
+        .map(|(serial, _)| serial.clone())
+        .collect()
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Why the CRL must be signed anew, or `None`: missing while certificates are revoked, its
+/// next update within `window` of `at`, not signed by the current etcd CA (a rotation), or
+/// not listing exactly the revocations in force.
+pub fn crl_due(state: &State, at: OffsetDateTime, window: Span) -> Result<Option<String>> {
+    let ledger = state.revocations();
+    let Some(crl) = crl(state)? else {
+        return Ok((!ledger.is_empty()).then(|| "missing, while certificates are revoked".into()));
+    };
+    Ok(if !crl.signed {
+        Some("not signed by the current etcd CA".into())
+    } else if crl.serials != in_force(&ledger, at) {
+        Some("does not list exactly the revocations the manifest records".into())
+    } else {
+        crl.next_update
+            .filter(|t| *t - at <= window.0)
+            .map(|t| format!("its next update is due {}", rfc3339(t)))
+    })
+}
+
+/// Signs a new CRL of the revocations in force at `now` (dropping expired ones from the ledger)
+/// into `pki/etcd/crl.pem`, numbered one past the current one.
+pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<String> {
+    let mut ledger = state.revocations();
+    let live = in_force(&ledger, now);
+    ledger.retain(|serial, _| live.contains(serial));
+    let authority = plan::load_authority(state, CA)?;
+    let number = crl(state).ok().flatten().map_or(0, |c| c.number) + 1;
+    let revoked = ledger
+        .iter()
+        .map(|(serial, r)| {
+            Ok(issuing::Revoked {
+                serial: unhex(serial).ok_or_else(|| damaged_ledger(state, serial))?,
+                at: parse_time(&r.revoked).ok_or_else(|| damaged_ledger(state, serial))?,
+                reason: reason_code(&r.reason),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let next_update =
+        (now + CRL_VALIDITY.min(config.keys.ca_validity.0)).min(authority.not_after());
+    let text = issuing::revocation_list(&authority, number, &revoked, now, next_update)?;
+    let rel = catalogue::crl_file();
+    state.put(&rel, pem::made(pem::Kind::Crl, &text));
+    state.set_revocations(ledger);
+    Ok(rel)
+}
+
+fn damaged_ledger(state: &State, serial: &str) -> Error {
+    Error::file(
+        &state.store().secrets_path(crate::secrets::manifest::FILE),
+        format!("revoked.{serial}: not a serial number with RFC 3339 times"),
+    )
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 40 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn reason_code(reason: &str) -> RevocationReason {
+    match reason {
+        REMOVED => RevocationReason::CessationOfOperation,
+        SUPERSEDED => RevocationReason::Superseded,
+        _ => RevocationReason::KeyCompromise,
+    }
+}
+
+const REMOVED: &str = "removed";
+const SUPERSEDED: &str = "superseded";
+const COMPROMISED: &str = "compromised";
+
+/// A certificate to revoke.
+#[derive(Debug, Clone)]
+pub struct Revoke {
+    pub file: String,
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+    pub reason: &'static str,
+}
+
+/// A certificate that stays valid until it expires: no consumer of its CA checks revocation.
+#[derive(Debug, Clone)]
+pub struct Unrevocable {
+    pub file: String,
+    pub ca: CaName,
+    pub not_after: OffsetDateTime,
+}
+
+/// The current certificate of `pki/REL` and how it can be ended: revoked (the etcd CA), or
+/// only outlived (the other CAs); nothing to do when it has expired or no CA of the cluster
+/// signed it.
+fn ending(state: &State, rel: &str, reason: &'static str, now: OffsetDateTime) -> Result<Ending> {
+    let text = state.require(rel)?;
+    let bad = |m: String| Error::file(&state.store().pki_path(rel), m);
+    let certs = pem_certs(&text.text).map_err(bad)?;
+    let leaf = facts(&certs[0]).map_err(bad)?;
+    if leaf.not_after <= now {
+        return Ok(Ending::Expired);
+    }
+    let etcd = inspection::ca_bundle(state, CA)?;
+    if etcd.blocks().iter().any(|ca| signed_by(&certs[0], ca)) {
+        return Ok(Ending::Revoke(Revoke {
+            file: rel.to_string(),
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+            reason,
+        }));
+    }
+    for ca in [CaName::Kubernetes, CaName::FrontProxy] {
+        let bundle = inspection::ca_bundle(state, ca)?;
+        if bundle.blocks().iter().any(|c| signed_by(&certs[0], c)) {
+            return Ok(Ending::Outlive(Unrevocable {
+                file: rel.to_string(),
+                ca,
+                not_after: leaf.not_after,
+            }));
+        }
+    }
+    Ok(Ending::Expired)
+}
+
+enum Ending {
+    Revoke(Revoke),
+    Outlive(Unrevocable),
+    /// Expired, or signed by no CA of the cluster: nothing to end.
+    Expired,
+}
+
+/// What a service-account key rotation after a removal does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningKey {
+    /// No removed node could read the signing key.
+    Untouched,
+    /// A rotation starts (with overlap: finishing stays the admin's call).
+    Rotate,
+    /// A rotation is already in progress: finish it, then start another.
+    Busy,
+}
+
+/// What `kpki rotate --prune` carries out.
+pub struct Prune<'c> {
+    /// The directories whose files go, each with the roles it held and lost (a node removed,
+    /// or one that lost a role; a declaration's cluster-wide directory has none).
+    pub removed: Vec<(String, Vec<Role>)>,
+    /// Files to delete, relative to `pki/` (their encrypted copies go too).
+    pub deleted: Vec<String>,
+    /// Certificates of the etcd CA to put on its CRL.
+    pub revoked: Vec<Revoke>,
+    /// Shared certificates whose key a removed node could read, reissued with new keys.
+    pub reissued: Vec<Item<'c>>,
+    pub signing_key: SigningKey,
+    /// Certificates that stay valid until they expire.
+    pub outlived: Vec<Unrevocable>,
+}
+
+impl Prune<'_> {
+    /// Whether there is nothing to prune.
+    pub fn is_empty(&self) -> bool {
+        self.deleted.is_empty()
+    }
+}
+
+/// The directories of `pki/` that are no node's: CAs, the service-account key, the users.
+fn cluster_dirs() -> BTreeSet<&'static str> {
+    catalogue::ENTRIES
+        .iter()
+        .filter_map(|e| match e.scope {
+            Scope::Cluster { dir } => Some(dir),
+            Scope::Node(_) => None,
+        })
+        .chain([catalogue::USERS_DIR])
+        .collect()
+}
+
+/// Plans the removal of everything the manifest holds and the config no longer accounts for
+/// (`seal`'s leftovers), and of encrypted files nothing accounts for.
+pub fn plan_prune<'c>(
+    state: &State,
+    config: &'c Config,
+    seal: &SealPlan<'_>,
+    now: OffsetDateTime,
+) -> Result<Prune<'c>> {
+    let mut deleted: Vec<String> = seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect();
+    let mut lost: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
+    let clusters = cluster_dirs();
+    for rel in &deleted {
+        let (dir, file) = rel.split_once('/').unwrap_or((rel, ""));
+        let roles = lost.entry(dir.to_string()).or_default();
+        if !clusters.contains(dir) {
+            let current = config.nodes.iter().find(|n| n.name == dir);
+            roles.extend(
+                catalogue::role_of_node_file(file).filter(|r| !current.is_some_and(|n| n.has(*r))),
+            );
+        }
+    }
+    let mut revoked = Vec::new();
+    let mut outlived = Vec::new();
+    let mut end = |rel: &str, reason| -> Result<()> {
+        match ending(state, rel, reason, now)? {
+            Ending::Revoke(r) => revoked.push(r),
+            Ending::Outlive(u) => outlived.push(u),
+            Ending::Expired => {}
+        }
+        Ok(())
+    };
+    for rel in &deleted {
+        if pem::Kind::of(rel) == pem::Kind::Certificates {
+            end(rel, REMOVED)?;
+        }
+    }
+    let mut reissued = Vec::new();
+    let mut signing_key = SigningKey::Untouched;
+    for item in catalogue::items(config)
+        .into_iter()
+        .filter(|i| i.node.is_none())
+    {
+        if !readable_by_removed(&item, config, &lost) {
+            continue;
+        }
+        match item.entry.kind {
+            Kind::Leaf { .. } => {
+                end(&item.file(Part::Cert), SUPERSEDED)?;
+                reissued.push(item);
+            }
+            Kind::KeyPair => {
+                signing_key = if crate::rotation::in_progress(state, config)?
+                    .iter()
+                    .any(|r| r.what == "service-account")
+                {
+                    SigningKey::Busy
+                } else {
+                    SigningKey::Rotate
+                };
+            }
+            Kind::Ca(_) => {}
+        }
+    }
+    deleted.extend(
+        seal.orphans(state.store())?
+            .into_iter()
+            .filter_map(|rel| rel.strip_suffix(".age").map(String::from)),
+    );
+    Ok(Prune {
+        removed: lost
+            .into_iter()
+            .map(|(dir, roles)| (dir, roles.into_iter().collect()))
+            .collect(),
+        deleted,
+        revoked,
+        reissued,
+        signing_key,
+        outlived,
+    })
+}
+
+/// Whether a node that lost `lost` roles (by directory) could read `item`'s key and, if it is
+/// still in the config, can no longer.
+fn readable_by_removed(
+    item: &Item<'_>,
+    config: &Config,
+    lost: &BTreeMap<String, BTreeSet<Role>>,
+) -> bool {
+    let Readers::Selected(selection) = item.entry.key_readers else {
+        return false;
+    };
+    lost.iter().any(|(dir, roles)| {
+        let could = selection.roles.iter().any(|r| roles.contains(r));
+        let still = config
+            .nodes
+            .iter()
+            .find(|n| n.name == *dir)
+            .is_some_and(|n| selection.includes(n));
+        could && !still
+    })
+}
+
+/// Carries out `prune` on `state`: deletes, reissues, starts the signing-key rotation, and
+/// signs a CRL with the new revocations.
+pub fn apply_prune(
+    state: &State,
+    config: &Config,
+    prune: &Prune<'_>,
+    now: OffsetDateTime,
+) -> Result<Applied> {
+    for rel in &prune.deleted {
+        state.delete(rel);
+    }
+    let actions: Vec<Action<'_>> = prune
+        .reissued
+        .iter()
+        .map(|item| Action {
+            item: *item,
+            keep_key: false,
+            validity: None,
+        })
+        .collect();
+    let mut applied = plan::apply(state, config, &actions, now)?;
+    if prune.signing_key == SigningKey::Rotate {
+        applied.merge(crate::rotation::start_sa(state, config)?);
+    }
+    if !prune.revoked.is_empty() {
+        record(state, &prune.revoked, now);
+        applied.written.push(issue_crl(state, config, now)?);
+    }
+    applied.written.sort();
+    Ok(applied)
+}
+
+/// Adds `revoked` to the ledger.
+fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
+    let mut ledger = state.revocations();
+    for r in revoked {
+        ledger.insert(
+            r.serial.clone(),
+            Revocation {
+                file: r.file.clone(),
+                reason: r.reason.to_string(),
+                revoked: rfc3339(now),
+                not_after: rfc3339(r.not_after),
+            },
+        );
+    }
+    state.set_revocations(ledger);
+}
+
+/// What `kpki revoke` did to one file.
+pub enum Revoked {
+    /// Put on the CRL and reissued with a new key.
+    Reissued(Revoke),
+    /// An extra user, removed; its certificate stays valid until it expires.
+    UserRemoved(Option<Unrevocable>),
+}
+
+/// Revokes `name` (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`, `users/bob`): a
+/// certificate of the etcd CA goes on the CRL and is reissued with a new key; an extra user is
+/// removed. Certificates of the other CAs are refused: nothing would check their revocation.
+pub fn revoke(
+    state: &State,
+    config: &Config,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<(Revoked, Applied)> {
+    let name = name.strip_prefix("pki/").unwrap_or(name);
+    let name = name.strip_suffix(".pem").unwrap_or(name);
+    if let Some(user) = name.strip_prefix(&format!("{}/", catalogue::USERS_DIR)) {
+        return remove_user(state, user, now);
+    }
+    let items = catalogue::items(config);
+    let Some(item) = items.iter().find(|i| i.name() == name) else {
+        return Err(Error::usage(
+            format!("{name:?} is not a certificate of this cluster"),
+            Some("name it as kpki status lists it: node-02/etcd-peer, etcd/apiserver-etcd-client, users/NAME".into()),
+        ));
+    };
+    let refused = |why: String, hint: String| Err(Error::usage(why, Some(hint)));
+    match item.entry.kind {
+        Kind::Ca(ca) => {
+            return refused(
+                format!("{name} is a CA: a CA is not revoked but rotated"),
+                format!("kpki rotate --ca {}", ca.dir()),
+            );
+        }
+        Kind::KeyPair => {
+            return refused(
+                format!("{name} is the service-account key pair, which has no certificate"),
+                "kpki rotate --service-account replaces it with an overlap".into(),
+            );
+        }
+        Kind::Leaf { ca, .. } if ca != CA => {
+            return refused(
+                format!(
+                    "{name} is signed by the {} CA, and no Kubernetes component checks revocation for it",
+                    ca.dir()
+                ),
+                format!(
+                    "reissue it with kpki issue {}{}, and end the old one with kpki rotate --ca {}",
+                    item.entry.profile,
+                    item.node
+                        .map(|n| format!(" {}", n.name))
+                        .unwrap_or_default(),
+                    ca.dir()
+                ),
+            );
+        }
+        Kind::Leaf { .. } => {}
+    }
+    let rel = item.file(Part::Cert);
+    let Ending::Revoke(revoke) = ending(state, &rel, COMPROMISED, now)? else {
+        return Err(Error::usage(
+            format!("{rel} has expired or is not signed by the etcd CA: nothing to revoke"),
+            Some(format!("kpki issue {} renews it", item.entry.profile)),
+        ));
+    };
+    let action = Action {
+        item: *item,
+        keep_key: false,
+        validity: None,
+    };
+    let mut applied = plan::apply(state, config, &[action], now)?;
+    record(state, std::slice::from_ref(&revoke), now);
+    applied.written.push(issue_crl(state, config, now)?);
+    applied.written.sort();
+    Ok((Revoked::Reissued(revoke), applied))
+}
+
+/// Removes the extra user `user`: its files go; its certificate stays valid until it expires.
+fn remove_user(state: &State, user: &str, now: OffsetDateTime) -> Result<(Revoked, Applied)> {
+    catalogue::check_user_name(user).map_err(|m| Error::usage(m, None))?;
+    let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
+    if !state.exists(&files[0])? {
+        return Err(Error::usage(
+            format!("there is no user {user:?}"),
+            Some("kpki status lists the users under users/".into()),
+        ));
+    }
+    let outlived = match ending(state, &files[0], REMOVED, now)? {
+        Ending::Outlive(u) => Some(u),
+        _ => None,
+    };
+    for rel in &files {
+        state.delete(rel);
+    }
+    Ok((
+        Revoked::UserRemoved(outlived),
+        Applied {
+            written: files.to_vec(),
+            capped: Vec::new(),
+        },
+    ))
+}
