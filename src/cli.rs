@@ -124,9 +124,58 @@ pub enum Command {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Adopt a PKI made elsewhere, keeping its CAs and every certificate that still fits: the
+    /// running cluster notices nothing. Needs pki/kpki.toml with the cluster's nodes.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+/// Where `kpki import` takes a PKI from.
+#[derive(Debug, Subcommand)]
+pub enum ImportFrom {
+    /// One control-plane node's /etc/kubernetes/pki, copied here; once per control-plane node.
+    Kubeadm {
+        /// The copy of /etc/kubernetes/pki.
+        #[arg(value_name = "DIR")]
+        source: PathBuf,
+        /// The node it comes from, as pki/kpki.toml names it.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+    /// One node's easyCerts files in one directory: cfssl's ca.pem and ca-key.pem (from
+    /// /var/lib/cfssl) and /var/lib/kubernetes/secrets/*.pem.
+    Easycerts {
+        /// The directory holding the node's files.
+        #[arg(value_name = "DIR")]
+        source: PathBuf,
+        /// The node it comes from, as pki/kpki.toml names it.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+    /// Any directory: each file mapped to the path under pki/ it becomes
+    /// (`--map ca.crt=kubernetes/ca.pem --map ca.key=kubernetes/ca-key.pem`).
+    Dir {
+        /// The directory holding the files.
+        #[arg(value_name = "DIR")]
+        source: PathBuf,
+        #[arg(long = "map", value_name = "FILE=PATH", required = true, value_parser = parse_map)]
+        maps: Vec<(String, String)>,
+    },
+}
+
+/// `FILE=PATH`.
+fn parse_map(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() => Ok((from.into(), to.into())),
+        _ => Err(format!(
+            "{s:?} is not FILE=PATH (e.g. ca.crt=kubernetes/ca.pem)"
+        )),
+    }
 }

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
 use crate::config::{self, Config, DEFAULT_CONFIG, Node, Role, Span};
 use crate::error::{Error, Result};
+use crate::importing;
 use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
@@ -178,6 +179,126 @@ fn warn_nested(ctx: &Context) {
     }
 }
 
+/// The files a cluster directory's first write brings besides the PKI: `pki/.gitignore` (when
+/// missing or lacking kpki's rules) and a generated admin identity.
+fn first_run_files(store: &Store, admins: &secrets::Admins) -> Result<Vec<Extra>> {
+    let mut extras = Vec::new();
+    if let Some(text) = gitignore_update(store)? {
+        extras.push(extra(
+            store.pki_path(".gitignore"),
+            text.as_bytes(),
+            store::PUBLIC_MODE,
+        ));
+    }
+    if let Some(identity) = &admins.generated {
+        extras.push(extra(
+            store.pki_path(ADMIN_IDENTITY),
+            identity.as_bytes(),
+            store::SECRET_MODE,
+        ));
+    }
+    Ok(extras)
+}
+
+/// Warns that a generated admin identity must be backed up.
+fn warn_generated(ctx: &Context, admins: &secrets::Admins) {
+    if admins.generated.is_some() {
+        ctx.warn(format_args!(
+            "created pki/{ADMIN_IDENTITY} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins"
+        ));
+    }
+}
+
+/// `kpki import`: adopts the PKI in `dir`, laid out as `layout`.
+pub fn import(ctx: &Context, dir: &Path, layout: importing::Layout<'_>) -> Result<()> {
+    let store = &ctx.store;
+    let config = config(store)?;
+    let admins = secrets::admins(store, &config)?;
+    let recipients = Recipients::new(&config, admins.recipients.clone())?;
+    let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
+    state.audit()?;
+    let plan = importing::plan(&state, &config, dir, layout)?;
+    for rel in &plan.kept {
+        ctx.say(format_args!(
+            "kept pki/{rel}: kpki holds another one already (a cluster-wide one from another node, or one reissued since)"
+        ));
+    }
+    if !plan.unused.is_empty() {
+        ctx.say(format_args!(
+            "not adopted (no catalogue entry takes them): {}",
+            abbreviate(&plan.unused)
+        ));
+    }
+    if plan.adopted.is_empty() {
+        ctx.say("nothing to adopt: pki/ already holds everything the import brings");
+        return Ok(());
+    }
+    let adopted = importing::apply(&state, plan.adopted);
+    let extras = first_run_files(store, &admins)?;
+    let sealing = secrets::commit(&state, &config, &recipients, extras)?;
+    for (rel, from) in &adopted {
+        ctx.say(format_args!("adopted pki/{rel} from {}", from.display()));
+    }
+    warn_generated(ctx, &admins);
+    report_sealing(ctx, &sealing);
+    let now = issuing::now();
+    let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
+    let assessed = status::assess(&state, &config, &status::stale_files(&seal), now)?;
+    let adopted: std::collections::HashSet<String> = adopted.into_iter().map(|(r, _)| r).collect();
+    let mut missing = Vec::new();
+    for a in &assessed {
+        let Some(item) = a.item else { continue };
+        match a.row.state {
+            status::State::Drift if adopted.contains(&item.file(Part::Cert)) => {
+                ctx.say(format_args!(
+                    "drift {}: {}: kpki rotate reissues it under the same CA",
+                    a.row.name,
+                    a.row.detail.as_deref().unwrap_or_default()
+                ))
+            }
+            status::State::Missing => missing.push(a.row.name.clone()),
+            _ => {}
+        }
+    }
+    if !missing.is_empty() {
+        ctx.say(format_args!(
+            "missing (the import did not bring them): {}: kpki rotate creates them under the adopted CAs",
+            abbreviate(&missing)
+        ));
+    }
+    for note in shared_cas(&state)? {
+        ctx.say(format_args!("note: {note}"));
+    }
+    ctx.say("next: kpki rotate, then deploy: the nodes keep trusting the same CAs");
+    Ok(())
+}
+
+/// Notes on CAs that are one CA (adopted from easyCerts, which has a single CA).
+fn shared_cas(state: &State) -> Result<Vec<String>> {
+    let mut fingerprints = Vec::new();
+    for ca in catalogue::CAS {
+        let rel = format!("{}/ca.pem", ca.dir());
+        fingerprints.push((ca, state.fingerprint(&rel)?));
+    }
+    let kubernetes = fingerprints[0].1.clone();
+    let same: Vec<&str> = fingerprints[1..]
+        .iter()
+        .filter(|(_, fp)| fp.is_some() && *fp == kubernetes)
+        .map(|(ca, _)| ca.dir())
+        .collect();
+    Ok(match same.as_slice() {
+        [] => Vec::new(),
+        cas => vec![format!(
+            "the kubernetes CA is also the {} CA (one CA, as easyCerts made it); to split them, each with its trust overlap, run {}",
+            cas.join(" and "),
+            cas.iter()
+                .map(|c| format!("kpki rotate --ca {c} (and its --finish)"))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        )],
+    })
+}
+
 /// `kpki init`.
 pub fn init(ctx: &Context) -> Result<()> {
     let store = &ctx.store;
@@ -191,26 +312,12 @@ pub fn init(ctx: &Context) -> Result<()> {
     state.audit()?;
     let actions = plan::missing(&state, &config)?;
     let applied = plan::apply(&state, &config, &actions, issuing::now())?;
-    let mut extras = Vec::new();
-    if let Some(text) = gitignore_update(store)? {
-        extras.push(extra(
-            store.pki_path(".gitignore"),
-            text.as_bytes(),
-            store::PUBLIC_MODE,
-        ));
-    }
+    let mut extras = first_run_files(store, &admins)?;
     if default {
         extras.push(extra(
             store.config_path(),
             DEFAULT_CONFIG.as_bytes(),
             store::PUBLIC_MODE,
-        ));
-    }
-    if let Some(identity) = &admins.generated {
-        extras.push(extra(
-            store.pki_path(ADMIN_IDENTITY),
-            identity.as_bytes(),
-            store::SECRET_MODE,
         ));
     }
     let wrote_extras: Vec<String> = extras.iter().map(|e| shown(store, &e.path)).collect();
@@ -222,11 +329,7 @@ pub fn init(ctx: &Context) -> Result<()> {
     if default {
         ctx.say("wrote pki/kpki.toml: the example cluster (3 nodes at 2001:db8::1..3); for your own nodes, edit it and run kpki init again");
     }
-    if admins.generated.is_some() {
-        ctx.warn(format_args!(
-            "created pki/{ADMIN_IDENTITY} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins"
-        ));
-    }
+    warn_generated(ctx, &admins);
     report_applied(ctx, &applied, "created");
     for node in config.nodes.iter().filter(|n| n.host_key.is_none()) {
         ctx.warn(format_args!(
@@ -375,6 +478,7 @@ fn cache_notes(state: &State, config: &Config, unchecked: usize) -> Result<Vec<S
             ));
         }
     }
+    notes.extend(shared_cas(state)?);
     if unchecked > 0 {
         notes.push(format!(
             "{unchecked} encrypted files changed since kpki last saw them and were not decrypted to check them: pass -i with an admin identity"

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod importing;
 pub mod inspection;
 pub mod issuing;
 pub mod kubeconfig;

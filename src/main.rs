@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kpki::cli::{Cli, Command};
+use kpki::cli::{Cli, Command, ImportFrom};
 use kpki::commands::{self, Context, IssueRequest, RotateRequest};
 use kpki::error::Result;
+use kpki::importing::Layout;
 use kpki::store::Store;
 
 fn main() -> ExitCode {
@@ -42,7 +43,10 @@ fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
             ctx.store.create_root()?;
             true
         }
-        Command::Issue { .. } | Command::Rotate { .. } | Command::Revoke { .. } => true,
+        Command::Issue { .. }
+        | Command::Rotate { .. }
+        | Command::Revoke { .. }
+        | Command::Import { .. } => true,
         Command::Status { .. } | Command::Verify | Command::Kubeconfig(_) => false,
         Command::Completions { .. } => return Ok(None),
     };
@@ -98,6 +102,15 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
             },
         )),
         Command::Revoke { names } => done(commands::revoke(ctx, &names)),
+        Command::Import { from } => done(match &from {
+            ImportFrom::Kubeadm { source, node } => {
+                commands::import(ctx, source, Layout::Kubeadm { node })
+            }
+            ImportFrom::Easycerts { source, node } => {
+                commands::import(ctx, source, Layout::EasyCerts { node })
+            }
+            ImportFrom::Dir { source, maps } => commands::import(ctx, source, Layout::Map(maps)),
+        }),
         Command::Completions { shell } => done(commands::completions(ctx, shell)),
     }
 }

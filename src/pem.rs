@@ -157,87 +157,134 @@ pub fn made(kind: Kind, text: &str) -> Material {
 
 /// One block's label and DER.
 struct Block {
+    label: String,
     der: Zeroizing<Vec<u8>>,
 }
 
 /// Splits `bytes` into PEM blocks of `kind`'s label, refusing anything else: other labels,
 /// headers, text outside the blocks, bad base64.
 fn frame(bytes: &[u8], kind: Kind) -> Result<Vec<Block>, String> {
+    frame_labels(bytes, &[kind.label()], kind.noun(), kind.wanted())
+}
+
+/// [`frame`] for blocks labelled any of `labels`; `noun` and `wanted` word the errors.
+fn frame_labels(
+    bytes: &[u8],
+    labels: &[&str],
+    noun: &str,
+    wanted: &str,
+) -> Result<Vec<Block>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "is not text (PEM expected)".to_string())?;
-    let label = kind.label();
-    let (begin, end) = (
-        format!("-----BEGIN {label}-----"),
-        format!("-----END {label}-----"),
-    );
     let mut blocks = Vec::new();
-    let mut body: Option<Zeroizing<String>> = None;
+    let mut body: Option<(&str, Zeroizing<String>)> = None;
     for (n, raw) in text.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw).trim_end();
         let at = || format!("line {}", n + 1);
+        let begun = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"));
         match &mut body {
             None if line.is_empty() => {}
-            None if line == begin => body = Some(Zeroizing::new(String::new())),
-            None if line.starts_with("-----BEGIN ") => {
+            None if begun.is_some_and(|l| labels.contains(&l)) => {
+                let label = labels.iter().find(|l| Some(**l) == begun).expect("matched");
+                body = Some((label, Zeroizing::new(String::new())));
+            }
+            None if begun.is_some() => {
                 return Err(format!(
-                    "{}: a block of another kind ({:?}), but it must hold {}",
+                    "{}: a block of another kind ({:?}), but it must hold {wanted}",
                     at(),
-                    line.trim_start_matches("-----BEGIN ")
-                        .trim_end_matches('-')
-                        .to_ascii_lowercase(),
-                    kind.wanted()
+                    begun.unwrap_or_default().to_ascii_lowercase()
                 ));
             }
             None => {
                 return Err(format!(
-                    "{}: text outside a PEM block; it must hold {}",
-                    at(),
-                    kind.wanted()
+                    "{}: text outside a PEM block; it must hold {wanted}",
+                    at()
                 ));
             }
-            Some(b) if line == end => {
-                let der = decode(kind.noun(), b)?;
+            Some((label, b)) if line == format!("-----END {label}-----") => {
+                let der = decode(noun, b)?;
                 if der.is_empty() {
-                    return Err(format!("{}: an empty {} block", at(), kind.noun()));
+                    return Err(format!("{}: an empty {noun} block", at()));
                 }
-                blocks.push(Block { der });
+                blocks.push(Block {
+                    label: label.to_string(),
+                    der,
+                });
                 body = None;
             }
-            Some(b) => {
+            Some((_, b)) => {
                 if line.is_empty()
                     || !line
                         .bytes()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
                 {
-                    return Err(format!(
-                        "{}: not base64 inside a {} block",
-                        at(),
-                        kind.noun()
-                    ));
+                    return Err(format!("{}: not base64 inside a {noun} block", at()));
                 }
                 b.push_str(line);
             }
         }
         if blocks.len() > MAX_BLOCKS {
-            return Err(format!(
-                "holds more than {MAX_BLOCKS} {} blocks",
-                kind.noun()
-            ));
+            return Err(format!("holds more than {MAX_BLOCKS} {noun} blocks"));
         }
     }
     if body.is_some() {
-        return Err(format!(
-            "a {} block is not closed (truncated?)",
-            kind.noun()
-        ));
+        return Err(format!("a {noun} block is not closed (truncated?)"));
     }
     if blocks.is_empty() {
-        return Err(format!(
-            "holds no {} block; it must hold {}",
-            kind.noun(),
-            kind.wanted()
-        ));
+        return Err(format!("holds no {noun} block; it must hold {wanted}"));
     }
     Ok(blocks)
+}
+
+/// A private key in any of the encodings other tools write (PKCS#8; PKCS#1 RSA, as kubeadm and
+/// cfssl write; SEC1 EC on P-256 or P-384), as kpki's PKCS#8 PEM, checked.
+pub fn adopt_key(bytes: &[u8]) -> Result<Material, String> {
+    const LABELS: [&str; 4] = [
+        "PRIVATE KEY",
+        "RSA PRIVATE KEY",
+        "EC PRIVATE KEY",
+        "ENCRYPTED PRIVATE KEY",
+    ];
+    let blocks = frame_labels(bytes, &LABELS, "private-key", "exactly one private key")?;
+    let [block] = blocks.as_slice() else {
+        return Err(format!(
+            "holds {} private keys, but a key file holds exactly one",
+            blocks.len()
+        ));
+    };
+    let pkcs8: Zeroizing<Vec<u8>> = match block.label.as_str() {
+        "PRIVATE KEY" => block.der.clone(),
+        "RSA PRIVATE KEY" => {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            use rsa::pkcs8::EncodePrivateKey;
+            let key = rsa::RsaPrivateKey::from_pkcs1_der(&block.der)
+                .map_err(|e| format!("not a valid PKCS#1 RSA key ({e})"))?;
+            let doc = key
+                .to_pkcs8_der()
+                .map_err(|e| format!("cannot be converted to PKCS#8 ({e})"))?;
+            Zeroizing::new(doc.as_bytes().to_vec())
+        }
+        "EC PRIVATE KEY" => sec1_to_pkcs8(&block.der)?,
+        _ => {
+            return Err("is encrypted: decrypt it first (openssl pkey -in FILE -out FILE)".into());
+        }
+    };
+    let text = Zeroizing::new(encode(Kind::PrivateKey.label(), &pkcs8));
+    parse(Kind::PrivateKey, text.as_bytes())
+}
+
+/// A SEC1 EC private key on P-256 or P-384, as PKCS#8 DER.
+fn sec1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    use p256::pkcs8::EncodePrivateKey;
+    let doc = match p256::SecretKey::from_sec1_der(der) {
+        Ok(key) => key.to_pkcs8_der(),
+        Err(_) => p384::SecretKey::from_sec1_der(der)
+            .map_err(|_| "not an EC key on P-256 or P-384 (the curves kpki can use)".to_string())?
+            .to_pkcs8_der(),
+    }
+    .map_err(|e| format!("cannot be converted to PKCS#8 ({e})"))?;
+    Ok(Zeroizing::new(doc.as_bytes().to_vec()))
 }
 
 /// The DER of one block's base64 body.

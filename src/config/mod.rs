@@ -42,7 +42,7 @@ impl Role {
 }
 
 /// The three certificate authorities, named as their directories under `pki/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CaName {
     Kubernetes,

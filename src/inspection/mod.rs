@@ -245,8 +245,14 @@ pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>)
             algorithm_name(Some(config.keys.algorithm))
         ));
     }
+    // A leaf without an authority key identifier (some tools omit it) cannot be told apart
+    // here; verify checks its signature.
     match ca {
-        Some(ca) if ca.subject_key_id.is_some() && leaf.authority_key_id != ca.subject_key_id => {
+        Some(ca)
+            if ca.subject_key_id.is_some()
+                && leaf.authority_key_id.is_some()
+                && leaf.authority_key_id != ca.subject_key_id =>
+        {
             Some("issued by another CA than the current one".into())
         }
         _ => None,
@@ -256,6 +262,9 @@ pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>)
 /// Why a CA no longer matches the config in a way only a CA rotation can apply (key
 /// algorithm, `keys.ca_validity`), or `None`.
 pub fn ca_drift(name: &str, ca: &Facts, config: &Config) -> Option<String> {
+    // A CA of an algorithm kpki never makes (RSA, from kubeadm or easyCerts) was adopted: it is
+    // kept as it is, and signs on until a rotation replaces it with one of kpki's.
+    ca.algorithm?;
     let remedy = format!("only a CA rotation applies it: kpki rotate --ca {name}");
     if ca.algorithm != Some(config.keys.algorithm) {
         return Some(format!(
@@ -280,6 +289,8 @@ pub fn key_pair_drift(spki: &[u8], config: &Config) -> Option<String> {
     let have = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
         .ok()
         .and_then(|(_, k)| algorithm(&k));
+    // An adopted RSA key pair is kept, as an adopted CA is.
+    let have = Some(have?);
     let want = issuing::service_account_algorithm(config.keys.algorithm);
     (have != Some(want)).then(|| {
         format!(

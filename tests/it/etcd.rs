@@ -14,6 +14,41 @@ use crate::netns::Hosts;
 const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
 const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
 
+/// The files one member runs on.
+pub struct MemberFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+}
+
+impl MemberFiles {
+    /// Node `i`'s files in kpki's layout under `pki`.
+    pub fn kpki(pki: &Path, i: usize) -> MemberFiles {
+        let file = |rel: &str| pki.join(NODES[i]).join(rel);
+        MemberFiles {
+            ca: pki.join("etcd/ca.pem"),
+            cert: file("etcd-server.pem"),
+            key: file("etcd-server-key.pem"),
+            peer_cert: file("etcd-peer.pem"),
+            peer_key: file("etcd-peer-key.pem"),
+        }
+    }
+
+    /// The files in kubeadm's layout under `dir` (one node's /etc/kubernetes/pki).
+    pub fn kubeadm(dir: &Path) -> MemberFiles {
+        let file = |rel: &str| dir.join("etcd").join(rel);
+        MemberFiles {
+            ca: file("ca.crt"),
+            cert: file("server.crt"),
+            key: file("server.key"),
+            peer_cert: file("peer.crt"),
+            peer_key: file("peer.key"),
+        }
+    }
+}
+
 /// Running etcd members; killed on drop, before their hosts are removed.
 pub struct Etcd {
     members: Vec<Child>,
@@ -24,9 +59,18 @@ pub struct Etcd {
 impl Etcd {
     /// Starts one member per node with the node's certificates from `pki`.
     pub fn start(pki: &Path) -> Etcd {
+        Etcd::start_on(
+            (0..NODES.len())
+                .map(|i| MemberFiles::kpki(pki, i))
+                .collect(),
+        )
+    }
+
+    /// Starts member `i` on `files[i]`.
+    pub fn start_on(files: Vec<MemberFiles>) -> Etcd {
         let mut etcd = Etcd::empty();
-        for i in 0..NODES.len() {
-            let child = etcd.spawn(i, pki, None);
+        for (i, files) in files.iter().enumerate() {
+            let child = etcd.spawn(i, files, None);
             etcd.members.push(child);
         }
         etcd
@@ -68,11 +112,10 @@ impl Etcd {
             .unwrap()
     }
 
-    /// Member `i` on the files of `pki`, checking the revocation list `crl` if given.
-    fn spawn(&self, i: usize, pki: &Path, crl: Option<&Path>) -> Child {
+    /// Member `i` on `files`, checking the revocation list `crl` if given.
+    fn spawn(&self, i: usize, files: &MemberFiles, crl: Option<&Path>) -> Child {
         let (node, addr) = (NODES[i], ADDRESSES[i]);
-        let file = |rel: &str| pki.join(node).join(rel).display().to_string();
-        let ca = pki.join("etcd/ca.pem").display().to_string();
+        let ca = s(&files.ca);
         let initial: Vec<String> = NODES
             .iter()
             .zip(ADDRESSES)
@@ -97,20 +140,15 @@ impl Etcd {
                 "new",
             ])
             .args(["--initial-cluster-token", "kpki-test"])
-            .args([
-                "--cert-file",
-                &file("etcd-server.pem"),
-                "--key-file",
-                &file("etcd-server-key.pem"),
-            ])
-            .args(["--client-cert-auth", "--trusted-ca-file", &ca])
+            .args(["--cert-file", s(&files.cert), "--key-file", s(&files.key)])
+            .args(["--client-cert-auth", "--trusted-ca-file", ca])
             .args([
                 "--peer-cert-file",
-                &file("etcd-peer.pem"),
+                s(&files.peer_cert),
                 "--peer-key-file",
-                &file("etcd-peer-key.pem"),
+                s(&files.peer_key),
             ])
-            .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", &ca])
+            .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", ca])
             .args(crl.into_iter().flat_map(|crl| {
                 ["--client-crl-file", "--peer-crl-file"]
                     .map(|flag| format!("{flag}={}", crl.display()))
@@ -145,10 +183,15 @@ impl Etcd {
 
     /// Restarts member `i` with the files of `pki`, checking the revocation list `crl`.
     pub fn restart_checking(&mut self, i: usize, pki: &Path, crl: Option<&Path>) {
+        self.restart_on(i, &MemberFiles::kpki(pki, i), crl);
+    }
+
+    /// Restarts member `i` on `files`, checking the revocation list `crl`.
+    pub fn restart_on(&mut self, i: usize, files: &MemberFiles, crl: Option<&Path>) {
         let old = &mut self.members[i];
         let _ = old.kill();
         let _ = old.wait();
-        self.members[i] = self.spawn(i, pki, crl);
+        self.members[i] = self.spawn(i, files, crl);
     }
 
     /// Member `i`'s whole log.
@@ -284,6 +327,59 @@ fn three_member_ipv6_etcd_cluster_with_mutual_tls() {
     );
 }
 
+/// Runs `steps` while `client` writes a key under `prefix` through `endpoints` from namespace
+/// `ns` every 100 ms, retrying a request cut off by a restarting member (as the apiserver
+/// does). `steps` gets a function that waits until a few more writes went through. Returns how
+/// many writes were acknowledged and the errors of those that failed.
+pub fn while_writing(
+    client: &Client,
+    ns: &str,
+    endpoints: &str,
+    prefix: &str,
+    steps: impl FnOnce(&dyn Fn()),
+) -> (usize, Vec<String>) {
+    let stop = AtomicBool::new(false);
+    let written = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("{prefix}{n:05}");
+                let errors: Vec<String> = (0..3)
+                    .map_while(|attempt| {
+                        if attempt > 0 {
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        let out = client.ctl(ns, endpoints, &["put", &key, "x"]);
+                        (!out.status.success())
+                            .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+                    })
+                    .collect();
+                if errors.len() < 3 {
+                    written.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failures.lock().unwrap().extend(errors);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Stops the writer also when a step panics, so the scope can end.
+        let _stop = StopOnDrop(&stop);
+        let progress = || {
+            let from = written.load(Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while written.load(Ordering::SeqCst) < from + 3 {
+                assert!(Instant::now() < deadline, "writes stalled");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        steps(&progress);
+    });
+    (written.into_inner(), failures.into_inner().unwrap())
+}
+
 /// Sets its flag when dropped.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -321,60 +417,22 @@ fn etcd_ca_rotation_keeps_every_member_through_rolling_restarts() {
         .collect();
     let endpoints = endpoints.join(",");
     let writer_ns = etcd.hosts.ns(0);
-    let stop = AtomicBool::new(false);
-    let written = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                // Like the apiserver, retry a request cut off by a member that is restarting.
-                let key = format!("/rotation/{n:05}");
-                let errors: Vec<String> = (0..3)
-                    .map_while(|attempt| {
-                        if attempt > 0 {
-                            std::thread::sleep(Duration::from_millis(500));
-                        }
-                        let out = client.ctl(&writer_ns, &endpoints, &["put", &key, "x"]);
-                        (!out.status.success())
-                            .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
-                    })
-                    .collect();
-                if errors.len() < 3 {
-                    written.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    failures.lock().unwrap().extend(errors);
+    let (written, failures) =
+        while_writing(&client, &writer_ns, &endpoints, "/rotation/", |progress| {
+            progress();
+            for step in [
+                ["rotate", "--ca", "etcd"].as_slice(),
+                &["rotate", "--ca", "etcd", "--finish"],
+            ] {
+                cluster.kpki(step).success();
+                progress();
+                for i in 0..NODES.len() {
+                    etcd.restart(i, &pki);
+                    etcd.wait_healthy(&client);
+                    progress();
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
         });
-        // Stops the writer also when a step below panics, so the scope can end.
-        let _stop = StopOnDrop(&stop);
-        // Each step must let a few writes through before the next one.
-        let progress = || {
-            let from = written.load(Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while written.load(Ordering::SeqCst) < from + 3 {
-                assert!(Instant::now() < deadline, "writes stalled");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        progress();
-        for step in [
-            ["rotate", "--ca", "etcd"].as_slice(),
-            &["rotate", "--ca", "etcd", "--finish"],
-        ] {
-            cluster.kpki(step).success();
-            progress();
-            for i in 0..NODES.len() {
-                etcd.restart(i, &pki);
-                etcd.wait_healthy(&client);
-                progress();
-            }
-        }
-    });
-    let failures = failures.into_inner().unwrap();
     assert!(
         failures.is_empty(),
         "writes failed during the rotation: {failures:?}\n{}",
@@ -398,8 +456,7 @@ fn etcd_ca_rotation_keeps_every_member_through_rolling_restarts() {
         .filter(|l| !l.is_empty())
         .count();
     assert_eq!(
-        keys,
-        written.load(Ordering::SeqCst),
+        keys, written,
         "every acknowledged write is readable on another member"
     );
     let refused = old_client.run(&etcd, 1, &["put", "/rotation/old", "x"]);

@@ -9,6 +9,7 @@ mod etcd;
 mod fuzz_corpus;
 mod hardening;
 mod harness;
+mod import;
 mod init;
 mod issue;
 mod lifecycle;

@@ -1,0 +1,417 @@
+//! Adopting a PKI made elsewhere, so a running cluster never notices the switch: kubeadm's
+//! `/etc/kubernetes/pki`, nixpkgs' easyCerts (cfssl's CA and the files certmgr wrote), or any
+//! directory of PEM files mapped by hand.
+//!
+//! Every file is parsed strictly, keys are converted to kpki's PKCS#8 and checked against their
+//! certificates, leaves against the CA they must chain to, and CAs against those kpki already
+//! holds (only a re-import of the same CAs is accepted). Nothing is adopted unless all of it
+//! passes; what does not match today's config is adopted anyway and reported as drift, for
+//! `kpki rotate` to reissue under the same CA.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::catalogue::{self, CaName, Item, Kind, Part};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::inspection::{facts, pem_certs, signed_by};
+use crate::pem::{self, Material};
+use crate::state::State;
+use crate::store::{self, PEM_LIMIT};
+
+/// Where a PKI comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout<'a> {
+    /// One control-plane node's `/etc/kubernetes/pki`.
+    Kubeadm { node: &'a str },
+    /// One node's easyCerts files: cfssl's `ca.pem`, `ca-key.pem` and what certmgr wrote to
+    /// `/var/lib/kubernetes/secrets`, copied into one directory.
+    EasyCerts { node: &'a str },
+    /// Files given one by one: `(file in the directory, path under pki/)`.
+    Map(&'a [(String, String)]),
+}
+
+/// kubeadm's files and where they go under `pki/` (`{node}`: the node imported).
+const KUBEADM: &[(&str, &str)] = &[
+    ("ca.crt", "kubernetes/ca.pem"),
+    ("ca.key", "kubernetes/ca-key.pem"),
+    ("etcd/ca.crt", "etcd/ca.pem"),
+    ("etcd/ca.key", "etcd/ca-key.pem"),
+    ("front-proxy-ca.crt", "front-proxy/ca.pem"),
+    ("front-proxy-ca.key", "front-proxy/ca-key.pem"),
+    ("sa.pub", "service-account/sa.pem"),
+    ("sa.key", "service-account/sa-key.pem"),
+    ("apiserver.crt", "{node}/apiserver.pem"),
+    ("apiserver.key", "{node}/apiserver-key.pem"),
+    (
+        "apiserver-kubelet-client.crt",
+        "kubernetes/apiserver-kubelet-client.pem",
+    ),
+    (
+        "apiserver-kubelet-client.key",
+        "kubernetes/apiserver-kubelet-client-key.pem",
+    ),
+    (
+        "apiserver-etcd-client.crt",
+        "etcd/apiserver-etcd-client.pem",
+    ),
+    (
+        "apiserver-etcd-client.key",
+        "etcd/apiserver-etcd-client-key.pem",
+    ),
+    ("front-proxy-client.crt", "front-proxy/client.pem"),
+    ("front-proxy-client.key", "front-proxy/client-key.pem"),
+    ("etcd/server.crt", "{node}/etcd-server.pem"),
+    ("etcd/server.key", "{node}/etcd-server-key.pem"),
+    ("etcd/peer.crt", "{node}/etcd-peer.pem"),
+    ("etcd/peer.key", "{node}/etcd-peer-key.pem"),
+];
+
+/// easyCerts' files (names from nixpkgs' kubernetes modules) and where they go. Its one CA is
+/// all three of kpki's; its etcd certificate serves both clients and peers.
+const EASYCERTS: &[(&str, &str)] = &[
+    ("ca.pem", "kubernetes/ca.pem"),
+    ("ca-key.pem", "kubernetes/ca-key.pem"),
+    ("ca.pem", "etcd/ca.pem"),
+    ("ca-key.pem", "etcd/ca-key.pem"),
+    ("ca.pem", "front-proxy/ca.pem"),
+    ("ca-key.pem", "front-proxy/ca-key.pem"),
+    ("service-account.pem", "service-account/sa.pem"),
+    ("service-account-key.pem", "service-account/sa-key.pem"),
+    ("kube-apiserver.pem", "{node}/apiserver.pem"),
+    ("kube-apiserver-key.pem", "{node}/apiserver-key.pem"),
+    (
+        "kube-apiserver-kubelet-client.pem",
+        "kubernetes/apiserver-kubelet-client.pem",
+    ),
+    (
+        "kube-apiserver-kubelet-client-key.pem",
+        "kubernetes/apiserver-kubelet-client-key.pem",
+    ),
+    (
+        "kube-apiserver-etcd-client.pem",
+        "etcd/apiserver-etcd-client.pem",
+    ),
+    (
+        "kube-apiserver-etcd-client-key.pem",
+        "etcd/apiserver-etcd-client-key.pem",
+    ),
+    ("kube-apiserver-proxy-client.pem", "front-proxy/client.pem"),
+    (
+        "kube-apiserver-proxy-client-key.pem",
+        "front-proxy/client-key.pem",
+    ),
+    ("cluster-admin.pem", "kubernetes/admin.pem"),
+    ("cluster-admin-key.pem", "kubernetes/admin-key.pem"),
+    (
+        "kube-controller-manager-client.pem",
+        "kubernetes/controller-manager.pem",
+    ),
+    (
+        "kube-controller-manager-client-key.pem",
+        "kubernetes/controller-manager-key.pem",
+    ),
+    ("kube-scheduler-client.pem", "kubernetes/scheduler.pem"),
+    (
+        "kube-scheduler-client-key.pem",
+        "kubernetes/scheduler-key.pem",
+    ),
+    ("kube-proxy-client.pem", "kubernetes/kube-proxy.pem"),
+    ("kube-proxy-client-key.pem", "kubernetes/kube-proxy-key.pem"),
+    ("kubelet.pem", "{node}/kubelet-serving.pem"),
+    ("kubelet-key.pem", "{node}/kubelet-serving-key.pem"),
+    ("kubelet-client.pem", "{node}/kubelet.pem"),
+    ("kubelet-client-key.pem", "{node}/kubelet-key.pem"),
+    ("etcd.pem", "{node}/etcd-server.pem"),
+    ("etcd-key.pem", "{node}/etcd-server-key.pem"),
+    ("etcd.pem", "{node}/etcd-peer.pem"),
+    ("etcd-key.pem", "{node}/etcd-peer-key.pem"),
+];
+
+/// What an import brings, checked.
+#[derive(Debug, Default)]
+pub struct Import {
+    /// Files to write, by path under `pki/`, with the file each comes from.
+    pub adopted: BTreeMap<String, (PathBuf, Material)>,
+    /// Files kpki already holds otherwise (a cluster-wide one imported from another node, or one
+    /// reissued since): kept, never replaced by an older one.
+    pub kept: Vec<String>,
+    /// Files that already hold what the import brings.
+    pub unchanged: Vec<String>,
+    /// Files in the directory that go nowhere (no catalogue entry takes them).
+    pub unused: Vec<String>,
+}
+
+/// Reads and checks everything `layout` takes from `dir`; refuses the whole import at the first
+/// file that fails, naming it.
+pub fn plan(state: &State, config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Import> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(Error::file(dir, "is not a directory"));
+    }
+    let sources = sources(config, dir, layout)?;
+    let mut read: BTreeMap<String, (PathBuf, Material)> = BTreeMap::new();
+    for (from, to) in &sources {
+        read.insert(to.clone(), (from.clone(), adopt_file(from, to)?));
+    }
+    check_pairs(&read)?;
+    let cas = check_cas(state, &read)?;
+    check_leaves(config, &read, &cas)?;
+    let mut import = Import {
+        unused: unused(dir, layout, &sources)?,
+        ..Import::default()
+    };
+    for (rel, (from, material)) in read {
+        let current = state.fingerprint(&rel)?;
+        if current.as_deref() == Some(material.fingerprint.as_str()) {
+            import.unchanged.push(rel);
+        } else if current.is_some() {
+            import.kept.push(rel);
+        } else {
+            import.adopted.insert(rel, (from, material));
+        }
+    }
+    Ok(import)
+}
+
+/// The files `layout` takes from `dir`, with where each goes. A node must be in the config; the
+/// built-in layouts need their CA files and skip others that are absent (external etcd, say).
+fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathBuf, String)>> {
+    let (table, node) = match layout {
+        Layout::Kubeadm { node } => (KUBEADM, node),
+        Layout::EasyCerts { node } => (EASYCERTS, node),
+        Layout::Map(maps) => return mapped(config, dir, maps),
+    };
+    if !config.nodes.iter().any(|n| n.name == node) {
+        return Err(Error::usage(
+            format!("--node {node}: no such node in pki/kpki.toml"),
+            Some("add the node to the config first (its name, addresses and roles)".into()),
+        ));
+    }
+    let files = catalogue_files(config);
+    let mut found = Vec::new();
+    for (from, to) in table {
+        let path = dir.join(from);
+        let to = to.replace("{node}", node);
+        let is_ca = to.ends_with("/ca.pem") || to.ends_with("/ca-key.pem");
+        if !path.exists() {
+            if is_ca {
+                return Err(Error::file(
+                    &path,
+                    "is missing: an import needs the CA it adopts",
+                ));
+            }
+            continue;
+        }
+        if !files.contains_key(&to) {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "goes to pki/{to}, but node {node} does not hold it (check its roles in pki/kpki.toml)"
+                ),
+            ));
+        }
+        found.push((path, to));
+    }
+    Ok(found)
+}
+
+/// The files `--map FILE=PATH` names, each checked to be a file of the catalogue.
+fn mapped(
+    config: &Config,
+    dir: &Path,
+    maps: &[(String, String)],
+) -> Result<Vec<(PathBuf, String)>> {
+    let files = catalogue_files(config);
+    maps.iter()
+        .map(|(from, to)| {
+            let to = to.strip_prefix("pki/").unwrap_or(to);
+            if !files.contains_key(to) {
+                return Err(Error::usage(
+                    format!("--map {from}={to}: pki/{to} is not a file of this cluster's catalogue"),
+                    Some("map to the paths kpki uses: kubernetes/ca.pem, kubernetes/ca-key.pem, node-01/apiserver.pem, ...".into()),
+                ));
+            }
+            Ok((dir.join(from), to.to_string()))
+        })
+        .collect()
+}
+
+/// Every file of the catalogue under `config`, with its item.
+fn catalogue_files(config: &Config) -> BTreeMap<String, Item<'_>> {
+    catalogue::items(config)
+        .into_iter()
+        .flat_map(|item| [Part::Cert, Part::Key].map(|p| (item.file(p), item)))
+        .collect()
+}
+
+/// One file read strictly as what `pki/TO` holds: keys converted to PKCS#8, the public key of
+/// a certificate where a public key is due (easyCerts' service-account certificate).
+fn adopt_file(from: &Path, to: &str) -> Result<Material> {
+    let bytes = store::read_regular(from, PEM_LIMIT)?
+        .map(zeroize::Zeroizing::new)
+        .ok_or_else(|| Error::file(from, "is missing"))?;
+    let bad = |m: String| Error::file(from, m);
+    match pem::Kind::of(to) {
+        pem::Kind::PrivateKey => pem::adopt_key(&bytes).map_err(bad),
+        pem::Kind::PublicKeys if bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") => {
+            let cert = pem::parse(pem::Kind::Certificates, &bytes).map_err(bad)?;
+            let spki = facts(&cert.blocks()[0]).map_err(bad)?.spki;
+            Ok(pem::made(
+                pem::Kind::PublicKeys,
+                &pem::encode("PUBLIC KEY", &spki),
+            ))
+        }
+        kind => pem::parse(kind, &bytes).map_err(bad),
+    }
+}
+
+/// Every key matches its certificate (or, for the service-account pair, its public key).
+fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
+    for (rel, (from, key)) in read
+        .iter()
+        .filter(|(_, (_, m))| m.kind == pem::Kind::PrivateKey)
+    {
+        let public_rel = rel.replace("-key.pem", ".pem");
+        let Some((public_from, public)) = read.get(&public_rel) else {
+            continue;
+        };
+        let spki = pem::key_spki(&key.text).map_err(|m| Error::file(from, m))?;
+        let blocks = public.blocks();
+        let first = match public.kind {
+            pem::Kind::PublicKeys => blocks[0].to_vec(),
+            _ => {
+                facts(&blocks[0])
+                    .map_err(|m| Error::file(public_from, m))?
+                    .spki
+            }
+        };
+        if spki != first {
+            return Err(Error::file(
+                from,
+                format!("does not match its certificate {}", public_from.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The CA certificates the import brings or kpki holds, by CA. An imported CA must be a CA
+/// certificate, alone in its file; where kpki already holds that CA, it must be the same one.
+fn check_cas(
+    state: &State,
+    read: &BTreeMap<String, (PathBuf, Material)>,
+) -> Result<BTreeMap<CaName, Vec<u8>>> {
+    let mut cas = BTreeMap::new();
+    for ca in catalogue::CAS {
+        let rel = Item {
+            entry: catalogue::ca_entry(ca),
+            node: None,
+        }
+        .file(Part::Cert);
+        let held = state.read(&rel)?;
+        let Some((from, imported)) = read.get(&rel) else {
+            if let Some(held) = held {
+                cas.insert(ca, held.blocks()[0].to_vec());
+            }
+            continue;
+        };
+        let blocks = imported.blocks();
+        let ca_facts = facts(&blocks[0]).map_err(|m| Error::file(from, m))?;
+        if blocks.len() != 1 || !ca_facts.is_ca {
+            return Err(Error::file(from, "is not one CA certificate"));
+        }
+        if let Some(held) = held
+            && held.fingerprint != imported.fingerprint
+        {
+            return Err(Error::usage(
+                format!(
+                    "{}: another {} CA than the one kpki holds (pki/{rel}); an import adopts a PKI into an empty cluster directory, or the same CAs again (another node of the same cluster)",
+                    from.display(),
+                    ca.dir()
+                ),
+                Some("import every node of one cluster into one cluster directory".into()),
+            ));
+        }
+        cas.insert(ca, blocks[0].to_vec());
+    }
+    Ok(cas)
+}
+
+/// Every imported leaf is signed by the CA of its catalogue entry.
+fn check_leaves(
+    config: &Config,
+    read: &BTreeMap<String, (PathBuf, Material)>,
+    cas: &BTreeMap<CaName, Vec<u8>>,
+) -> Result<()> {
+    let files = catalogue_files(config);
+    for (rel, (from, material)) in read {
+        let Some(Kind::Leaf { ca, .. }) = files.get(rel).map(|i| i.entry.kind) else {
+            continue;
+        };
+        if material.kind != pem::Kind::Certificates {
+            continue;
+        }
+        let Some(ca_der) = cas.get(&ca) else {
+            return Err(Error::file(
+                from,
+                format!(
+                    "is a certificate of the {} CA, which the import does not bring and kpki does not hold",
+                    ca.dir()
+                ),
+            ));
+        };
+        let certs = pem_certs(&material.text).map_err(|m| Error::file(from, m))?;
+        if !signed_by(&certs[0], ca_der) {
+            return Err(Error::file(
+                from,
+                format!("is not signed by the {} CA being adopted", ca.dir()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The PEM-looking files of `dir` (and `dir/etcd`) that a built-in layout does not take.
+fn unused(dir: &Path, layout: Layout<'_>, sources: &[(PathBuf, String)]) -> Result<Vec<String>> {
+    if matches!(layout, Layout::Map(_)) {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for sub in [dir.to_path_buf(), dir.join("etcd")] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pemish = [".crt", ".key", ".pem", ".pub"]
+                .iter()
+                .any(|e| name.ends_with(e));
+            if pemish && path.is_file() && !sources.iter().any(|(from, _)| *from == path) {
+                found.push(
+                    path.strip_prefix(dir)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Puts what an import adopts into `state`; returns where each file came from.
+pub fn apply(
+    state: &State,
+    adopted: BTreeMap<String, (PathBuf, Material)>,
+) -> Vec<(String, PathBuf)> {
+    adopted
+        .into_iter()
+        .map(|(rel, (from, material))| {
+            state.put(&rel, material);
+            (rel, from)
+        })
+        .collect()
+}
