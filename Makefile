@@ -1,6 +1,8 @@
 .DEFAULT_GOAL := help
 
 KPKI ?= target/release/kpki
+# Targets that run kpki build it first only when KPKI is the binary this repository builds.
+KPKI_BUILD := $(if $(filter target/release/kpki,$(KPKI)),build)
 
 .PHONY: all
 all: build pki ## Build kpki and bring pki/ up to date
@@ -10,33 +12,47 @@ build: ## Build kpki (target/release/kpki)
 	cargo build --release --locked
 
 .PHONY: pki
-pki: build ## Create every missing CA, key and certificate of pki/kpki.toml
+pki: $(KPKI_BUILD) ## Create every missing CA, key and certificate of pki/kpki.toml
 	$(KPKI) init
 
 .PHONY: issue
-issue: build ## Reissue a certificate: make issue PROFILE=kubelet NODE=node-02 (see kpki issue --help)
+issue: $(KPKI_BUILD) ## Reissue a certificate: make issue PROFILE=kubelet NODE=node-02 (see kpki issue --help)
 	$(if $(PROFILE),,$(error PROFILE is required, e.g. make issue PROFILE=kubelet NODE=node-02))
 	$(KPKI) issue $(PROFILE) $(NODE)
 
 .PHONY: kubeconfig
-kubeconfig: build ## Write the admin kubeconfig to pki/admin.kubeconfig (git-ignored)
+kubeconfig: $(KPKI_BUILD) ## Write the admin kubeconfig to pki/admin.kubeconfig (git-ignored)
 	$(KPKI) kubeconfig admin -o pki/admin.kubeconfig
 
 .PHONY: status
-status: build ## Show every certificate's expiry and state (exit 1 when something needs action)
+status: $(KPKI_BUILD) ## Show every certificate's expiry and state (exit 1 when something needs action)
 	$(KPKI) status
 
 .PHONY: verify
-verify: build ## Deep check of chains, keys, SANs, secrets' recipients, Nix files and git
+verify: $(KPKI_BUILD) ## Deep check of chains, keys, SANs, secrets' recipients, Nix files and git
 	$(KPKI) verify
 
 .PHONY: rotate
-rotate: build ## Renew what is due or drifted and re-encrypt what changed recipients (DRY_RUN=1 to preview)
+rotate: $(KPKI_BUILD) ## Renew what is due or drifted and re-encrypt what changed recipients (DRY_RUN=1 to preview)
 	$(KPKI) rotate $(if $(DRY_RUN),--dry-run)
+
+.PHONY: prune
+prune: $(KPKI_BUILD) ## Carry out removals from the config: delete, revoke, reissue (DRY_RUN=1 to preview)
+	$(KPKI) rotate --prune $(if $(DRY_RUN),--dry-run)
+
+.PHONY: revoke
+revoke: $(KPKI_BUILD) ## Revoke an etcd certificate and reissue it: make revoke NAME=node-02/etcd-peer
+	$(if $(NAME),,$(error NAME is required, e.g. make revoke NAME=node-02/etcd-peer))
+	$(KPKI) revoke $(NAME)
 
 .PHONY: test
 test: ## Run the whole test suite (needs root, openssl, age, etcd, nix-instantiate: see .ci/run)
 	cargo test --locked
+
+.PHONY: test-quick
+test-quick: ## Unit tests and the checks that need neither root nor other programs (a laptop's loop)
+	cargo test --locked --lib
+	cargo test --locked --test it -- config_errors fuzz_corpus
 
 .PHONY: bench
 bench: build ## Time kpki init against the openssl + age workflow (3/100/1,000 nodes); writes target/bench/results.md
