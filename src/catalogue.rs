@@ -428,6 +428,41 @@ pub static ENTRIES: &[Entry<'static>] = &[
     ),
 ];
 
+/// The profiles `kpki issue` takes, for its `--help`: the built-in leaves (those per node
+/// marked `NODE`, with the role a node needs), `node` and `client`.
+pub fn profiles_help() -> String {
+    let mut rows: Vec<(String, String)> = ENTRIES
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Leaf { .. }))
+        .map(|e| match e.scope {
+            Scope::Node(selection) => {
+                let roles: Vec<&str> = selection.roles.iter().map(|r| r.name()).collect();
+                (
+                    format!("{} NODE", e.profile),
+                    format!(
+                        "{} (nodes with the {} role)",
+                        e.description,
+                        roles.join("/")
+                    ),
+                )
+            }
+            Scope::Cluster { .. } => (e.profile.to_string(), e.description.to_string()),
+        })
+        .collect();
+    rows.push(("node NODE".into(), "everything the node holds".into()));
+    rows.push((
+        "client --cn NAME".into(),
+        "an extra client certificate of the Kubernetes CA (users/NAME)".into(),
+    ));
+    let width = rows.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let mut text = String::from("Profiles:\n");
+    for (profile, what) in rows {
+        text.push_str(&format!("  {profile:<width$}  {what}\n"));
+    }
+    text.push_str("Certificates declared with [[certificate]] in pki/kpki.toml are profiles too.");
+    text
+}
+
 /// Every entry under `config`: the built-in ones, then those it declares.
 pub fn entries(config: &Config) -> impl Iterator<Item = Entry<'_>> {
     ENTRIES
@@ -634,6 +669,19 @@ impl<'c> Item<'c> {
 
 /// The directory under `pki/` of the extra client certificates (`kpki issue client`).
 pub const USERS_DIR: &str = "users";
+
+/// The directories of `pki/` that are no node's: the CAs', the service-account key's, the
+/// users'.
+pub fn cluster_dirs() -> std::collections::BTreeSet<&'static str> {
+    ENTRIES
+        .iter()
+        .filter_map(|e| match e.scope {
+            Scope::Cluster { dir } => Some(dir),
+            Scope::Node(_) => None,
+        })
+        .chain([USERS_DIR])
+        .collect()
+}
 
 /// Checks the name of an extra client (`kpki issue client --cn NAME`, `kpki kubeconfig user
 /// NAME`), which is also its file name under `pki/users/`: letters, digits, `.`, `_`, `-`, `@`,

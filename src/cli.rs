@@ -17,9 +17,12 @@ pub struct Cli {
     /// default: $KPKI_IDENTITY when set and not empty, else pki/admin.agekey and ~/.ssh/id_ed25519.
     #[arg(short = 'i', long, global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
-    /// Print nothing but errors and requested output.
-    #[arg(short, long, global = true)]
+    /// Print nothing but errors, warnings and requested output.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// List every file written (a terminal otherwise gets a summary of long lists).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,7 +50,11 @@ pub struct KubeconfigArgs {
 pub enum Command {
     /// Write pki/kpki.toml from the embedded default when missing, then create every missing
     /// CA, key and certificate. Never replaces an existing CA or key; a second run changes nothing.
-    Init,
+    Init {
+        /// Only write pki/kpki.toml (the example cluster), to edit before the first real init.
+        #[arg(long)]
+        config_only: bool,
+    },
     /// (Re)issue one catalogue entry (`kubelet node-02`, `admin`), everything a node holds
     /// (`node node-02`), or an extra client certificate (`client --cn NAME --group G`).
     Issue {

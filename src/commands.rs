@@ -29,16 +29,28 @@ pub struct Context {
     /// The admin identity from `-i` or `KPKI_IDENTITY`.
     pub identity: Option<std::path::PathBuf>,
     pub quiet: bool,
+    /// List every file written, also where a summary would do.
+    pub verbose: bool,
+    /// Whether stdout is a terminal: long lists of files are summarized there.
+    terminal: bool,
     /// Standard output; once it is closed (`| head`), nothing more is written to it.
     out: Mutex<bool>,
 }
 
 impl Context {
-    pub fn new(store: Store, identity: Option<std::path::PathBuf>, quiet: bool) -> Context {
+    pub fn new(
+        store: Store,
+        identity: Option<std::path::PathBuf>,
+        quiet: bool,
+        verbose: bool,
+    ) -> Context {
+        use std::io::IsTerminal;
         Context {
             store,
             identity,
             quiet,
+            verbose,
+            terminal: std::io::stdout().is_terminal(),
             out: Mutex::new(false),
         }
     }
@@ -52,6 +64,30 @@ impl Context {
     fn say(&self, line: impl std::fmt::Display) {
         if !self.quiet {
             self.print(&format!("{line}\n"));
+        }
+    }
+
+    /// A step of a command: in a dry run the plan, which was asked for (printed even with
+    /// `--quiet`); otherwise a progress line.
+    fn step(&self, dry_run: bool, line: impl std::fmt::Display) {
+        if dry_run {
+            self.print(&format!("{line}\n"));
+        } else {
+            self.say(line);
+        }
+    }
+
+    /// Says `VERB FILE` for each of `files` (paths relative to the cluster directory); on a
+    /// terminal a long list becomes a summary per group of directories, unless `--verbose`.
+    fn files(&self, verb: &str, files: &[String]) {
+        if self.verbose || !self.terminal || files.len() <= LIST_LIMIT {
+            for file in files {
+                self.say(format_args!("{verb} {file}"));
+            }
+            return;
+        }
+        for line in summary(verb, files) {
+            self.say(format_args!("{line} (-v lists them)"));
         }
     }
 
@@ -69,6 +105,13 @@ impl Context {
         {
             *closed = true;
         }
+    }
+}
+
+/// Prints the config's warnings (valid, but probably not meant).
+fn warn_config(ctx: &Context, config: &Config) {
+    for warning in config.warnings() {
+        ctx.warn(format_args!("pki/kpki.toml: {warning}"));
     }
 }
 
@@ -140,6 +183,7 @@ struct Cluster {
 /// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
 fn cluster(ctx: &Context, access: Access) -> Result<Cluster> {
     let config = config(&ctx.store)?;
+    warn_config(ctx, &config);
     let admins = secrets::admins(&ctx.store, &config)?;
     if admins.generated.is_some() {
         return Err(Error::usage(
@@ -213,6 +257,7 @@ fn warn_generated(ctx: &Context, admins: &secrets::Admins) {
 pub fn import(ctx: &Context, dir: &Path, layout: importing::Layout<'_>) -> Result<()> {
     let store = &ctx.store;
     let config = config(store)?;
+    warn_config(ctx, &config);
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
@@ -299,12 +344,34 @@ fn shared_cas(state: &State) -> Result<Vec<String>> {
     })
 }
 
+/// `kpki init --config-only`: the example config, to edit before the first real init.
+fn write_example_config(ctx: &Context, missing: bool) -> Result<()> {
+    if !missing {
+        ctx.say("pki/kpki.toml exists already: nothing written");
+        return Ok(());
+    }
+    let mut txn = ctx.store.transaction();
+    txn.write(
+        ctx.store.config_path(),
+        Zeroizing::new(DEFAULT_CONFIG.as_bytes().to_vec()),
+        store::PUBLIC_MODE,
+        store::PRIVATE_DIR_MODE,
+    );
+    txn.commit(|_| Ok(()))?;
+    ctx.say("wrote pki/kpki.toml, the example cluster: put in your nodes' names, addresses, roles and host keys, and your admin key, then run kpki init");
+    Ok(())
+}
+
 /// `kpki init`.
-pub fn init(ctx: &Context) -> Result<()> {
+pub fn init(ctx: &Context, config_only: bool) -> Result<()> {
     let store = &ctx.store;
     let (config, default) = config_or_default(store)?;
     if default {
         warn_nested(ctx);
+    }
+    warn_config(ctx, &config);
+    if config_only {
+        return write_example_config(ctx, default);
     }
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
@@ -327,15 +394,26 @@ pub fn init(ctx: &Context) -> Result<()> {
         ctx.say(format_args!("created {file}"));
     }
     if default {
-        ctx.say("wrote pki/kpki.toml: the example cluster (3 nodes at 2001:db8::1..3); for your own nodes, edit it and run kpki init again");
+        ctx.say("wrote pki/kpki.toml, the example cluster (3 nodes at 2001:db8::1..3), and its PKI; for your own nodes, start in an empty directory with kpki init --config-only, edit pki/kpki.toml, then run kpki init");
     }
     warn_generated(ctx, &admins);
     report_applied(ctx, &applied, "created");
-    for node in config.nodes.iter().filter(|n| n.host_key.is_none()) {
-        ctx.warn(format_args!(
-            "node \"{}\" has no host_key: its secrets are encrypted to the admins only",
-            node.name
-        ));
+    let keyless: Vec<String> = config
+        .nodes
+        .iter()
+        .filter(|n| n.host_key.is_none())
+        .map(|n| n.name.clone())
+        .collect();
+    match keyless.as_slice() {
+        [] => {}
+        [one] => ctx.warn(format_args!(
+            "node \"{one}\" has no host_key: its secrets are encrypted to the admins only"
+        )),
+        many => ctx.warn(format_args!(
+            "{} nodes have no host_key ({}): their secrets are encrypted to the admins only",
+            many.len(),
+            abbreviate(many)
+        )),
     }
     report_sealing(ctx, &sealing);
     if !drifted.is_empty() {
@@ -360,6 +438,11 @@ pub fn init(ctx: &Context) -> Result<()> {
 }
 
 /// The first few names of a list, for a summary line.
+/// [`abbreviate`] for borrowed names.
+fn abbreviate_str(names: &[&str]) -> String {
+    abbreviate(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+}
+
 fn abbreviate(names: &[String]) -> String {
     let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
     match names.len() {
@@ -413,11 +496,44 @@ fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
     }
 }
 
+/// How many files a terminal lists one per line before it gets a summary instead.
+const LIST_LIMIT: usize = 40;
+
+/// `files` (`pki/DIR/...`, `secrets/DIR/...`) in a few lines: those of the cluster's own
+/// directories, then those of nodes, naming the first few nodes.
+fn summary(verb: &str, files: &[String]) -> Vec<String> {
+    let clusters = catalogue::cluster_dirs();
+    let (mut shared, mut nodes) = (0, std::collections::BTreeMap::<&str, usize>::new());
+    for file in files {
+        let mut parts = file.splitn(3, '/');
+        let (_, dir) = (parts.next(), parts.next().unwrap_or_default());
+        match parts.next() {
+            Some(_) if !clusters.contains(dir) => *nodes.entry(dir).or_default() += 1,
+            _ => shared += 1,
+        }
+    }
+    let mut lines = Vec::new();
+    if shared > 0 {
+        lines.push(format!(
+            "{verb} {shared} files of the CAs, the service-account key and the cluster-wide certificates"
+        ));
+    }
+    if !nodes.is_empty() {
+        let names: Vec<String> = nodes.keys().map(|n| n.to_string()).collect();
+        lines.push(format!(
+            "{verb} {} files of {} nodes ({})",
+            nodes.values().sum::<usize>(),
+            nodes.len(),
+            abbreviate(&names)
+        ));
+    }
+    lines
+}
+
 /// Prints what a plan changed in `pki/`, with `verb`, and the leaves cut short at their CA.
 fn report_applied(ctx: &Context, applied: &Applied, verb: &str) {
-    for file in &applied.written {
-        ctx.say(format_args!("{verb} pki/{file}"));
-    }
+    let files: Vec<String> = applied.written.iter().map(|f| format!("pki/{f}")).collect();
+    ctx.files(verb, &files);
     for capped in &applied.capped {
         ctx.warn(capped);
     }
@@ -430,9 +546,7 @@ fn report_sealing(ctx: &Context, sealing: &Sealing) {
             "refreshed {file} from secrets/ (committed since this cache was made)"
         ));
     }
-    for file in &sealing.encrypted {
-        ctx.say(format_args!("encrypted {file}"));
-    }
+    ctx.files("encrypted", &sealing.encrypted);
     for file in &sealing.written {
         ctx.say(format_args!("wrote {file}"));
     }
@@ -613,23 +727,26 @@ pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
             let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
             let assessed = status::assess(&state, &config, &status::stale_files(&seal), now)?;
             let renewals = rotation::renewals(assessed, within, request.all);
+            let plan = request.dry_run;
             for r in &renewals {
-                ctx.say(format_args!("renew {} ({})", r.name, r.reason));
+                ctx.step(plan, format_args!("renew {} ({})", r.name, r.reason));
             }
             let crl_due = revocation::crl_due(&state, now, within)?;
             if let Some(why) = &crl_due {
-                ctx.say(format_args!("sign {} anew ({why})", catalogue::crl_file()));
+                ctx.step(
+                    plan,
+                    format_args!("sign {} anew ({why})", catalogue::crl_file()),
+                );
             }
-            if request.dry_run {
+            if plan {
                 for (s, why) in seal.stale_files() {
-                    ctx.say(format_args!(
-                        "re-encrypt secrets/{}.age ({})",
-                        s.rel,
-                        why.describe()
-                    ));
+                    ctx.step(
+                        plan,
+                        format_args!("re-encrypt secrets/{}.age ({})", s.rel, why.describe()),
+                    );
                 }
                 for rel in stale_cache(&state)? {
-                    ctx.say(format_args!("refresh {rel} from secrets/"));
+                    ctx.step(plan, format_args!("refresh {rel} from secrets/"));
                 }
                 return dry_run(ctx, "");
             }
@@ -686,12 +803,8 @@ fn prune(
         ctx.say("nothing to prune: every file in secrets/ belongs to the config");
         return if plan_only { dry_run(ctx, "") } else { Ok(()) };
     }
-    let say = |line: String| match plan_only {
-        true => ctx.print(&format!("{line}\n")),
-        false => ctx.say(line),
-    };
     for line in prune_plan(&prune) {
-        say(line);
+        ctx.step(plan_only, line);
     }
     if plan_only {
         return dry_run(ctx, "");
@@ -879,11 +992,28 @@ fn ca_name(name: &str) -> Result<CaName> {
         .into_iter()
         .find(|c| c.dir() == name)
         .ok_or_else(|| {
+            let valid = catalogue::CAS.map(CaName::dir);
             Error::usage(
-                format!("--ca: unknown CA \"{name}\""),
-                Some("valid: kubernetes, etcd, front-proxy".into()),
+                format!("--ca: unknown CA \"{name}\"{}", did_you_mean(name, &valid)),
+                Some(format!("valid: {}", valid.join(", "))),
             )
         })
+}
+
+/// `; did you mean "X"?` for the candidate closest to `word`, when one is close enough.
+fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    let mut scored: Vec<(f64, &str)> = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    match scored.as_slice() {
+        // Two equally close candidates: naming one would be a guess.
+        [(best, _), (next, _), ..] if best == next => String::new(),
+        [(_, c), ..] => format!("; did you mean \"{c}\"?"),
+        [] => String::new(),
+    }
 }
 
 /// A duration given with `flag`.
@@ -1004,7 +1134,10 @@ fn issue_targets<'c>(
             .collect();
         valid.extend(["node", "client"]);
         return Err(Error::usage(
-            format!("unknown profile \"{profile}\""),
+            format!(
+                "unknown profile \"{profile}\"{}",
+                did_you_mean(profile, &valid)
+            ),
             Some(format!("valid profiles: {}", valid.join(", "))),
         ));
     };
@@ -1049,14 +1182,15 @@ fn issue_targets<'c>(
 
 /// The node named on the command line.
 fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Result<&'c Node> {
-    let names = || {
-        let all: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
-        Some(format!("nodes: {}", all.join(", ")))
-    };
+    let all: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+    let names = || Some(format!("nodes: {}", abbreviate_str(&all)));
     let name = name.ok_or_else(|| Error::usage(missing, names()))?;
-    config
-        .node(name)
-        .ok_or_else(|| Error::usage(format!("unknown node \"{name}\""), names()))
+    config.node(name).ok_or_else(|| {
+        Error::usage(
+            format!("unknown node \"{name}\"{}", did_you_mean(name, &all)),
+            names(),
+        )
+    })
 }
 
 /// `kpki kubeconfig IDENTITY [NAME [NODE]] [--server URL] [-o FILE]`.

@@ -95,3 +95,16 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parallel results, in their order: `in_order` keeps the first error in that order, where
+/// rayon's own collect into a `Result` reports whichever error a thread met first (a different
+/// file from run to run).
+pub trait InOrder<T> {
+    fn in_order(self) -> Result<Vec<T>>;
+}
+
+impl<T> InOrder<T> for Vec<Result<T>> {
+    fn in_order(self) -> Result<Vec<T>> {
+        self.into_iter().collect()
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use kpki::cli::{Cli, Command, ImportFrom};
 use kpki::commands::{self, Context, IssueRequest, RotateRequest};
 use kpki::error::Result;
@@ -11,7 +11,9 @@ use kpki::importing::Layout;
 use kpki::store::Store;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command =
+        Cli::command().mut_subcommand("issue", |c| c.after_help(kpki::catalogue::profiles_help()));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     if !cli.quiet {
         kpki::progress::enable();
     }
@@ -20,7 +22,7 @@ fn main() -> ExitCode {
             .filter(|v| !v.is_empty())
             .map(Into::into)
     });
-    let ctx = Context::new(Store::new(&cli.dir), identity, cli.quiet);
+    let ctx = Context::new(Store::new(&cli.dir), identity, cli.quiet, cli.verbose);
     let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
     match outcome {
         Ok(false) => ExitCode::SUCCESS,
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
 /// `init` creates the cluster directory first, so that it is locked before anything is written.
 fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
     let exclusive = match command {
-        Command::Init => {
+        Command::Init { .. } => {
             ctx.store.create_root()?;
             true
         }
@@ -57,7 +59,7 @@ fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
 fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
     let done = |r: Result<()>| r.map(|()| false);
     match command {
-        Command::Init => done(commands::init(ctx)),
+        Command::Init { config_only } => done(commands::init(ctx, config_only)),
         Command::Issue {
             profile,
             node,

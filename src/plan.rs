@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Usage};
 use crate::config::{Algorithm, Config, Span};
-use crate::error::{Error, Result};
+use crate::error::{Error, InOrder, Result};
 use crate::inspection;
 use crate::issuing::{self, Authority};
 use crate::pem;
@@ -57,7 +57,8 @@ pub fn missing<'c>(state: &State, config: &'c Config) -> Result<Vec<Action<'c>>>
                 state.exists(&item.file(Part::Key))?,
             ))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>()
+        .in_order()?;
     let mut actions = Vec::new();
     for (item, present) in items.into_iter().zip(present) {
         match present {

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::catalogue::{self, CaName, Item, Kind, Part, Readers, Scope};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Readers};
 use crate::config::{Config, Role, Span};
 use crate::error::{Error, Result};
 use crate::inspection::status::rfc3339;
@@ -260,18 +260,6 @@ impl Prune<'_> {
     }
 }
 
-/// The directories of `pki/` that are no node's: CAs, the service-account key, the users.
-fn cluster_dirs() -> BTreeSet<&'static str> {
-    catalogue::ENTRIES
-        .iter()
-        .filter_map(|e| match e.scope {
-            Scope::Cluster { dir } => Some(dir),
-            Scope::Node(_) => None,
-        })
-        .chain([catalogue::USERS_DIR])
-        .collect()
-}
-
 /// Plans the removal of everything the manifest holds and the config no longer accounts for
 /// (`seal`'s leftovers), and of encrypted files nothing accounts for.
 pub fn plan_prune<'c>(
@@ -282,7 +270,7 @@ pub fn plan_prune<'c>(
 ) -> Result<Prune<'c>> {
     let mut deleted: Vec<String> = seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect();
     let mut lost: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
-    let clusters = cluster_dirs();
+    let clusters = catalogue::cluster_dirs();
     for rel in &deleted {
         let (dir, file) = rel.split_once('/').unwrap_or((rel, ""));
         let roles = lost.entry(dir.to_string()).or_default();

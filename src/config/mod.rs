@@ -212,6 +212,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is valid but probably not meant, one sentence each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let renew = self.keys.renew_before.0;
+        if renew < time::Duration::days(1) {
+            warnings.push(format!(
+                "keys.renew_before is {} seconds, under a day (units: s, m for minutes, h, d): did you mean 30d?",
+                renew.whole_seconds()
+            ));
+        }
+        let prefix = self
+            .cluster
+            .service_cidr
+            .rsplit_once('/')
+            .and_then(|(_, p)| p.parse::<u8>().ok());
+        if let (IpAddr::V6(_), Some(prefix)) = (self.cluster.service_ip, prefix)
+            && prefix < 108
+        {
+            warnings.push(format!(
+                "cluster.service_cidr {} is larger than /108, the largest IPv6 service range kube-apiserver's default allocator accepts",
+                self.cluster.service_cidr
+            ));
+        }
+        for (role, what) in [(Role::ControlPlane, "kube-apiserver"), (Role::Etcd, "etcd")] {
+            if !self.nodes.iter().any(|n| n.has(role)) {
+                warnings.push(format!(
+                    "no node has the {} role: no node gets the certificates to run {what}",
+                    role.name()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Validates `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let fail = |message: String| Error::Config {

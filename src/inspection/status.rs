@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::{Config, Span};
-use crate::error::{Error, Result};
+use crate::error::{Error, InOrder, Result};
 use crate::rotation::Rotation;
 use crate::secrets::{SealPlan, Stale};
 use crate::state::State as Pki;
@@ -123,7 +123,8 @@ pub fn assess<'c>(
     let mut rows = items
         .par_iter()
         .map(|item| assess_item(pki, config, item, &cas, stale, at))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>()
+        .in_order()?;
     for user in crate::secrets::users(pki)? {
         rows.push(assess_user(pki, config, &user, &cas, stale, at)?);
     }
@@ -437,8 +438,9 @@ pub fn table(report: &Report) -> String {
                 r.ca.unwrap_or("-").to_string(),
                 r.expires
                     .as_deref()
-                    .map(short_date)
-                    .unwrap_or_else(|| "-".into()),
+                    .and_then(|e| e.get(..10))
+                    .unwrap_or("-")
+                    .to_string(),
                 r.residual_seconds
                     .map(residual)
                     .unwrap_or_else(|| "-".into()),
@@ -473,8 +475,13 @@ pub fn table(report: &Report) -> String {
         .iter()
         .filter(|r| r.state == State::StaleSecret)
         .count();
+    let nothing_else = report.outdated_files.is_empty()
+        && report.leftovers.is_empty()
+        && report.orphaned_secrets.is_empty();
     if report.stale_secrets.is_empty() && stale_rows == 0 {
-        out += "secrets: up to date\n";
+        if nothing_else {
+            out += "secrets: up to date\n";
+        }
     } else {
         let mut all: Vec<&str> = report.stale_secrets.iter().map(String::as_str).collect();
         let rows = format!("{stale_rows} rows above");

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::{Facts, drift, facts, key_spki, pem_certs, pem_public_keys, signed_by};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, InOrder, Result};
 use crate::pem::Material;
 use crate::secrets::{self, Recipients, SealPlan, Stale};
 use crate::state::{Place, State};
@@ -26,7 +26,8 @@ pub fn verify(
     let mut problems: Vec<String> = items
         .par_iter()
         .map(|item| check_item(state, config, item, now))
-        .collect::<Result<Vec<_>>>()?
+        .collect::<Vec<_>>()
+        .in_order()?
         .concat();
     for user in secrets::users(state)? {
         let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(&user, p));

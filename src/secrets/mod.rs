@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::agefile::{self as seal, Recipient};
 use crate::catalogue::{self, Part};
 use crate::config::{Config, Node, Role};
-use crate::error::{Error, Result};
+use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
@@ -324,7 +324,8 @@ pub fn plan<'c>(
             Kind::Kubeconfig => Ok(None),
             _ => state.fingerprint(&s.rel),
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>()
+        .in_order()?;
     let by_rel: HashMap<&str, &Option<String>> = sealed
         .iter()
         .map(|s| s.rel.as_str())
@@ -344,7 +345,8 @@ pub fn plan<'c>(
             });
             standing(state, config, s, due, depth, deep)
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>()
+        .in_order()?;
     let leftovers = leftovers(state, &sealed)?;
     Ok(SealPlan {
         sealed,

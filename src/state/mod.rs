@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use crate::agefile::{self as seal, Identity};
-use crate::error::{Error, Result};
+use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind, Material};
 use crate::secrets::manifest::{Manifest, Revocation};
 use crate::store::{PEM_LIMIT, Stamp, Store};
@@ -377,7 +377,8 @@ impl State {
         let places = rels
             .into_par_iter()
             .map(|rel| Ok((rel.clone(), self.place(rel)?)))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>()
+            .in_order()?;
         Ok(places
             .into_iter()
             .filter(|(_, p)| {

@@ -490,8 +490,17 @@ pub fn write_outside(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     if target.file_name().is_none() {
         return Err(Error::file(path, "is not a file name"));
     }
+    if !dir.is_dir() {
+        return Err(Error::file(
+            path,
+            format!("cannot be written: {} is not a directory", dir.display()),
+        ));
+    }
     transaction::replace(&target, contents, mode).map_err(|e| e.at(path))?;
-    fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(&dir, e))
+    for synced in [&target, &dir] {
+        fs::File::open(synced)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }

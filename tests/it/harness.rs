@@ -192,7 +192,7 @@ impl Run {
         self
     }
 
-    /// Asserts a failure with exit `code` and returns the first stderr line.
+    /// Asserts a failure with exit `code` and returns the error line.
     pub fn fails_with(self, code: i32) -> String {
         assert_eq!(
             self.code(),
@@ -202,7 +202,14 @@ impl Run {
             self.stdout(),
             self.stderr()
         );
-        self.stderr().lines().next().unwrap_or_default().to_string()
+        // The error line; warnings may come before it (clap's own errors have no "kpki:").
+        let stderr = self.stderr();
+        stderr
+            .lines()
+            .find(|l| l.starts_with("kpki: error:"))
+            .or_else(|| stderr.lines().next())
+            .unwrap_or_default()
+            .to_string()
     }
 }
 

@@ -350,11 +350,22 @@ fn bad_requests_name_what_is_valid_and_change_nothing() {
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["issue", "kubelett", "node-01"],
-            &["unknown profile \"kubelett\"", "kubelet-serving"],
+            &[
+                "unknown profile \"kubelett\"; did you mean \"kubelet\"?",
+                "kubelet-serving",
+            ],
         ),
         (
             &["issue", "kubelet", "node-09"],
             &["unknown node \"node-09\"", "node-04"],
+        ),
+        (
+            &["issue", "kubelet", "node-4"],
+            &["unknown node \"node-4\"; did you mean \"node-04\"?"],
+        ),
+        (
+            &["rotate", "--ca", "etc"],
+            &["unknown CA \"etc\"; did you mean \"etcd\"?"],
         ),
         (&["issue", "kubelet"], &["kubelet needs a node", "node-01"]),
         (

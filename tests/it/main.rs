@@ -17,6 +17,7 @@ mod locking;
 mod netns;
 mod nixos;
 mod openssl;
+mod output;
 mod revocation;
 mod secrets;
 mod team;

@@ -1,0 +1,176 @@
+//! What a new user sees: summaries on a terminal, `--quiet`, first steps, config warnings, help
+//! and error wording.
+
+use crate::harness::{Cluster, DEFAULT_CONFIG, fixture, require, run, s};
+use crate::revocation::without_node;
+
+/// A config of `n` nodes: three with every role, the rest workers.
+fn nodes(n: usize) -> String {
+    let mut config = String::from(
+        "[cluster]\nservice_cidr = \"fd00:10:96::/112\"\napi_server = \"https://[2001:db8::1]:6443\"\n",
+    );
+    for i in 1..=n {
+        let roles = if i <= 3 {
+            "[\"control-plane\", \"etcd\", \"worker\"]"
+        } else {
+            "[\"worker\"]"
+        };
+        config.push_str(&format!(
+            "[[node]]\nname = \"node-{i:03}\"\naddresses = [\"2001:db8::{i:x}\"]\nroles = {roles}\n"
+        ));
+    }
+    config
+}
+
+/// kpki's stdout when run on a terminal (a pseudo-terminal from `script`).
+fn on_terminal(cluster: &Cluster, args: &str) -> String {
+    let command = format!(
+        "{} --dir {} {args}",
+        env!("CARGO_BIN_EXE_kpki"),
+        s(cluster.path())
+    );
+    let out = run(s(&require("script")), &["-qec", &command, "/dev/null"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_big_init_is_summarized_on_a_terminal_and_listed_with_v_or_in_a_pipe() {
+    let summarized = on_terminal(&Cluster::with_config(&nodes(60)), "init");
+    assert!(
+        summarized.contains("files of 60 nodes (node-001, node-002, node-003, node-004, node-005, and 55 more) (-v lists them)"),
+        "{summarized}"
+    );
+    assert!(
+        !summarized.contains("pki/node-040/kubelet.pem"),
+        "{summarized}"
+    );
+    let listed = on_terminal(&Cluster::with_config(&nodes(60)), "init -v");
+    assert!(
+        listed.contains("created pki/node-040/kubelet.pem"),
+        "{listed}"
+    );
+    let piped = Cluster::with_config(&nodes(60)).kpki(&["init"]).success();
+    assert!(piped.stdout().contains("created pki/node-040/kubelet.pem"));
+    assert!(
+        piped
+            .stderr()
+            .contains("60 nodes have no host_key (node-001"),
+        "{}",
+        piped.stderr()
+    );
+}
+
+#[test]
+fn quiet_keeps_warnings_plans_and_the_identity_notice() {
+    let cluster = Cluster::new();
+    let run = cluster.kpki(&["init", "-q"]).success();
+    assert_eq!(run.stdout(), "");
+    assert!(
+        run.stderr()
+            .contains("created pki/admin.agekey as the admin identity")
+    );
+    assert!(run.stderr().contains("back it up"));
+    cluster.write_config(&format!(
+        "{DEFAULT_CONFIG}\n[[node]]\nname = \"node-04\"\naddresses = [\"2001:db8::4\"]\nroles = [\"worker\"]\n"
+    ));
+    let plan = cluster
+        .kpki(&["rotate", "--dry-run", "-q"])
+        .success()
+        .stdout();
+    assert!(plan.contains("renew node-04/kubelet (missing"), "{plan}");
+    assert!(plan.contains("dry run: nothing changed"), "{plan}");
+    let line = cluster.kpki(&["-q", "-v", "status"]).fails_with(2);
+    assert!(line.contains("cannot be used with"), "{line}");
+}
+
+#[test]
+fn a_first_init_says_how_to_start_from_your_own_nodes() {
+    let cluster = Cluster::new();
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(
+        out.contains("the example cluster (3 nodes at 2001:db8::1..3)"),
+        "{out}"
+    );
+    assert!(out.contains("kpki init --config-only"), "{out}");
+
+    let fresh = Cluster::new();
+    let out = fresh.kpki(&["init", "--config-only"]).success().stdout();
+    assert!(out.contains("put in your nodes' names"), "{out}");
+    assert_eq!(
+        fresh.snapshot().into_keys().collect::<Vec<_>>(),
+        ["pki/kpki.toml"],
+        "--config-only wrote more than the config"
+    );
+    let again = fresh.kpki(&["init", "--config-only"]).success().stdout();
+    assert!(again.contains("exists already"), "{again}");
+}
+
+#[test]
+fn a_valid_config_that_is_probably_not_meant_gets_warnings() {
+    let config = nodes(1)
+        .replace(
+            "roles = [\"control-plane\", \"etcd\", \"worker\"]",
+            "roles = [\"control-plane\", \"worker\"]",
+        )
+        .replace("fd00:10:96::/112", "fd00:10:96::/64")
+        + "[keys]\nrenew_before = \"1m\"\n";
+    let run = Cluster::with_config(&config).kpki(&["init"]).success();
+    let stderr = run.stderr();
+    for needle in [
+        "keys.renew_before is 60 seconds, under a day",
+        "did you mean 30d?",
+        "cluster.service_cidr fd00:10:96::/64 is larger than /108",
+        "no node has the etcd role",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("no node has the control-plane role"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_errors_say_what_is_meant() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let help = cluster.kpki(&["issue", "--help"]).success().stdout();
+    for needle in [
+        "kubelet NODE",
+        "node NODE",
+        "client --cn NAME",
+        "front-proxy-client",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    let line = cluster
+        .kpki(&[
+            "kubeconfig",
+            "admin",
+            "-o",
+            "/nonexistent-dir/admin.kubeconfig",
+        ])
+        .fails_with(2);
+    assert!(
+        line.contains("/nonexistent-dir/admin.kubeconfig: cannot be written: /nonexistent-dir is not a directory"),
+        "{line}"
+    );
+    assert!(
+        !line.contains(".kpki-"),
+        "a temporary file is named: {line}"
+    );
+
+    // Without a usable identity, the same file is named every time: the first in path order.
+    cluster.fresh_clone();
+    let wrong = fixture("node-01_ssh_host_ed25519_key");
+    let first = cluster.kpki(&["verify", "-i", s(&wrong)]).stderr();
+    for _ in 0..4 {
+        assert_eq!(cluster.kpki(&["verify", "-i", s(&wrong)]).stderr(), first);
+    }
+
+    // Next to leftovers, status never says the secrets are up to date.
+    cluster.write_config(&without_node(DEFAULT_CONFIG, "node-03"));
+    let status = cluster.kpki(&["status"]).stdout();
+    assert!(status.contains("removed: "), "{status}");
+    assert!(!status.contains("secrets: up to date"), "{status}");
+}
