@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{CaName, Span};
+
 /// Kubernetes PKI for NixOS clusters: CAs and certificates with IPv6 SANs, age-encrypted for
 /// exactly the machines that need them, with agenix rules and a NixOS module.
 #[derive(Debug, Parser)]
@@ -67,7 +69,7 @@ pub enum Command {
         keep_key: bool,
         /// Validity instead of keys.leaf_validity (e.g. 90d).
         #[arg(long, value_name = "DUR")]
-        validity: Option<String>,
+        validity: Option<Span>,
         /// With `client`: the user name (certificate CN).
         #[arg(long, value_name = "NAME")]
         cn: Option<String>,
@@ -95,10 +97,11 @@ pub enum Command {
     /// Renew every leaf that expires within the window or drifted from the config, and
     /// re-encrypt secrets whose recipients changed. With --ca or --service-account: rotate a CA
     /// or the service-account key with a trust overlap (then --finish).
+    #[command(group = clap::ArgGroup::new("rotated").args(["ca", "service_account"]))]
     Rotate {
         /// Renew what expires within DUR (default: keys.renew_before).
         #[arg(long, value_name = "DUR", conflicts_with_all = ["ca", "service_account", "all"])]
-        within: Option<String>,
+        within: Option<Span>,
         /// Renew every leaf.
         #[arg(long, conflicts_with_all = ["ca", "service_account"])]
         all: bool,
@@ -108,14 +111,14 @@ pub enum Command {
         /// Keep the existing keys of renewed certificates.
         #[arg(long)]
         keep_key: bool,
-        /// Rotate this CA: kubernetes, etcd or front-proxy.
-        #[arg(long, value_name = "NAME", conflicts_with = "service_account")]
-        ca: Option<String>,
+        /// Rotate this CA.
+        #[arg(long, value_name = "NAME")]
+        ca: Option<CaName>,
         /// Rotate the service-account signing key.
         #[arg(long)]
         service_account: bool,
         /// Finish the rotation started with --ca or --service-account.
-        #[arg(long)]
+        #[arg(long, requires = "rotated")]
         finish: bool,
         /// Carry out removals from the config: delete the files of removed nodes and
         /// declarations, revoke their etcd certificates (on etcd/crl.pem), and reissue the shared

@@ -660,27 +660,20 @@ pub fn verify(ctx: &Context) -> Result<bool> {
 }
 
 /// What `kpki rotate` was asked to do.
-pub struct RotateRequest<'a> {
-    pub within: Option<&'a str>,
+pub struct RotateRequest {
+    pub within: Option<Span>,
     pub all: bool,
     pub dry_run: bool,
     pub keep_key: bool,
-    pub ca: Option<&'a str>,
+    pub ca: Option<CaName>,
     pub service_account: bool,
     pub finish: bool,
     pub prune: bool,
 }
 
 /// `kpki rotate`.
-pub fn rotate(ctx: &Context, request: &RotateRequest<'_>) -> Result<()> {
-    if request.finish && request.ca.is_none() && !request.service_account {
-        return Err(Error::usage(
-            "--finish goes with --ca NAME or --service-account",
-            None,
-        ));
-    }
-    let within = span_arg("--within", request.within)?;
-    let ca = request.ca.map(ca_name).transpose()?;
+pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<()> {
+    let (within, ca) = (request.within, request.ca);
     let Cluster {
         config,
         recipients,
@@ -986,20 +979,6 @@ fn dry_run(ctx: &Context, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A CA named on the command line.
-fn ca_name(name: &str) -> Result<CaName> {
-    catalogue::CAS
-        .into_iter()
-        .find(|c| c.dir() == name)
-        .ok_or_else(|| {
-            let valid = catalogue::CAS.map(CaName::dir);
-            Error::usage(
-                format!("--ca: unknown CA \"{name}\"{}", did_you_mean(name, &valid)),
-                Some(format!("valid: {}", valid.join(", "))),
-            )
-        })
-}
-
 /// `; did you mean "X"?` for the candidate closest to `word`, when one is close enough.
 fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     let mut scored: Vec<(f64, &str)> = candidates
@@ -1016,28 +995,19 @@ fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     }
 }
 
-/// A duration given with `flag`.
-fn span_arg(flag: &str, arg: Option<&str>) -> Result<Option<Span>> {
-    arg.map(|v| {
-        v.parse::<Span>()
-            .map_err(|e| Error::usage(format!("{flag}: {e}"), None))
-    })
-    .transpose()
-}
-
 /// What `kpki issue` was asked to issue.
 pub struct IssueRequest<'a> {
     pub profile: &'a str,
     pub node: Option<&'a str>,
     pub keep_key: bool,
-    pub validity: Option<&'a str>,
+    pub validity: Option<Span>,
     pub cn: Option<&'a str>,
     pub groups: &'a [String],
 }
 
 /// `kpki issue`.
 pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
-    let validity = span_arg("--validity", request.validity)?;
+    let validity = request.validity;
     if request.profile == "service-account" {
         return Err(Error::usage(
             "the service-account key is not reissued: a new key at once would invalidate every token",

@@ -73,7 +73,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
                 profile: &profile,
                 node: node.as_deref(),
                 keep_key,
-                validity: validity.as_deref(),
+                validity,
                 cn: cn.as_deref(),
                 groups: &groups,
             },
@@ -93,11 +93,11 @@ fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
         } => done(commands::rotate(
             ctx,
             &RotateRequest {
-                within: within.as_deref(),
+                within,
                 all,
                 dry_run,
                 keep_key,
-                ca: ca.as_deref(),
+                ca,
                 service_account,
                 finish,
                 prune,

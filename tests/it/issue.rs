@@ -365,7 +365,18 @@ fn bad_requests_name_what_is_valid_and_change_nothing() {
         ),
         (
             &["rotate", "--ca", "etc"],
-            &["unknown CA \"etc\"; did you mean \"etcd\"?"],
+            &[
+                "invalid value 'etc' for '--ca <NAME>'",
+                "a similar value exists: 'etcd'",
+            ],
+        ),
+        (
+            &["rotate", "--within", "a while"],
+            &["'--within <DUR>'", "\"a while\" is not a duration"],
+        ),
+        (
+            &["rotate", "--finish"],
+            &["<--ca <NAME>|--service-account>"],
         ),
         (&["issue", "kubelet"], &["kubelet needs a node", "node-01"]),
         (
