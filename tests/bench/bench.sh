@@ -106,17 +106,19 @@ suite() {
   verify_rss[$label]=$(peak "$kpki" --dir "$big" -i "$work/admin.txt" verify -q)
 }
 
-disk=${BENCH_DISK_DIR:-$root/target/bench-disk}
-rm -rf "$disk"
+# A directory of its own on the disk; earlier runs' are removed only after this one measured
+# (ext4 without a journal makes new inodes pay for any deleted in the last minutes nearby).
+disk_root=${BENCH_DISK_DIR:-$root/target/bench-disk}
+disk=$disk_root/run-$(date +%s)
 suite tmpfs "$work/tmpfs"
 # Under target/, git would take the disk clusters for part of kpki's own repository (whose test
 # fixtures hold keys that verify would report); kpki still pays for asking git, as in a repo.
 GIT_CEILING_DIRECTORIES=$disk suite disk "$disk"
-trap 'rm -rf "$disk"' EXIT
+trap 'find "$disk_root" -mindepth 1 -maxdepth 1 ! -path "$disk" -exec rm -rf {} +' EXIT
 
 # The crypto floor and the per-file cost (criterion): name, then its median time.
 floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
-  | awk '/time:/ { gsub(/\[|\]/, ""); printf "| %s | %s %s |\n", name, $4, $5; next } NF && !/thrpt:/ { name = $0 }')
+  | awk '/^[^ ]/ { name = $0; next } /time:/ && name != "" { gsub(/\[|\]/, ""); printf "| %s | %s %s |\n", name, $4, $5; name = "" }')
 
 # The table of init times for label $1.
 init_table() {
