@@ -72,10 +72,18 @@ fn parse(recipient: &str) -> std::result::Result<Recipient, String> {
 /// Parses a recipient in canonical form.
 fn parse_canonical(text: &str) -> std::result::Result<Recipient, String> {
     if text.starts_with("age1") {
+        if let Ok(x25519) = text.parse::<age::x25519::Recipient>() {
+            return Ok(std::sync::Arc::new(x25519));
+        }
         return text
-            .parse::<age::x25519::Recipient>()
-            .map(|r| std::sync::Arc::new(r) as Recipient)
-            .map_err(|_| format!("\"{}\" is not a valid age X25519 recipient", shown(text)));
+            .parse::<age::plugin::Recipient>()
+            .map(|r| std::sync::Arc::new(PluginRecipient::new(r)) as Recipient)
+            .map_err(|_| {
+                format!(
+                    "\"{}\" is not a valid age recipient (X25519 age1..., or a plugin's age1NAME1...)",
+                    shown(text)
+                )
+            });
     }
     if let Some(bits) = rsa_bits(text).filter(|b| *b < MIN_RSA_BITS) {
         return Err(format!(
@@ -92,12 +100,122 @@ fn parse_canonical(text: &str) -> std::result::Result<Recipient, String> {
         })
 }
 
+/// A recipient of an age plugin (`age1yubikey1…`): wrapping to it runs `age-plugin-NAME`, found
+/// on `PATH` the first time a file is sealed, so that commands that seal nothing (status) need
+/// no plugin.
+struct PluginRecipient {
+    recipient: age::plugin::Recipient,
+    plugin: std::sync::OnceLock<
+        std::result::Result<age::plugin::RecipientPluginV1<Terminal>, age::plugin::ResolveError>,
+    >,
+}
+
+impl PluginRecipient {
+    fn new(recipient: age::plugin::Recipient) -> PluginRecipient {
+        PluginRecipient {
+            recipient,
+            plugin: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl age::Recipient for PluginRecipient {
+    fn wrap_file_key(
+        &self,
+        file_key: &age_core::format::FileKey,
+    ) -> std::result::Result<
+        (
+            Vec<age_core::format::Stanza>,
+            std::collections::HashSet<String>,
+        ),
+        age::EncryptError,
+    > {
+        let name = self.recipient.plugin();
+        let plugin = self.plugin.get_or_init(|| {
+            age::plugin::RecipientPluginV1::new(
+                name,
+                std::slice::from_ref(&self.recipient),
+                &[],
+                Terminal,
+            )
+        });
+        match plugin {
+            Ok(plugin) => plugin.wrap_file_key(file_key),
+            Err(e) => Err(age::EncryptError::PluginResolve(e.clone())),
+        }
+    }
+}
+
+/// What a plugin shows and asks (a PIN, a touch), on the terminal: messages on stderr, answers
+/// read from `/dev/tty`; without a terminal nothing can be answered (a plugin that needs an
+/// answer then fails with its own error).
+#[derive(Clone, Copy)]
+pub struct Terminal;
+
+impl Terminal {
+    /// A line typed on the terminal after `prompt`, if there is a terminal.
+    fn line(prompt: &str) -> Option<String> {
+        use std::io::BufRead;
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .ok()?;
+        let mut out = &tty;
+        write!(out, "{prompt} ").ok()?;
+        let mut answer = String::new();
+        std::io::BufReader::new(&tty).read_line(&mut answer).ok()?;
+        Some(answer.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+impl age::Callbacks for Terminal {
+    fn display_message(&self, message: &str) {
+        eprintln!("kpki: {message}");
+    }
+
+    fn confirm(&self, message: &str, yes: &str, no: Option<&str>) -> Option<bool> {
+        let choices = match no {
+            Some(no) => format!("[{yes}/{no}]"),
+            None => format!("[{yes}]"),
+        };
+        let answer = Terminal::line(&format!("{message} {choices}"))?;
+        Some(answer == yes || no.is_none())
+    }
+
+    fn request_public_string(&self, description: &str) -> Option<String> {
+        Terminal::line(description)
+    }
+
+    fn request_passphrase(&self, description: &str) -> Option<age::secrecy::SecretString> {
+        rpassword::prompt_password(format!("{description} "))
+            .ok()
+            .map(age::secrecy::SecretString::from)
+    }
+}
+
 /// Whether `s` holds a private key: an age identity, an OpenSSH or PEM private key.
 pub fn looks_private(s: &str) -> bool {
     let upper = s.to_ascii_uppercase();
     upper.contains("AGE-SECRET-KEY-")
         || upper.contains("PRIVATE KEY")
         || upper.contains("AGE-PLUGIN-")
+}
+
+/// The plugin binary an encryption error says is missing.
+fn missing_plugin(e: &age::EncryptError) -> Option<String> {
+    match e {
+        age::EncryptError::PluginResolve(age::plugin::ResolveError::MissingPlugin {
+            binary_name,
+        }) => Some(binary_name.clone()),
+        _ => None,
+    }
+}
+
+/// An age error as plain text: age's messages wrap the values they quote in Unicode isolation
+/// marks (U+2068, U+2069), which a terminal shows as stray characters.
+fn plain(e: &dyn std::fmt::Display) -> String {
+    e.to_string().replace(['\u{2068}', '\u{2069}'], "")
 }
 
 /// The first characters of a value, for an error message.
@@ -134,11 +252,24 @@ fn rsa_bits(text: &str) -> Option<usize> {
 
 /// Encrypts `plaintext` to `recipients`, ASCII-armored.
 pub fn encrypt(plaintext: &[u8], recipients: &[&Recipient], what: &str) -> Result<Vec<u8>> {
-    let fail = |e: &dyn std::fmt::Display| Error::crypto(format!("encrypting {what}"), e);
+    let fail = |e: &dyn std::fmt::Display| Error::crypto(format!("encrypting {what}"), plain(e));
+    let missing = |binary_name: &str| {
+        Error::usage(
+            format!(
+                "{binary_name} is not on PATH: a recipient of {what} is that age plugin's, and encrypting to it runs the plugin"
+            ),
+            Some(format!(
+                "install {binary_name}, or run kpki where it is installed"
+            )),
+        )
+    };
     let encryptor = age::Encryptor::with_recipients(
         recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
     )
-    .map_err(|e| fail(&e))?;
+    .map_err(|e| match missing_plugin(&e) {
+        Some(binary_name) => missing(&binary_name),
+        None => fail(&e),
+    })?;
     let mut out = Vec::with_capacity(plaintext.len() * 2 + 512);
     let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
         .map_err(|e| fail(&e))?;
@@ -169,7 +300,7 @@ pub fn decrypt(
                 path,
                 format!("{source} cannot decrypt it: none of the given identities can decrypt it"),
             ),
-            e => Error::file(path, format!("cannot be decrypted ({e})")),
+            e => Error::file(path, format!("cannot be decrypted ({})", plain(&e))),
         })?;
     let mut plaintext = Zeroizing::new(Vec::new());
     stream
@@ -200,12 +331,58 @@ pub fn load_identities(path: &Path) -> Result<Vec<Identity>> {
             _ => Err(unusable("not an SSH private key age supports")),
         };
     }
-    let identities = age::IdentityFile::from_buffer(&text[..])
-        .ok()
-        .and_then(|file| file.into_identities().ok())
-        .filter(|ids| !ids.is_empty())
-        .ok_or_else(|| unusable("not an age identity file or SSH private key"))?;
-    Ok(identities)
+    let file = age::IdentityFile::from_buffer(&text[..])
+        .map_err(|_| unusable("not an age identity file or SSH private key"))?
+        .with_callbacks(Terminal);
+    let identities = file.into_identities().map_err(|e| match e {
+        age::DecryptError::PluginResolve(age::plugin::ResolveError::MissingPlugin {
+            binary_name,
+        }) => Error::usage(
+            format!(
+                "{}: holds an identity of an age plugin, and {binary_name} is not on PATH",
+                path.display()
+            ),
+            Some(format!(
+                "install {binary_name} (the plugin that holds the key)"
+            )),
+        ),
+        _ => unusable("not an age identity file or SSH private key"),
+    })?;
+    if identities.is_empty() {
+        return Err(unusable("holds no identity"));
+    }
+    let plugin = text.windows(11).any(|w| w == b"AGE-PLUGIN-");
+    Ok(match plugin {
+        false => identities,
+        true => identities
+            .into_iter()
+            .map(|i| Box::new(OneAtATime(i)) as Identity)
+            .collect(),
+    })
+}
+
+/// An identity of an age plugin: one decryption at a time, so that a token's prompts (a PIN,
+/// a touch) come one after another, never from parallel threads at once.
+struct OneAtATime(Identity);
+
+static PLUGIN_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl age::Identity for OneAtATime {
+    fn unwrap_stanza(
+        &self,
+        stanza: &age_core::format::Stanza,
+    ) -> Option<std::result::Result<age_core::format::FileKey, age::DecryptError>> {
+        let _turn = PLUGIN_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.unwrap_stanza(stanza)
+    }
+
+    fn unwrap_stanzas(
+        &self,
+        stanzas: &[age_core::format::Stanza],
+    ) -> Option<std::result::Result<age_core::format::FileKey, age::DecryptError>> {
+        let _turn = PLUGIN_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.unwrap_stanzas(stanzas)
+    }
 }
 
 /// The recipient of an age X25519 identity file, derived from the identity itself (its
@@ -277,6 +454,7 @@ pub fn expected_stanzas(recipients: &[String]) -> Vec<(String, Option<String>)> 
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     recipients
         .iter()
+        .filter(|r| !is_plugin(r))
         .map(|r| {
             let mut words = r.split(' ');
             match (words.next(), words.next()) {
@@ -292,4 +470,10 @@ pub fn expected_stanzas(recipients: &[String]) -> Vec<(String, Option<String>)> 
             }
         })
         .collect()
+}
+
+/// Whether a canonical recipient is an age plugin's: its stanzas have the plugin's own type,
+/// which the header check cannot predict, so it does not count them.
+pub fn is_plugin(recipient: &str) -> bool {
+    recipient.starts_with("age1") && recipient.parse::<age::x25519::Recipient>().is_err()
 }

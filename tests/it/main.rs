@@ -18,6 +18,7 @@ mod netns;
 mod nixos;
 mod openssl;
 mod output;
+mod plugin;
 mod revocation;
 mod secrets;
 mod team;
