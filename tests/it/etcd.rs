@@ -4,11 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, DEFAULT_CONFIG, s};
+use crate::harness::{Cluster, DEFAULT_CONFIG, s, while_running};
 use crate::netns::Hosts;
 
 const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
@@ -52,6 +50,8 @@ impl MemberFiles {
 /// Running etcd members; killed on drop, before their hosts are removed.
 pub struct Etcd {
     members: Vec<Child>,
+    /// The etcd server program.
+    program: PathBuf,
     pub hosts: Hosts,
     data: tempfile::TempDir,
 }
@@ -59,16 +59,20 @@ pub struct Etcd {
 impl Etcd {
     /// Starts one member per node with the node's certificates from `pki`.
     pub fn start(pki: &Path) -> Etcd {
-        Etcd::start_on(
-            (0..NODES.len())
-                .map(|i| MemberFiles::kpki(pki, i))
-                .collect(),
-        )
+        Etcd::start_program(pki, crate::harness::require("etcd"))
     }
 
-    /// Starts member `i` on `files[i]`.
-    pub fn start_on(files: Vec<MemberFiles>) -> Etcd {
-        let mut etcd = Etcd::empty();
+    /// Starts one member per node of the etcd server `program` on the node's certificates.
+    pub fn start_program(pki: &Path, program: PathBuf) -> Etcd {
+        let files = (0..NODES.len())
+            .map(|i| MemberFiles::kpki(pki, i))
+            .collect();
+        Etcd::start_on(files, program)
+    }
+
+    /// Starts member `i` of `program` on `files[i]`.
+    pub fn start_on(files: Vec<MemberFiles>, program: PathBuf) -> Etcd {
+        let mut etcd = Etcd::empty(program);
         for (i, files) in files.iter().enumerate() {
             let child = etcd.spawn(i, files, None);
             etcd.members.push(child);
@@ -79,11 +83,11 @@ impl Etcd {
     /// Starts one member per node configured only by the environment `envs[i]` (as the etcd
     /// service of a NixOS node is: `ETCD_*` variables).
     pub fn start_with_env(envs: &[std::collections::BTreeMap<String, String>]) -> Etcd {
-        let mut etcd = Etcd::empty();
+        let mut etcd = Etcd::empty(crate::harness::require("etcd"));
         for (i, env) in envs.iter().enumerate() {
             let child = etcd
                 .hosts
-                .command(i, "etcd")
+                .command_at(i, &etcd.program)
                 .env_clear()
                 .envs(env)
                 .stdout(Stdio::null())
@@ -95,9 +99,10 @@ impl Etcd {
         etcd
     }
 
-    fn empty() -> Etcd {
+    fn empty(program: PathBuf) -> Etcd {
         Etcd {
             members: Vec::new(),
+            program,
             hosts: Hosts::new(&ADDRESSES),
             data: tempfile::tempdir().unwrap(),
         }
@@ -123,7 +128,7 @@ impl Etcd {
             .collect();
         let log = self.log(i);
         self.hosts
-            .command(i, "etcd")
+            .command_at(i, &self.program)
             .args(["--name", node, "--data-dir"])
             .arg(self.data.path().join(node))
             .args(["--listen-client-urls", &format!("https://[{addr}]:2379")])
@@ -338,55 +343,24 @@ pub fn while_writing(
     prefix: &str,
     steps: impl FnOnce(&dyn Fn()),
 ) -> (usize, Vec<String>) {
-    let stop = AtomicBool::new(false);
-    let written = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let key = format!("{prefix}{n:05}");
-                let errors: Vec<String> = (0..3)
-                    .map_while(|attempt| {
-                        if attempt > 0 {
-                            std::thread::sleep(Duration::from_millis(500));
-                        }
-                        let out = client.ctl(ns, endpoints, &["put", &key, "x"]);
-                        (!out.status.success())
-                            .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
-                    })
-                    .collect();
-                if errors.len() < 3 {
-                    written.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    failures.lock().unwrap().extend(errors);
+    let attempt = |n: usize| {
+        let key = format!("{prefix}{n:05}");
+        let errors: Vec<String> = (0..3)
+            .map_while(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_millis(500));
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        // Stops the writer also when a step panics, so the scope can end.
-        let _stop = StopOnDrop(&stop);
-        let progress = || {
-            let from = written.load(Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while written.load(Ordering::SeqCst) < from + 3 {
-                assert!(Instant::now() < deadline, "writes stalled");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        steps(&progress);
-    });
-    (written.into_inner(), failures.into_inner().unwrap())
-}
-
-/// Sets its flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
+                let out = client.ctl(ns, endpoints, &["put", &key, "x"]);
+                (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+            .collect();
+        if errors.len() < 3 {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    };
+    while_running(attempt, steps)
 }
 
 /// Copies a client's files aside, so they outlive a rotation.

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The default config, as `kpki init` writes it.
 pub const DEFAULT_CONFIG: &str = include_str!("../../src/config/default.toml");
@@ -386,4 +389,52 @@ pub fn commit_by_hand(cluster: &Cluster, rel: &str) {
         "{rel}: fingerprint not unique"
     );
     std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
+}
+
+/// Runs `steps` while another thread calls `attempt(n)` for n = 1, 2, ... every 100 ms (one
+/// request of a client that must keep working). `steps` gets a function that waits until a few
+/// more attempts succeeded. Returns how many succeeded and the errors of those that failed.
+pub fn while_running(
+    attempt: impl Fn(usize) -> Result<(), Vec<String>> + Sync,
+    steps: impl FnOnce(&dyn Fn()),
+) -> (usize, Vec<String>) {
+    let stop = AtomicBool::new(false);
+    let succeeded = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                match attempt(n) {
+                    Ok(()) => {
+                        succeeded.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(errors) => failures.lock().unwrap().extend(errors),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Stops the client also when a step panics, so the scope can end.
+        let _stop = StopOnDrop(&stop);
+        let progress = || {
+            let from = succeeded.load(Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while succeeded.load(Ordering::SeqCst) < from + 3 {
+                assert!(Instant::now() < deadline, "requests stalled");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        steps(&progress);
+    });
+    (succeeded.into_inner(), failures.into_inner().unwrap())
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

@@ -40,6 +40,7 @@ fn a_kubeadm_cluster_is_adopted_while_etcd_keeps_serving() {
             .iter()
             .map(|n| MemberFiles::kubeadm(&kubeadm.join(n)))
             .collect(),
+        crate::harness::require("etcd"),
     );
     let old = Client {
         ca: kubeadm.join("node-01/etcd/ca.crt"),

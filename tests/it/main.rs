@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod config_errors;
+mod controlplane;
 mod crash;
 mod declared;
 mod etcd;
@@ -12,6 +13,7 @@ mod harness;
 mod import;
 mod init;
 mod issue;
+mod kube;
 mod lifecycle;
 mod locking;
 mod netns;

@@ -73,11 +73,10 @@ impl Hosts {
         format!("{}-n{i}", self.prefix)
     }
 
-    /// A command that runs `program` on host `i`.
-    pub fn command(&self, i: usize, program: &str) -> Command {
+    /// A command that runs the program at `path` on host `i`.
+    pub fn command_at(&self, i: usize, path: &std::path::Path) -> Command {
         let mut cmd = Command::new(crate::harness::require("ip"));
-        cmd.args(["netns", "exec", &self.ns(i)])
-            .arg(crate::harness::require(program));
+        cmd.args(["netns", "exec", &self.ns(i)]).arg(path);
         cmd
     }
 }

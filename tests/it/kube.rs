@@ -1,0 +1,403 @@
+//! A real Kubernetes control plane on the files of `kpki init`: kube-apiserver on every node,
+//! kube-controller-manager, kube-scheduler and kubectl, built from `tests/k8s/go.mod` (the
+//! `k8s.io/kubernetes` module through the Go module proxy) into `target/k8s/`, over a three-member
+//! etcd (`etcd.rs`) of etcd 3.6 built the same way: Debian's etcd 3.4 lacks the watch progress
+//! notifications kube-apiserver 1.34 waits for (its watch cache falls behind: "Too large resource
+//! version"). One network namespace per node.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::etcd::{Client, Etcd};
+use crate::harness::{Cluster, Run, require, s};
+
+pub const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
+pub const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
+
+/// The directory holding the programs `make k8s` builds from `tests/k8s` (kube-apiserver,
+/// kube-controller-manager, kube-scheduler, kubectl, etcd, the stand-in). make rebuilds them only
+/// when a source changed: the first run pays for the build (minutes), later ones find them.
+pub fn programs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(require("make"))
+            .current_dir(root)
+            .args(["-s", "k8s"])
+            .status()
+            .expect("make runs");
+        assert!(status.success(), "make k8s failed");
+        root.join("target/k8s")
+    })
+}
+
+/// The URL of node `i`'s apiserver.
+pub fn apiserver_url(i: usize) -> String {
+    format!("https://[{}]:6443", ADDRESSES[i])
+}
+
+/// A command running `program` (one of the built ones) in network namespace `ns`.
+fn in_namespace(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new(require("ip"));
+    cmd.args(["netns", "exec", ns])
+        .arg(programs().join(program));
+    cmd
+}
+
+/// kubectl on the control plane's hosts.
+pub struct Kubectl {
+    namespaces: Vec<String>,
+}
+
+impl Kubectl {
+    /// kubectl on host `host` with `kubeconfig`.
+    pub fn run(&self, host: usize, kubeconfig: &Path, args: &[&str]) -> Output {
+        in_namespace(&self.namespaces[host], "kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--request-timeout", "10s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// A background process of the control plane, with its log.
+struct Process {
+    name: String,
+    child: Child,
+}
+
+/// etcd, an apiserver per node, and whatever else a test starts; everything is killed on drop,
+/// before the network namespaces go.
+pub struct ControlPlane<'a> {
+    pub cluster: &'a Cluster,
+    pub etcd: Etcd,
+    dir: tempfile::TempDir,
+    processes: Vec<Process>,
+}
+
+impl<'a> ControlPlane<'a> {
+    /// etcd and the three apiservers on the files of `cluster`, ready.
+    pub fn start(cluster: &'a Cluster) -> ControlPlane<'a> {
+        let bin = programs();
+        assert!(bin.join("kube-apiserver").is_file());
+        let etcd = Etcd::start_program(&cluster.pki(""), bin.join("etcd"));
+        etcd.wait_healthy(&Client::of(cluster, "etcd/apiserver-etcd-client"));
+        let mut plane = ControlPlane {
+            cluster,
+            etcd,
+            dir: tempfile::tempdir().unwrap(),
+            processes: Vec::new(),
+        };
+        plane.kubeconfig("admin.kubeconfig", &["admin"]);
+        for i in 0..NODES.len() {
+            plane.start_apiserver(i);
+        }
+        for i in 0..NODES.len() {
+            plane.wait_ready(i);
+        }
+        plane
+    }
+
+    /// A path in the test's scratch directory (kubeconfigs, logs).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `kpki kubeconfig ARGS` to `name` in the scratch directory and returns its path.
+    pub fn kubeconfig(&self, name: &str, args: &[&str]) -> PathBuf {
+        let path = self.path(name);
+        let mut all = vec!["kubeconfig"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-q", "-o", s(&path)]);
+        self.cluster.kpki(&all).success();
+        path
+    }
+
+    /// A command running `program` (one of the built ones) on host `host`.
+    fn command(&self, host: usize, program: &str) -> Command {
+        in_namespace(&self.etcd.hosts.ns(host), program)
+    }
+
+    /// Starts `program ARGS` on host `host` in the background as `name` (replacing a process of
+    /// that name), logging to `name.log`.
+    pub fn spawn(&mut self, name: &str, host: usize, program: &str, args: &[String]) {
+        self.stop(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .unwrap();
+        let child = self
+            .command(host, program)
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        self.processes.push(Process {
+            name: name.to_string(),
+            child,
+        });
+    }
+
+    /// Kills the process `name`, if running.
+    pub fn stop(&mut self, name: &str) {
+        if let Some(at) = self.processes.iter().position(|p| p.name == name) {
+            let mut p = self.processes.remove(at);
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    /// The log of process `name`.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The last lines of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut names: Vec<String> = self.processes.iter().map(|p| p.name.clone()).collect();
+        names.sort();
+        let tails: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let log = self.log(n);
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "--- {n}\n{}",
+                    lines[lines.len().saturating_sub(12)..].join("\n")
+                )
+            })
+            .collect();
+        format!("{}\n{}", tails.join("\n"), self.etcd.logs())
+    }
+
+    /// (Re)starts the apiserver of node `i` on the files now in `pki/`.
+    pub fn start_apiserver(&mut self, i: usize) {
+        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
+        let node = |rel: &str| pki(&format!("{}/{rel}", NODES[i]));
+        let etcd: Vec<String> = ADDRESSES
+            .iter()
+            .map(|a| format!("https://[{a}]:2379"))
+            .collect();
+        let args = [
+            ("bind-address", "::".to_string()),
+            ("advertise-address", ADDRESSES[i].to_string()),
+            ("secure-port", "6443".into()),
+            ("etcd-servers", etcd.join(",")),
+            ("etcd-cafile", pki("etcd/ca.pem")),
+            ("etcd-certfile", pki("etcd/apiserver-etcd-client.pem")),
+            ("etcd-keyfile", pki("etcd/apiserver-etcd-client-key.pem")),
+            ("tls-cert-file", node("apiserver.pem")),
+            ("tls-private-key-file", node("apiserver-key.pem")),
+            ("client-ca-file", pki("kubernetes/ca.pem")),
+            ("service-account-key-file", pki("service-account/sa.pem")),
+            (
+                "service-account-signing-key-file",
+                pki("service-account/sa-key.pem"),
+            ),
+            (
+                "service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local".into(),
+            ),
+            ("service-cluster-ip-range", "fd00:10:96::/112".into()),
+            ("authorization-mode", "Node,RBAC".into()),
+            ("enable-admission-plugins", "NodeRestriction".into()),
+            (
+                "kubelet-client-certificate",
+                pki("kubernetes/apiserver-kubelet-client.pem"),
+            ),
+            (
+                "kubelet-client-key",
+                pki("kubernetes/apiserver-kubelet-client-key.pem"),
+            ),
+            ("kubelet-certificate-authority", pki("kubernetes/ca.pem")),
+            ("kubelet-preferred-address-types", "InternalIP".into()),
+            ("requestheader-client-ca-file", pki("front-proxy/ca.pem")),
+            ("requestheader-allowed-names", "front-proxy-client".into()),
+            ("requestheader-username-headers", "X-Remote-User".into()),
+            ("requestheader-group-headers", "X-Remote-Group".into()),
+            (
+                "requestheader-extra-headers-prefix",
+                "X-Remote-Extra-".into(),
+            ),
+            ("proxy-client-cert-file", pki("front-proxy/client.pem")),
+            ("proxy-client-key-file", pki("front-proxy/client-key.pem")),
+            ("enable-aggregator-routing", "true".into()),
+            (
+                "cert-dir",
+                s(&self.path(&format!("apiserver-{i}-certs"))).into(),
+            ),
+            ("profiling", "false".into()),
+        ];
+        let args: Vec<String> = args.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+        self.spawn(&format!("apiserver-{i}"), i, "kube-apiserver", &args);
+    }
+
+    /// Waits until the apiserver of node `i` answers `/readyz` with `ok`.
+    pub fn wait_ready(&self, i: usize) {
+        let admin = self.path("admin.kubeconfig");
+        let server = apiserver_url(i);
+        self.wait_until(&format!("apiserver-{i} ready"), || {
+            let args = ["--server", &server, "get", "--raw", "/readyz?verbose"];
+            let out = self.kubectl(i, &admin, &args);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match out.status.success() && stdout.ends_with("readyz check passed\n") {
+                true => Ok(()),
+                false => Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))),
+            }
+        });
+    }
+
+    /// Polls `done` every 500 ms for up to two minutes; fails naming `what` with the logs.
+    pub fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        self.wait_until(what, || done().then_some(()).ok_or_else(String::new));
+    }
+
+    /// Polls `check` every 500 ms for up to two minutes; fails naming `what`, the last error of
+    /// `check` and the logs.
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Err(last) = check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}\n{last}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// kubectl on host `host` with `kubeconfig`.
+    pub fn kubectl(&self, host: usize, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.kubectl_handle().run(host, kubeconfig, args)
+    }
+
+    /// A kubectl that does not borrow the control plane, for a client thread.
+    pub fn kubectl_handle(&self) -> Kubectl {
+        Kubectl {
+            namespaces: (0..NODES.len()).map(|i| self.etcd.hosts.ns(i)).collect(),
+        }
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn kubectl_ok(&self, host: usize, kubeconfig: &Path, args: &[&str]) -> String {
+        let out = self.kubectl(host, kubeconfig, args);
+        let run = Run::from_output(
+            out,
+            format!("kubectl {args:?} with {}", kubeconfig.display()),
+        );
+        assert!(
+            run.code() == Some(0),
+            "kubectl {args:?} failed:\n{}{}\n{}",
+            run.stdout(),
+            run.stderr(),
+            self.logs()
+        );
+        run.stdout()
+    }
+
+    /// kubectl as the admin on host `host`.
+    pub fn admin(&self, host: usize, args: &[&str]) -> String {
+        self.kubectl_ok(host, &self.path("admin.kubeconfig"), args)
+    }
+
+    /// `kubectl create -f -` of `manifest` on host 0 with `kubeconfig`.
+    pub fn create(&self, kubeconfig: &Path, manifest: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(0, "kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["create", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Starts kube-controller-manager on host `host` with its kubeconfig from kpki (pointed at
+    /// that host's apiserver), the SA signing key and the Kubernetes CA as the root CA.
+    pub fn start_controller_manager(&mut self, host: usize) {
+        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
+        let own = [
+            format!(
+                "--service-account-private-key-file={}",
+                pki("service-account/sa-key.pem")
+            ),
+            format!("--root-ca-file={}", pki("kubernetes/ca.pem")),
+            "--use-service-account-credentials=true".into(),
+        ];
+        self.start_component("controller-manager", host, &own);
+    }
+
+    /// Starts kube-scheduler on host `host` with its kubeconfig from kpki.
+    pub fn start_scheduler(&mut self, host: usize) {
+        self.start_component("scheduler", host, &[]);
+    }
+
+    /// Starts `kube-NAME` on host `host` with `kpki kubeconfig NAME` (pointed at that host's
+    /// apiserver) for everything it asks the apiserver, short leader-election periods, no
+    /// serving port, and `own` arguments.
+    fn start_component(&mut self, name: &str, host: usize, own: &[String]) {
+        let server = apiserver_url(host);
+        let kubeconfig =
+            self.kubeconfig(&format!("{name}.kubeconfig"), &[name, "--server", &server]);
+        let k = s(&kubeconfig);
+        let common = [
+            format!("--kubeconfig={k}"),
+            format!("--authentication-kubeconfig={k}"),
+            format!("--authorization-kubeconfig={k}"),
+            "--secure-port=0".into(),
+            "--leader-elect-lease-duration=6s".into(),
+            "--leader-elect-renew-deadline=4s".into(),
+            "--leader-elect-retry-period=1s".into(),
+        ];
+        self.spawn(
+            name,
+            host,
+            &format!("kube-{name}"),
+            &[&common[..], own].concat(),
+        );
+    }
+
+    /// The holder of the leader lease `name` in kube-system, if any.
+    pub fn lease_holder(&self, name: &str) -> String {
+        let out = self.kubectl(
+            0,
+            &self.path("admin.kubeconfig"),
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "lease",
+                name,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for ControlPlane<'_> {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
