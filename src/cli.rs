@@ -29,6 +29,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The identities `kpki kubeconfig` writes.
+pub const IDENTITIES: &[&str] = &[
+    "admin",
+    "controller-manager",
+    "scheduler",
+    "kube-proxy",
+    "kubelet",
+    "user",
+    "cert",
+];
+
 /// `kpki kubeconfig`.
 #[derive(Debug, Args)]
 pub struct KubeconfigArgs {
@@ -140,7 +151,9 @@ pub enum Command {
         #[command(subcommand)]
         from: ImportFrom,
     },
-    /// Print shell completions.
+    /// Print the script that registers kpki's shell completion, which offers profiles, CA
+    /// names and the node and user names of the cluster directory the shell is in
+    /// (bash: `source <(kpki completions bash)`).
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,

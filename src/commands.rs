@@ -1304,10 +1304,8 @@ fn list_or_none(names: &[&str]) -> String {
 
 /// `kpki completions SHELL`.
 pub fn completions(ctx: &Context, shell: clap_complete::Shell) -> Result<()> {
-    use clap::CommandFactory;
-    let mut cmd = crate::cli::Cli::command();
-    let mut text = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "kpki", &mut text);
-    ctx.print(&String::from_utf8_lossy(&text));
+    let script = crate::completion::registration(shell)
+        .map_err(|e| Error::usage(format!("completions for {shell}: {e}"), None))?;
+    ctx.print(&script);
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod agefile;
 pub mod catalogue;
 pub mod cli;
 pub mod commands;
+pub mod completion;
 pub mod config;
 pub mod error;
 pub mod importing;

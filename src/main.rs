@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use kpki::cli::{Cli, Command, ImportFrom};
 use kpki::commands::{self, Context, IssueRequest, RotateRequest};
 use kpki::error::Result;
@@ -11,9 +11,10 @@ use kpki::importing::Layout;
 use kpki::store::Store;
 
 fn main() -> ExitCode {
-    let command =
-        Cli::command().mut_subcommand("issue", |c| c.after_help(kpki::catalogue::profiles_help()));
-    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    // Answers the shell's completion requests (COMPLETE=SHELL in the environment) and exits.
+    clap_complete::CompleteEnv::with_factory(kpki::completion::command).complete();
+    let matches = kpki::completion::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !cli.quiet {
         kpki::progress::enable();
     }

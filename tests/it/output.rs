@@ -174,3 +174,66 @@ fn help_and_errors_say_what_is_meant() {
     assert!(status.contains("removed: "), "{status}");
     assert!(!status.contains("secrets: up to date"), "{status}");
 }
+
+/// What bash completes for `line` (the word being completed is the last, possibly empty), in
+/// `dir`, with kpki's registration script sourced as the user would.
+fn bash_completes(dir: &std::path::Path, line: &str) -> Vec<String> {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kpki"))
+        .parent()
+        .unwrap();
+    let script = format!(
+        "source <(kpki completions bash)\n\
+         COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; COMP_TYPE=9\n\
+         read -ra COMP_WORDS <<< \"$COMP_LINE\"\n\
+         [[ \"$COMP_LINE\" == *' ' ]] && COMP_WORDS+=('')\n\
+         COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))\n\
+         _clap_complete_kpki kpki \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    );
+    let path = format!("{}:{}", s(bin), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new(require("bash"))
+        .current_dir(dir)
+        .env("PATH", path)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('-') && !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completes_the_profiles_nodes_users_and_cas_of_the_cluster_directory() {
+    let cluster = Cluster::initialized(&nodes(4));
+    cluster
+        .kpki(&["issue", "client", "--cn", "alice", "--group", "dev"])
+        .success();
+    let at = cluster.path();
+    let nodes = ["node-001", "node-002", "node-003", "node-004"];
+    assert_eq!(bash_completes(at, "kpki issue kubelet "), nodes);
+    assert_eq!(bash_completes(at, "kpki issue kubelet node-00"), nodes);
+    assert_eq!(
+        bash_completes(at, "kpki issue kube"),
+        ["kube-proxy", "kubelet", "kubelet-serving"]
+    );
+    assert_eq!(
+        bash_completes(at, "kpki rotate --ca "),
+        ["kubernetes", "etcd", "front-proxy"]
+    );
+    assert!(bash_completes(at, "kpki kubeconfig user ").contains(&"alice".to_string()));
+    assert_eq!(
+        bash_completes(at, "kpki kubeconfig kube"),
+        ["kube-proxy", "kubelet"]
+    );
+    assert_eq!(
+        bash_completes(at, "kpki import kubeadm /tmp --node node-004"),
+        ["node-004"]
+    );
+    // Outside a cluster directory: no names, and no error in the middle of the command line.
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert!(bash_completes(elsewhere.path(), "kpki issue kubelet ").is_empty());
+    assert_eq!(bash_completes(elsewhere.path(), "kpki iss"), ["issue"]);
+}
