@@ -490,6 +490,38 @@ pub fn ca_entry(name: CaName) -> Entry<'static> {
         .expect("the catalogue has every CA")
 }
 
+/// The item of the CA `name` (its certificate is `DIR/ca.pem`).
+pub fn ca_item(name: CaName) -> Item<'static> {
+    shared(ca_entry(name))
+}
+
+/// The certificate file of the CA `name`, relative to `pki/`.
+pub fn ca_file(name: CaName) -> String {
+    ca_item(name).file(Part::Cert)
+}
+
+/// The item of the built-in cluster-wide `profile` (`admin`, `service-account`, ...); `None`
+/// for a per-node or unknown one.
+pub fn shared_item(profile: &str) -> Option<Item<'static>> {
+    builtin(profile).and_then(|e| Item::new(e, None))
+}
+
+/// A cluster-wide entry's item, for entries of the static table that are cluster-wide by
+/// construction (the CAs; `cas_are_cluster_wide` checks it).
+fn shared(entry: Entry<'static>) -> Item<'static> {
+    let Scope::Cluster { dir } = entry.scope else {
+        panic!(
+            "{} is in the catalogue as a cluster-wide entry",
+            entry.profile
+        )
+    };
+    Item {
+        entry,
+        node: None,
+        dir,
+    }
+}
+
 /// File stems kpki uses besides the catalogue's, in each CA's directory: a rotation's
 /// cross-signed CA and previous key, and the etcd CA's revocation list.
 const RESERVED_STEMS: &[&str] = &["ca-cross", "ca-previous", "crl"];
@@ -553,21 +585,41 @@ pub enum Part {
     Key,
 }
 
-/// A catalogue entry bound to a node (for per-node entries): one concrete file pair.
+/// A catalogue entry bound to a node (for per-node entries): one concrete file pair. Made only
+/// by the constructors below, so a per-node entry always has its node.
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'c> {
-    pub entry: Entry<'c>,
-    pub node: Option<&'c Node>,
+    entry: Entry<'c>,
+    node: Option<&'c Node>,
+    /// The directory under `pki/`: the entry's own, or the node's name.
+    dir: &'c str,
 }
 
 impl<'c> Item<'c> {
+    /// `entry` bound to `node`: `None` when a per-node entry has no node or a cluster-wide one
+    /// has one. (Whether the node's roles select the entry is the caller's to check.)
+    pub fn new(entry: Entry<'c>, node: Option<&'c Node>) -> Option<Item<'c>> {
+        let dir = match (entry.scope, node) {
+            (Scope::Cluster { dir }, None) => dir,
+            (Scope::Node(_), Some(node)) => &node.name,
+            _ => return None,
+        };
+        Some(Item { entry, node, dir })
+    }
+
+    /// The catalogue row.
+    pub fn entry(&self) -> Entry<'c> {
+        self.entry
+    }
+
+    /// The node of a per-node item.
+    pub fn node(&self) -> Option<&'c Node> {
+        self.node
+    }
+
     /// The directory under `pki/`.
     pub fn dir(&self) -> &'c str {
-        match (self.entry.scope, self.node) {
-            (Scope::Cluster { dir }, _) => dir,
-            (Scope::Node(_), Some(node)) => &node.name,
-            (Scope::Node(_), None) => unreachable!("per-node items are bound to a node"),
-        }
+        self.dir
     }
 
     /// `DIR/STEM`, the item's name in output and errors.
@@ -760,7 +812,7 @@ pub struct Subject {
 pub fn items(config: &Config) -> Vec<Item<'_>> {
     let mut items: Vec<Item<'_>> = entries(config)
         .filter(|e| matches!(e.scope, Scope::Cluster { .. }))
-        .map(|entry| Item { entry, node: None })
+        .filter_map(|entry| Item::new(entry, None))
         .collect();
     for node in &config.nodes {
         items.extend(node_items(config, node));
@@ -771,10 +823,7 @@ pub fn items(config: &Config) -> Vec<Item<'_>> {
 /// The per-node items that `node` holds, by its roles (and, for declared ones, by name).
 pub fn node_items<'c>(config: &'c Config, node: &'c Node) -> impl Iterator<Item = Item<'c>> {
     entries(config).filter_map(move |entry| match entry.scope {
-        Scope::Node(selection) if selection.includes(node) => Some(Item {
-            entry,
-            node: Some(node),
-        }),
+        Scope::Node(selection) if selection.includes(node) => Item::new(entry, Some(node)),
         _ => None,
     })
 }
@@ -858,13 +907,17 @@ mod tests {
     }
 
     #[test]
+    fn cas_are_cluster_wide() {
+        for ca in CAS {
+            assert!(Item::new(ca_entry(ca), None).is_some(), "{ca:?}");
+        }
+    }
+
+    #[test]
     fn apiserver_sans_follow_the_config() {
         let config = config();
         let node = config.node("node-02").unwrap();
-        let item = Item {
-            entry: builtin("apiserver").unwrap(),
-            node: Some(node),
-        };
+        let item = Item::new(builtin("apiserver").unwrap(), Some(node)).unwrap();
         let sans: Vec<String> = item
             .subject(&config)
             .sans

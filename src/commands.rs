@@ -579,7 +579,7 @@ fn cache_notes(state: &State, config: &Config, unchecked: usize) -> Result<Vec<S
     }
     for item in catalogue::items(config)
         .iter()
-        .filter(|i| i.entry.is_declared())
+        .filter(|i| i.entry().is_declared())
     {
         let subject = item.subject(config);
         let readers = item.readers(Part::Key, config);
@@ -1121,7 +1121,7 @@ fn issue_targets<'c>(
                 format!("{profile} is cluster-wide and takes no node (got \"{node}\")"),
                 None,
             )),
-            None => Ok(vec![Item { entry, node: None }]),
+            None => Ok(Item::new(entry, None).into_iter().collect()),
         },
         (_, Scope::Node(selection)) => {
             let node = find_node(config, node, &format!("{profile} needs a node"))?;
@@ -1142,10 +1142,7 @@ fn issue_targets<'c>(
                     Some(format!("nodes that have it: {}", with.join(", "))),
                 ));
             }
-            Ok(vec![Item {
-                entry,
-                node: Some(node),
-            }])
+            Ok(Item::new(entry, Some(node)).into_iter().collect())
         }
     }
 }
@@ -1215,8 +1212,8 @@ fn kubeconfig_client(
     }
     match (who, name) {
         ("admin" | "controller-manager" | "scheduler" | "kube-proxy", None) => {
-            let entry = catalogue::builtin(who).expect("catalogued");
-            Ok(from_item(Item { entry, node: None }))
+            let item = catalogue::shared_item(who).expect("catalogued");
+            Ok(from_item(item))
         }
         ("kubelet", node) => {
             let node = find_node(config, node, "`kubeconfig kubelet` needs a node")?;
@@ -1227,10 +1224,7 @@ fn kubeconfig_client(
                     None,
                 ));
             }
-            Ok(from_item(Item {
-                entry,
-                node: Some(node),
-            }))
+            Ok(from_item(Item::new(entry, Some(node)).expect("kubelet is per node")))
         }
         ("user", Some(user)) => {
             catalogue::check_user_name(user).map_err(|e| Error::usage(format!("user: {e}"), None))?;
@@ -1290,7 +1284,7 @@ fn declared_client<'c>(config: &'c Config, name: &str, node: Option<&str>) -> Re
             Some(node)
         }
     };
-    Ok(Item { entry, node })
+    Item::new(entry, node).ok_or_else(|| Error::usage(format!("{name} takes no node"), None))
 }
 
 /// Names joined, or "none".

@@ -304,11 +304,7 @@ fn check_cas(
 ) -> Result<BTreeMap<CaName, Vec<u8>>> {
     let mut cas = BTreeMap::new();
     for ca in catalogue::CAS {
-        let rel = Item {
-            entry: catalogue::ca_entry(ca),
-            node: None,
-        }
-        .file(Part::Cert);
+        let rel = catalogue::ca_file(ca);
         let held = state.read(&rel)?;
         let Some((from, imported)) = read.get(&rel) else {
             if let Some(held) = held {
@@ -346,7 +342,7 @@ fn check_leaves(
 ) -> Result<()> {
     let files = catalogue_files(config);
     for (rel, (from, material)) in read {
-        let Some(Kind::Leaf { ca, .. }) = files.get(rel).map(|i| i.entry.kind) else {
+        let Some(Kind::Leaf { ca, .. }) = files.get(rel).map(|i| i.entry().kind) else {
             continue;
         };
         if material.kind != pem::Kind::Certificates {

@@ -13,19 +13,12 @@ use crate::state::State;
 
 /// `pki/kubernetes/admin.pem`, whose key and CA the admin kubeconfig embeds.
 pub fn admin_item() -> Item<'static> {
-    Item {
-        entry: catalogue::builtin("admin").expect("admin is catalogued"),
-        node: None,
-    }
+    catalogue::shared_item("admin").expect("admin is catalogued")
 }
 
 /// `pki/kubernetes/ca.pem`, the CA bundle every kubeconfig trusts.
 pub fn ca_cert() -> String {
-    Item {
-        entry: catalogue::ca_entry(CaName::Kubernetes),
-        node: None,
-    }
-    .file(Part::Cert)
+    catalogue::ca_file(CaName::Kubernetes)
 }
 
 /// The parts of a kubeconfig.

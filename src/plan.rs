@@ -63,7 +63,7 @@ pub fn missing<'c>(state: &State, config: &'c Config) -> Result<Vec<Action<'c>>>
     for (item, present) in items.into_iter().zip(present) {
         match present {
             (true, true) => {}
-            (true, false) if matches!(item.entry.kind, Kind::Ca(_)) => {
+            (true, false) if matches!(item.entry().kind, Kind::Ca(_)) => {
                 return Err(Error::file(
                     &state.store().pki_path(&item.file(Part::Key)),
                     format!(
@@ -91,7 +91,7 @@ pub fn apply(
 ) -> Result<Applied> {
     let (cas, rest): (Vec<&Action<'_>>, Vec<&Action<'_>>) = actions
         .iter()
-        .partition(|a| matches!(a.item.entry.kind, Kind::Ca(_)));
+        .partition(|a| matches!(a.item.entry().kind, Kind::Ca(_)));
     let applied = Mutex::new(Applied::default());
     cas.par_iter()
         .try_for_each(|a| apply_one(state, config, a, None, now, &applied))?;
@@ -112,7 +112,7 @@ pub fn apply(
 fn load_authorities(state: &State, actions: &[&Action<'_>]) -> Result<HashMap<CaName, Authority>> {
     let mut needed: Vec<CaName> = actions
         .iter()
-        .filter_map(|a| match a.item.entry.kind {
+        .filter_map(|a| match a.item.entry().kind {
             Kind::Leaf { ca, .. } => Some(ca),
             _ => None,
         })
@@ -136,15 +136,8 @@ pub fn load_outgoing_authority(state: &State, name: CaName) -> Result<Authority>
     read_authority(state, name, true)
 }
 
-fn ca_item(name: CaName) -> Item<'static> {
-    Item {
-        entry: catalogue::ca_entry(name),
-        node: None,
-    }
-}
-
 fn read_authority(state: &State, name: CaName, allow_expired: bool) -> Result<Authority> {
-    let item = ca_item(name);
+    let item = catalogue::ca_item(name);
     let cert = inspection::ca_bundle(state, name)?;
     let key = load_key(state, &item.file(Part::Key))?;
     let chain = state
@@ -195,7 +188,7 @@ fn apply_one(
     applied: &Mutex<Applied>,
 ) -> Result<()> {
     let item = action.item;
-    let algorithm = match item.entry.kind {
+    let algorithm = match item.entry().kind {
         Kind::KeyPair => issuing::service_account_algorithm(config.keys.algorithm),
         _ => config.keys.algorithm,
     };
@@ -208,7 +201,7 @@ fn apply_one(
         &mut done,
     )?;
     let subject = item.subject(config);
-    let public = match item.entry.kind {
+    let public = match item.entry().kind {
         Kind::Ca(_) => {
             let validity = action.validity.unwrap_or(config.keys.ca_validity);
             issuing::self_signed_ca(&subject, &key, now, validity)?
@@ -218,7 +211,7 @@ fn apply_one(
             let authority = authorities
                 .and_then(|a| a.get(&ca))
                 .expect("authorities are loaded for every leaf");
-            let wanted = match (action.validity, item.entry.validity) {
+            let wanted = match (action.validity, item.entry().validity) {
                 (Some(given), _) => Wanted::Given(given),
                 (None, declared) => {
                     Wanted::Configured(declared.unwrap_or(config.keys.leaf_validity))

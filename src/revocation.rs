@@ -300,12 +300,12 @@ pub fn plan_prune<'c>(
     let mut signing_key = SigningKey::Untouched;
     for item in catalogue::items(config)
         .into_iter()
-        .filter(|i| i.node.is_none())
+        .filter(|i| i.node().is_none())
     {
         if !readable_by_removed(&item, config, &lost) {
             continue;
         }
-        match item.entry.kind {
+        match item.entry().kind {
             Kind::Leaf { .. } => {
                 end(&item.file(Part::Cert), SUPERSEDED)?;
                 reissued.push(item);
@@ -348,7 +348,7 @@ fn readable_by_removed(
     config: &Config,
     lost: &BTreeMap<String, BTreeSet<Role>>,
 ) -> bool {
-    let Readers::Selected(selection) = item.entry.key_readers else {
+    let Readers::Selected(selection) = item.entry().key_readers else {
         return false;
     };
     lost.iter().any(|(dir, roles)| {
@@ -441,7 +441,7 @@ pub fn revoke(
         ));
     };
     let refused = |why: String, hint: String| Err(Error::usage(why, Some(hint)));
-    match item.entry.kind {
+    match item.entry().kind {
         Kind::Ca(ca) => {
             return refused(
                 format!("{name} is a CA: a CA is not revoked but rotated"),
@@ -462,8 +462,8 @@ pub fn revoke(
                 ),
                 format!(
                     "reissue it with kpki issue {}{}, and end the old one with kpki rotate --ca {}",
-                    item.entry.profile,
-                    item.node
+                    item.entry().profile,
+                    item.node()
                         .map(|n| format!(" {}", n.name))
                         .unwrap_or_default(),
                     ca.dir()
@@ -476,7 +476,7 @@ pub fn revoke(
     let Ending::Revoke(revoke) = ending(state, &rel, COMPROMISED, now)? else {
         return Err(Error::usage(
             format!("{rel} has expired or is not signed by the etcd CA: nothing to revoke"),
-            Some(format!("kpki issue {} renews it", item.entry.profile)),
+            Some(format!("kpki issue {} renews it", item.entry().profile)),
         ));
     };
     let action = Action {

@@ -42,7 +42,7 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
         .into_iter()
         .filter_map(|a| {
             let target = match (a.item, a.user) {
-                (Some(item), _) if matches!(item.entry.kind, Kind::Leaf { .. }) => {
+                (Some(item), _) if matches!(item.entry().kind, Kind::Leaf { .. }) => {
                     Target::Item(Box::new(item))
                 }
                 (None, Some(user)) => Target::User(user),
@@ -97,13 +97,6 @@ pub fn renew(
     Ok(applied)
 }
 
-fn ca_item(ca: CaName) -> Item<'static> {
-    Item {
-        entry: catalogue::ca_entry(ca),
-        node: None,
-    }
-}
-
 /// The first block of a file's canonical text.
 fn first_block(material: &pem::Material) -> pem::Material {
     let blocks = material.blocks();
@@ -122,7 +115,7 @@ fn certs_of(state: &State, rel: &str) -> Result<Vec<rustls_pki_types::Certificat
 
 /// Whether a rotation of `ca` is in progress: its `ca.pem` is a bundle.
 pub fn rotating(state: &State, ca: CaName) -> Result<bool> {
-    Ok(certs_of(state, &ca_item(ca).file(Part::Cert))?.len() > 1)
+    Ok(certs_of(state, &catalogue::ca_file(ca))?.len() > 1)
 }
 
 /// A rotation in progress, for `status`.
@@ -152,7 +145,7 @@ impl Rotation {
 pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
     let mut found = Vec::new();
     for ca in catalogue::CAS {
-        let rel = ca_item(ca).file(Part::Cert);
+        let rel = catalogue::ca_file(ca);
         if !state.exists(&rel)? || !rotating(state, ca)? {
             continue;
         }
@@ -225,7 +218,7 @@ pub fn start_ca(
     keep_key: bool,
     now: OffsetDateTime,
 ) -> Result<Applied> {
-    let item = ca_item(ca);
+    let item = catalogue::ca_item(ca);
     if rotating(state, ca)? {
         return Err(Error::usage(
             format!("a rotation of the {} CA is already in progress", ca.dir()),
@@ -276,7 +269,7 @@ pub fn start_ca(
 fn leaves_of(config: &Config, ca: CaName) -> impl Iterator<Item = Item<'_>> {
     catalogue::items(config)
         .into_iter()
-        .filter(move |i| matches!(i.entry.kind, Kind::Leaf { ca: c, .. } if c == ca))
+        .filter(move |i| matches!(i.entry().kind, Kind::Leaf { ca: c, .. } if c == ca))
 }
 
 /// The subjects of the extra users, which the Kubernetes CA signs.
@@ -304,7 +297,7 @@ pub struct Finished {
 /// Finishes the rotation of `ca`: the bundle and every leaf file lose the old CA; the old key
 /// and the cross-signed link are deleted.
 pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished> {
-    let item = ca_item(ca);
+    let item = catalogue::ca_item(ca);
     if !rotating(state, ca)? {
         return Err(Error::usage(
             format!("no rotation of the {} CA is in progress", ca.dir()),
@@ -340,10 +333,7 @@ pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished>
 
 /// The service-account entry.
 fn sa_item() -> Item<'static> {
-    Item {
-        entry: catalogue::builtin("service-account").expect("catalogued"),
-        node: None,
-    }
+    catalogue::shared_item("service-account").expect("catalogued")
 }
 
 /// How many public keys `sa.pem` holds (0 when it does not exist).

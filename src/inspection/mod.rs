@@ -43,10 +43,7 @@ pub struct Facts {
 /// while a rotation is recorded (its previous key kept). A bundle with more CAs than that would
 /// make every reader trust a CA nobody rotated in, so it is refused.
 pub fn ca_bundle(state: &State, name: CaName) -> Result<Arc<Material>> {
-    let item = Item {
-        entry: catalogue::ca_entry(name),
-        node: None,
-    };
+    let item = catalogue::ca_item(name);
     let rel = item.file(Part::Cert);
     let bundle = state.require(&rel)?;
     let count = bundle.blocks().len();
@@ -195,7 +192,7 @@ pub fn signed_by(der: &[u8], issuer_der: &[u8]) -> bool {
 /// Why a leaf no longer matches what the catalogue says under `config` and the current CA
 /// (`ca`, the first certificate of `ca.pem`), or `None` when it matches.
 pub fn drift(item: &Item<'_>, config: &Config, leaf: &Facts, ca: Option<&Facts>) -> Option<String> {
-    let Kind::Leaf { usage, .. } = item.entry.kind else {
+    let Kind::Leaf { usage, .. } = item.entry().kind else {
         return None;
     };
     let want = item.subject(config);

@@ -135,7 +135,7 @@ pub fn assess<'c>(
 fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
     let mut cas = HashMap::new();
     for name in catalogue::CAS {
-        let rel = ca_file(name);
+        let rel = catalogue::ca_file(name);
         if let Ok(Some(text)) = pki.read(&rel) {
             let bad = |m: String| Error::file(&pki.store().pki_path(&rel), m);
             let first = pem_certs(&text.text).map_err(bad)?;
@@ -143,14 +143,6 @@ fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
         }
     }
     Ok(cas)
-}
-
-fn ca_file(name: CaName) -> String {
-    Item {
-        entry: catalogue::ca_entry(name),
-        node: None,
-    }
-    .file(Part::Cert)
 }
 
 fn assess_item<'c>(
@@ -162,12 +154,12 @@ fn assess_item<'c>(
     at: OffsetDateTime,
 ) -> Result<Assessed<'c>> {
     let files = [item.file(Part::Cert), item.file(Part::Key)];
-    let ca = match item.entry.kind {
+    let ca = match item.entry().kind {
         Kind::Leaf { ca, .. } => Some(ca),
         _ => None,
     };
-    let (mut row, leaf) = assess_files(pki, config, &files, stale, at, item.entry.kind)?;
-    let why = match (&leaf, item.entry.kind) {
+    let (mut row, leaf) = assess_files(pki, config, &files, stale, at, item.entry().kind)?;
+    let why = match (&leaf, item.entry().kind) {
         (Some(leaf), Kind::Leaf { .. }) => drift(item, config, leaf, ca.and_then(|c| cas.get(&c))),
         (Some(cert), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
         _ => None,
@@ -178,7 +170,7 @@ fn assess_item<'c>(
         row.state = State::Drift;
         row.detail = Some(why);
     }
-    if item.entry.kind == Kind::KeyPair && row.state == State::Ok {
+    if item.entry().kind == Kind::KeyPair && row.state == State::Ok {
         let public = pki.require(&files[0])?;
         if let Some(why) = public
             .blocks()
@@ -190,7 +182,7 @@ fn assess_item<'c>(
         }
     }
     row.name = item.name();
-    row.node = item.node.map(|n| n.name.clone());
+    row.node = item.node().map(|n| n.name.clone());
     row.ca = ca.map(CaName::dir);
     Ok(Assessed {
         item: Some(*item),

@@ -78,7 +78,7 @@ fn check_item(
     now: OffsetDateTime,
 ) -> Result<Vec<String>> {
     let [cert, key] = [Part::Cert, Part::Key].map(|p| item.file(p));
-    match item.entry.kind {
+    match item.entry().kind {
         Kind::Leaf { ca, .. } => {
             let (mut problems, leaf) = check_leaf_files(state, &[cert.clone(), key], ca, now)?;
             let current = current_ca(state, ca)?;
@@ -109,21 +109,13 @@ fn check_item(
 
 /// The first certificate of `ca`'s bundle.
 fn current_ca(state: &State, ca: CaName) -> Result<Option<Facts>> {
-    let rel = ca_file(ca);
+    let rel = catalogue::ca_file(ca);
     Ok(state
         .read(&rel)
         .ok()
         .flatten()
         .and_then(|text| pem_certs(&text.text).ok())
         .and_then(|certs| facts(&certs[0]).ok()))
-}
-
-fn ca_file(ca: CaName) -> String {
-    Item {
-        entry: catalogue::ca_entry(ca),
-        node: None,
-    }
-    .file(Part::Cert)
 }
 
 /// The contents of a public file and its private key, with the key's mode checked; `None` (and
@@ -211,7 +203,7 @@ fn check_leaf_files(
     now: OffsetDateTime,
 ) -> Result<(Vec<String>, Option<Facts>)> {
     let mut problems = Vec::new();
-    let ca_rel = ca_file(ca);
+    let ca_rel = catalogue::ca_file(ca);
     let pair = pair(state, cert, key, &mut problems)?;
     let bundle = need(state, &ca_rel, &mut Vec::new())?;
     let (Some((text, private)), Some(bundle)) = (pair, bundle) else {
@@ -317,7 +309,7 @@ fn check_revocation(state: &State, config: &Config, now: OffsetDateTime) -> Resu
     }
     let revoked = state.revocations();
     for item in catalogue::items(config) {
-        if !matches!(item.entry.kind, Kind::Leaf { ca, .. } if ca == crate::revocation::CA) {
+        if !matches!(item.entry().kind, Kind::Leaf { ca, .. } if ca == crate::revocation::CA) {
             continue;
         }
         let cert = item.file(Part::Cert);
@@ -331,7 +323,7 @@ fn check_revocation(state: &State, config: &Config, now: OffsetDateTime) -> Resu
         if let Some(serial) = serial.filter(|s| revoked.contains_key(s)) {
             problems.push(format!(
                 "pki/{cert}: revoked (serial {serial} is on {rel}): kpki issue {} reissues it",
-                item.entry.profile
+                item.entry().profile
             ));
         }
     }

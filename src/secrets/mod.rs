@@ -135,7 +135,7 @@ pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<
                 kind: Kind::of(&item.file(part)),
                 rel: item.file(part),
                 name: nix::secret_name(&item, part),
-                owner: item.entry.owner,
+                owner: item.entry().owner,
                 readers: item.readers(part, config),
             })
         })

@@ -87,7 +87,7 @@ pub fn secrets_nix(config: &Config, admins: &[String], plan: &super::SealPlan<'_
 pub fn secret_name(item: &Item<'_>, part: Part) -> String {
     let file = item.file(part);
     let base = file.rsplit('/').next().unwrap_or_default();
-    match item.entry.scope {
+    match item.entry().scope {
         Scope::Cluster { dir } => format!("kpki-{dir}-{base}"),
         Scope::Node(_) => format!("kpki-{base}"),
     }
@@ -259,14 +259,8 @@ fn wiring(out: &mut String, service: Service) {
     out.push_str(&values(service));
     out.push_str("      };\n");
     if service == Service::Apiserver {
-        let ca = catalogue::builtin(FRONT_PROXY_CA).expect("catalogued");
-        read.push(string(
-            &Item {
-                entry: ca,
-                node: None,
-            }
-            .file(Part::Cert),
-        ));
+        let ca = catalogue::shared_item(FRONT_PROXY_CA).expect("catalogued");
+        read.push(string(&ca.file(Part::Cert)));
     }
     let _ = writeln!(
         out,
@@ -282,7 +276,8 @@ fn file_expr(w: &Wire) -> (String, String) {
     let entry = catalogue::builtin(w.profile).expect("wired profiles are catalogued");
     match entry.scope {
         Scope::Cluster { .. } => {
-            let rel = string(&Item { entry, node: None }.file(w.part));
+            let item = Item::new(entry, None).expect("a cluster-wide entry");
+            let rel = string(&item.file(w.part));
             (format!("path {rel}"), rel)
         }
         Scope::Node(_) => {
@@ -300,11 +295,9 @@ fn file_expr(w: &Wire) -> (String, String) {
 
 /// The options of a service that are not file paths.
 fn values(service: Service) -> String {
-    let front_proxy_ca = Item {
-        entry: catalogue::builtin(FRONT_PROXY_CA).expect("catalogued"),
-        node: None,
-    }
-    .file(Part::Cert);
+    let front_proxy_ca = catalogue::shared_item(FRONT_PROXY_CA)
+        .expect("catalogued")
+        .file(Part::Cert);
     let text = match service {
         Service::Apiserver => concat!(
             "        etcd.servers = wire (map (m: \"https://${m.host}:2379\") etcdMembers);\n",
