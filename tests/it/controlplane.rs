@@ -9,7 +9,13 @@ use crate::kube::{ADDRESSES, ControlPlane, Kubectl, apiserver_url};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Who the apiserver of `host` says the holder of `kubeconfig` is: "user [groups]".
-fn whoami(plane: &ControlPlane, host: usize, kubeconfig: &Path, extra: &[&str]) -> String {
+/// An error is kubectl's output.
+fn whoami(
+    plane: &ControlPlane,
+    host: usize,
+    kubeconfig: &Path,
+    extra: &[&str],
+) -> Result<String, String> {
     let server = apiserver_url(host);
     let jsonpath = "jsonpath={.status.userInfo.username} {.status.userInfo.groups}";
     let args = [
@@ -18,7 +24,11 @@ fn whoami(plane: &ControlPlane, host: usize, kubeconfig: &Path, extra: &[&str]) 
         &["auth", "whoami", "-o", jsonpath],
     ]
     .concat();
-    plane.kubectl_ok(host, kubeconfig, &args)
+    let out = plane.kubectl(host, kubeconfig, &args);
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(format!("{out:?}")),
+    }
 }
 
 /// `kubectl get --raw PATH` as the admin against the apiserver of `host`.
@@ -70,7 +80,7 @@ fn client_users_get_rbac_of_their_group(plane: &ControlPlane) {
     kpki(&["issue", "client", "--cn", "alice", "--group", "dev"]);
     let alice = plane.kubeconfig("alice.kubeconfig", &["user", "alice"]);
     assert_eq!(
-        whoami(plane, 2, &alice, &[]),
+        whoami(plane, 2, &alice, &[]).unwrap(),
         "alice [\"dev\",\"system:authenticated\"]"
     );
     for args in [
@@ -107,12 +117,14 @@ fn client_users_get_rbac_of_their_group(plane: &ControlPlane) {
     let server = apiserver_url(1);
     let as_alice =
         |args: &[&str]| plane.kubectl(1, &alice, &[&["--server", &*server], args].concat());
-    let got = as_alice(&["-n", "team", "get", "configmap", "settings", "-o", "name"]);
-    assert_eq!(
-        String::from_utf8_lossy(&got.stdout).trim(),
-        "configmap/settings",
-        "{got:?}"
-    );
+    // The binding reaches apiserver 1 through its watch, within moments.
+    plane.wait_until("alice reads team's configmaps", || {
+        let got = as_alice(&["-n", "team", "get", "configmap", "settings", "-o", "name"]);
+        match String::from_utf8_lossy(&got.stdout).trim() {
+            "configmap/settings" => Ok(()),
+            _ => Err(format!("{got:?}")),
+        }
+    });
     for denied in [
         ["-n", "team", "get", "secrets"].as_slice(),
         &["-n", "default", "get", "configmaps"],
@@ -180,17 +192,17 @@ fn service_account_tokens_work_across_apiservers(plane: &ControlPlane) {
         0,
         &["--server", &server, "-n", "team", "create", "token", "bot"],
     );
-    let who = whoami(
-        plane,
-        2,
-        &token_kubeconfig(plane),
-        &["--token", token.trim()],
-    );
-    assert!(
-        who.starts_with("system:serviceaccount:team:bot [")
-            && who.contains("system:serviceaccounts:team"),
-        "{who}"
-    );
+    // Apiserver 2 looks the account up in its cache, which its watch fills within moments.
+    let kubeconfig = token_kubeconfig(plane);
+    plane.wait_until("the token at another apiserver", || {
+        let who = whoami(plane, 2, &kubeconfig, &["--token", token.trim()])?;
+        match who.starts_with("system:serviceaccount:team:bot [")
+            && who.contains("system:serviceaccounts:team")
+        {
+            true => Ok(()),
+            false => Err(who),
+        }
+    });
 }
 
 /// A kubelet's identity creates its own Node; NodeRestriction refuses it another node's.
