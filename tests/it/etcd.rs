@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::harness::{Cluster, DEFAULT_CONFIG, s, while_running};
 use crate::netns::Hosts;
 
-const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
-const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
+pub const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
+pub const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
 
 /// The files one member runs on.
 pub struct MemberFiles {

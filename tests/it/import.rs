@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::etcd::{Client, Etcd, MemberFiles, while_writing};
+use crate::etcd::{Client, Etcd, MemberFiles, NODES, while_writing};
 use crate::harness::{Cluster, DEFAULT_CONFIG, run_ok, s};
-
-const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
 
 /// A kubeadm PKI for the default cluster's nodes, one directory per node under `DIR/kubeadm`.
 fn kubeadm_pki(dir: &Path, nodes: &[&str]) -> PathBuf {

@@ -10,11 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use crate::etcd::{ADDRESSES, NODES};
 use crate::etcd::{Client, Etcd};
 use crate::harness::{Cluster, Run, require, s};
-
-pub const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
-pub const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
 
 /// The directory holding the programs `make k8s` builds from `tests/k8s` (kube-apiserver,
 /// kube-controller-manager, kube-scheduler, kubectl, etcd, the stand-in). make rebuilds them only
@@ -83,9 +81,7 @@ pub struct ControlPlane<'a> {
 impl<'a> ControlPlane<'a> {
     /// etcd and the three apiservers on the files of `cluster`, ready.
     pub fn start(cluster: &'a Cluster) -> ControlPlane<'a> {
-        let bin = programs();
-        assert!(bin.join("kube-apiserver").is_file());
-        let etcd = Etcd::start_program(&cluster.pki(""), bin.join("etcd"));
+        let etcd = Etcd::start_program(&cluster.pki(""), programs().join("etcd"));
         etcd.wait_healthy(&Client::of(cluster, "etcd/apiserver-etcd-client"));
         let mut plane = ControlPlane {
             cluster,
