@@ -55,16 +55,17 @@ test-quick: ## Unit tests and the checks that need neither root nor other progra
 	cargo test --locked --test it -- config_errors fuzz_corpus
 
 # The control plane the end-to-end test runs, built from k8s.io/kubernetes through the Go module
-# proxy (tests/k8s/go.mod pins the version), plus etcd 3.6 and the test's stand-in server.
-K8S_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubectl
+# proxy (tests/k8s/go.mod pins the version), plus etcd 3.6, Kubernetes' fake container runtime for
+# the kubelet, and the test's stand-in server.
+K8S_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
 K8S_SOURCES := tests/k8s/go.mod tests/k8s/go.sum $(wildcard tests/k8s/*/main.go)
 
 .PHONY: k8s
-k8s: target/k8s/.built ## Build kube-apiserver, controller-manager, scheduler, kubectl and etcd into target/k8s (first time: minutes)
+k8s: target/k8s/.built ## Build kube-apiserver, controller-manager, scheduler, kubelet, kubectl and etcd into target/k8s (first time: minutes)
 
 target/k8s/.built: $(K8S_SOURCES)
 	cd tests/k8s && go build -trimpath -buildvcs=false -ldflags='-s -w' -o ../../target/k8s/ \
-	  $(addprefix k8s.io/kubernetes/cmd/,$(K8S_CMDS)) ./standin ./etcd
+	  $(addprefix k8s.io/kubernetes/cmd/,$(K8S_CMDS)) ./standin ./etcd ./fakecri
 	touch $@
 
 .PHONY: bench

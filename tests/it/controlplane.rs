@@ -358,24 +358,21 @@ fn aggregated_apis_get_the_user_from_the_front_proxy(plane: &mut ControlPlane) {
         "{answer}"
     );
     // A client of the Kubernetes CA cannot speak to the aggregated server directly.
-    let direct = request_header_review(
-        plane,
-        2,
-        &format!(
-            "https://[{}]:8443/apis/stub.kpki.test/v1/whoami",
-            ADDRESSES[2]
-        ),
-        "kubernetes/admin",
+    let url = format!(
+        "https://[{}]:8443/apis/stub.kpki.test/v1/whoami",
+        ADDRESSES[2]
     );
+    let direct = curl_as(plane, 2, &url, "kubernetes/admin", &MALLORY);
     assert!(
         direct.starts_with("curl: (") && !direct.contains("remoteUser"),
         "{direct}"
     );
 }
 
-/// POSTs a SelfSubjectReview (or GETs another URL) with `client`'s certificate, claiming
-/// `X-Remote-User: mallory` in group system:masters; the response body.
-fn request_header_review(plane: &ControlPlane, host: usize, url: &str, client: &str) -> String {
+/// curl on host `host` with `client`'s certificate (`pki/CLIENT.pem`) and `headers`: a POST of
+/// a SelfSubjectReview to a `selfsubjectreviews` URL, else a GET. The response body, or curl's
+/// error.
+fn curl_as(plane: &ControlPlane, host: usize, url: &str, client: &str, headers: &[&str]) -> String {
     let pki = |rel: String| s(&plane.cluster.pki(&rel)).to_string();
     let ns = plane.etcd.hosts.ns(host);
     let cert = pki(format!("{client}.pem"));
@@ -383,12 +380,7 @@ fn request_header_review(plane: &ControlPlane, host: usize, url: &str, client: &
     let mut args = vec![
         "netns", "exec", &ns, "curl", "-sS", "-k", "--cert", &cert, "--key", &key,
     ];
-    args.extend([
-        "-H",
-        "X-Remote-User: mallory",
-        "-H",
-        "X-Remote-Group: system:masters",
-    ]);
+    args.extend(headers.iter().flat_map(|h| ["-H", h]));
     if url.ends_with("selfsubjectreviews") {
         args.extend(["-H", "Content-Type: application/json", "-d"]);
         args.push(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#);
@@ -402,6 +394,9 @@ fn request_header_review(plane: &ControlPlane, host: usize, url: &str, client: &
     )
 }
 
+/// Headers claiming to be mallory in system:masters, as a front proxy would pass a user on.
+const MALLORY: [&str; 2] = ["X-Remote-User: mallory", "X-Remote-Group: system:masters"];
+
 /// The apiserver's own request-header authentication: the user named by the header is believed
 /// from the front-proxy client only, never from a client of the Kubernetes CA.
 fn request_headers_are_believed_from_the_front_proxy_only(plane: &ControlPlane) {
@@ -409,12 +404,57 @@ fn request_headers_are_believed_from_the_front_proxy_only(plane: &ControlPlane) 
         "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
         apiserver_url(0)
     );
-    let proxied = request_header_review(plane, 0, &url, "front-proxy/client");
+    let proxied = curl_as(plane, 0, &url, "front-proxy/client", &MALLORY);
     assert!(proxied.contains("\"username\": \"mallory\""), "{proxied}");
-    let direct = request_header_review(plane, 0, &url, "kubernetes/kube-proxy");
+    let direct = curl_as(plane, 0, &url, "kubernetes/kube-proxy", &MALLORY);
     assert!(
         direct.contains("\"username\": \"system:kube-proxy\"") && !direct.contains("mallory"),
         "a client of the Kubernetes CA set its user by header: {direct}"
+    );
+}
+
+/// A real kubelet on node-03's files registers its Node with its client certificate and goes
+/// Ready; the apiserver reaches it with its kubelet client (verifying the kubelet's serving
+/// certificate), which the kubelet authenticates by the Kubernetes CA and authorizes through the
+/// apiserver (kube-proxy's identity is known there, and refused); a client of another CA is
+/// not authenticated.
+fn a_real_kubelet_joins(plane: &mut ControlPlane) {
+    plane.start_kubelet(2);
+    let admin = plane.path("admin.kubeconfig");
+    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    plane.wait_until("node-03 Ready", || {
+        let out = plane.kubectl(0, &admin, &["get", "node", "node-03", "-o", ready]);
+        match String::from_utf8_lossy(&out.stdout).as_ref() {
+            "True" => Ok(()),
+            _ => Err(format!("{out:?}")),
+        }
+    });
+    let pods = raw(
+        plane,
+        0,
+        &apiserver_url(0),
+        &[],
+        "/api/v1/nodes/node-03/proxy/pods",
+    );
+    assert!(pods.contains("\"kind\":\"PodList\""), "{pods}");
+    let kubelet = format!("https://[{}]:10250/pods", ADDRESSES[2]);
+    // The kubelet may answer before its authenticator is ready: poll briefly.
+    plane.wait_until("the admin at the kubelet", || {
+        let admin = curl_as(plane, 0, &kubelet, "kubernetes/admin", &[]);
+        admin
+            .contains("\"kind\":\"PodList\"")
+            .then_some(())
+            .ok_or(admin)
+    });
+    let proxy = curl_as(plane, 0, &kubelet, "kubernetes/kube-proxy", &[]);
+    assert!(
+        proxy.starts_with("Forbidden (user=system:kube-proxy"),
+        "kube-proxy, authenticated but not authorized by the apiserver: {proxy}"
+    );
+    let foreign = curl_as(plane, 0, &kubelet, "front-proxy/client", &[]);
+    assert_eq!(
+        foreign, "Unauthorized",
+        "a client of another CA at the kubelet"
     );
 }
 
@@ -428,6 +468,7 @@ fn kubernetes_control_plane_runs_on_kpki_files() {
     service_account_tokens_work_across_apiservers(&plane);
     nodes_are_restricted_to_themselves(&plane);
     apiserver_reaches_kubelets_with_its_client(&mut plane);
+    a_real_kubelet_joins(&mut plane);
     aggregated_apis_get_the_user_from_the_front_proxy(&mut plane);
     request_headers_are_believed_from_the_front_proxy_only(&plane);
 }

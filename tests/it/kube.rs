@@ -44,6 +44,25 @@ fn in_namespace(ns: &str, program: &str) -> Command {
     cmd
 }
 
+/// Shell commands that mount this machine's cgroup filesystems again where they are now.
+fn cgroup_mounts() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let steps: Vec<String> = mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (point, kind, options) = (fields[1], fields[2], fields[3]);
+            (point == "/sys/fs/cgroup" || point.starts_with("/sys/fs/cgroup/"))
+                .then(|| format!("mkdir -p {point} && mount -t {kind} -o {options} {kind} {point}"))
+        })
+        .collect();
+    assert!(
+        !steps.is_empty(),
+        "no cgroup filesystem under /sys/fs/cgroup"
+    );
+    steps.join(" && ")
+}
+
 /// kubectl on the control plane's hosts.
 pub struct Kubectl {
     namespaces: Vec<String>,
@@ -122,23 +141,89 @@ impl<'a> ControlPlane<'a> {
     /// Starts `program ARGS` on host `host` in the background as `name` (replacing a process of
     /// that name), logging to `name.log`.
     pub fn spawn(&mut self, name: &str, host: usize, program: &str, args: &[String]) {
+        let mut cmd = self.command(host, program);
+        cmd.args(args);
+        self.spawn_command(name, cmd);
+    }
+
+    /// Starts `cmd` in the background as `name` (replacing a process of that name), logging to
+    /// `name.log`.
+    fn spawn_command(&mut self, name: &str, mut cmd: Command) {
         self.stop(name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path(&format!("{name}.log")))
             .unwrap();
-        let child = self
-            .command(host, program)
-            .args(args)
+        let child = cmd
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         self.processes.push(Process {
             name: name.to_string(),
             child,
         });
+    }
+
+    /// Starts a real kubelet on host `host` on kpki's files: its client kubeconfig (pointed at
+    /// that host's apiserver), its serving certificate, the Kubernetes CA for its clients, and
+    /// webhook authorization through the apiserver. Kubernetes' fake container runtime stands in
+    /// for containerd, so the kubelet registers its node and goes Ready without containers.
+    pub fn start_kubelet(&mut self, host: usize) {
+        let node = NODES[host];
+        let socket = self.path(&format!("cri-{node}.sock"));
+        let endpoint = format!("unix://{}", s(&socket));
+        self.spawn(
+            &format!("cri-{node}"),
+            host,
+            "fakecri",
+            &[format!("--endpoint={endpoint}")],
+        );
+        self.wait_for("the fake container runtime's socket", || socket.exists());
+        let server = apiserver_url(host);
+        let kubeconfig = self.kubeconfig(
+            &format!("kubelet-{node}.kubeconfig"),
+            &["kubelet", node, "--server", &server],
+        );
+        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
+        let scratch = |dir: &str| s(&self.path(&format!("{dir}-{node}"))).to_string();
+        let args = [
+            format!("--kubeconfig={}", s(&kubeconfig)),
+            format!("--hostname-override={node}"),
+            format!("--node-ip={}", ADDRESSES[host]),
+            format!("--address={}", ADDRESSES[host]),
+            "--port=10250".into(),
+            format!(
+                "--tls-cert-file={}",
+                pki(&format!("{node}/kubelet-serving.pem"))
+            ),
+            format!(
+                "--tls-private-key-file={}",
+                pki(&format!("{node}/kubelet-serving-key.pem"))
+            ),
+            format!("--client-ca-file={}", pki("kubernetes/ca.pem")),
+            "--anonymous-auth=false".into(),
+            "--authorization-mode=Webhook".into(),
+            format!("--container-runtime-endpoint={endpoint}"),
+            format!("--image-service-endpoint={endpoint}"),
+            format!("--root-dir={}", scratch("kubelet-root")),
+            format!("--cert-dir={}", scratch("kubelet-certs")),
+            "--cgroups-per-qos=false".into(),
+            "--enforce-node-allocatable=".into(),
+            "--fail-swap-on=false".into(),
+            "--cgroup-driver=cgroupfs".into(),
+            "--read-only-port=0".into(),
+            "--healthz-port=0".into(),
+        ];
+        // `ip netns exec` mounts a fresh /sys without the cgroup hierarchies the kubelet needs:
+        // mount the host's again (the same hierarchies) in its mount namespace first.
+        let mut cmd = Command::new(require("ip"));
+        cmd.args(["netns", "exec", &self.etcd.hosts.ns(host), "sh", "-c"])
+            .arg(format!("{} && exec \"$0\" \"$@\"", cgroup_mounts()))
+            .arg(programs().join("kubelet"))
+            .args(args);
+        self.spawn_command(&format!("kubelet-{node}"), cmd);
     }
 
     /// Kills the process `name`, if running.
