@@ -413,6 +413,49 @@ fn request_headers_are_believed_from_the_front_proxy_only(plane: &ControlPlane) 
     );
 }
 
+/// The kubelet of node-03 answers `healthz` through every apiserver's node proxy.
+fn kubelet_reached_from_every_apiserver(plane: &ControlPlane) {
+    for i in 0..ADDRESSES.len() {
+        let healthz = "/api/v1/nodes/node-03/proxy/healthz";
+        plane.wait_until(&format!("node-03's kubelet through apiserver {i}"), || {
+            let args = ["--server", &apiserver_url(i), "get", "--raw", healthz];
+            let out = plane.kubectl(i, &plane.path("admin.kubeconfig"), &args);
+            match String::from_utf8_lossy(&out.stdout).as_ref() {
+                "ok" => Ok(()),
+                _ => Err(format!("{out:?}")),
+            }
+        });
+    }
+}
+
+/// The time node-03's kubelet last renewed its node lease.
+fn node_lease_renewed(plane: &ControlPlane) -> String {
+    let args = [
+        "-n",
+        "kube-node-lease",
+        "get",
+        "lease",
+        "node-03",
+        "-o",
+        "jsonpath={.spec.renewTime}",
+    ];
+    let out = plane.kubectl(0, &plane.path("admin.kubeconfig"), &args);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Restarts node-03's kubelet on the files now in `pki/` and waits until it renewed its lease
+/// (its client certificate works) and every apiserver reaches it (its serving certificate and
+/// the apiservers' kubelet client work).
+fn restart_kubelet(plane: &mut ControlPlane) {
+    let before = node_lease_renewed(plane);
+    plane.start_kubelet(2);
+    plane.wait_for("node-03's kubelet renews its lease", || {
+        let now = node_lease_renewed(plane);
+        !now.is_empty() && now != before
+    });
+    kubelet_reached_from_every_apiserver(plane);
+}
+
 /// A real kubelet on node-03's files registers its Node with its client certificate and goes
 /// Ready; the apiserver reaches it with its kubelet client (verifying the kubelet's serving
 /// certificate), which the kubelet authenticates by the Kubernetes CA and authorizes through the
@@ -429,6 +472,7 @@ fn a_real_kubelet_joins(plane: &mut ControlPlane) {
             _ => Err(format!("{out:?}")),
         }
     });
+    kubelet_reached_from_every_apiserver(plane);
     let pods = raw(
         plane,
         0,
@@ -473,8 +517,8 @@ fn kubernetes_control_plane_runs_on_kpki_files() {
     request_headers_are_believed_from_the_front_proxy_only(&plane);
 }
 
-/// Restarts every apiserver, one at a time, then the controller-manager and the scheduler, on the
-/// files now in `pki/`, waiting for each (as an admin with a kubeconfig of the files now in
+/// Restarts every apiserver, one at a time, then the controller-manager, the scheduler and
+/// node-03's kubelet, on the files now in `pki/`, waiting for each (as an admin with a kubeconfig of the files now in
 /// `pki/`); the balancer sends nothing to an apiserver from its restart until it is ready.
 /// `progress` after each restart.
 fn roll(plane: &mut ControlPlane, balancer: &Balancer, progress: &dyn Fn()) {
@@ -488,6 +532,8 @@ fn roll(plane: &mut ControlPlane, balancer: &Balancer, progress: &dyn Fn()) {
     }
     plane.start_controller_manager(0);
     plane.start_scheduler(1);
+    progress();
+    restart_kubelet(plane);
     progress();
 }
 
@@ -562,6 +608,7 @@ fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
     for lease in ["kube-controller-manager", "kube-scheduler"] {
         plane.wait_for(lease, || !plane.lease_holder(lease).is_empty());
     }
+    restart_kubelet(&mut plane);
     let kpki = |args: &[&str]| cluster.kpki(args).success();
     let balancer = Balancer::new(&plane);
 
@@ -591,7 +638,7 @@ fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
         !old.status.success(),
         "the old CA is still trusted after --finish"
     );
-    for name in ["controller-manager", "scheduler"] {
+    for name in ["controller-manager", "scheduler", "kubelet-node-03"] {
         let log = plane.log(name);
         assert!(
             !log.contains("x509") && !log.contains("Unauthorized"),

@@ -166,7 +166,7 @@ impl<'a> ControlPlane<'a> {
         });
     }
 
-    /// Starts a real kubelet on host `host` on kpki's files: its client kubeconfig (pointed at
+    /// (Re)starts a real kubelet on host `host` on kpki's files: its client kubeconfig (pointed at
     /// that host's apiserver), its serving certificate, the Kubernetes CA for its clients, and
     /// webhook authorization through the apiserver. Kubernetes' fake container runtime stands in
     /// for containerd, so the kubelet registers its node and goes Ready without containers.
@@ -174,13 +174,13 @@ impl<'a> ControlPlane<'a> {
         let node = NODES[host];
         let socket = self.path(&format!("cri-{node}.sock"));
         let endpoint = format!("unix://{}", s(&socket));
-        self.spawn(
-            &format!("cri-{node}"),
-            host,
-            "fakecri",
-            &[format!("--endpoint={endpoint}")],
-        );
-        self.wait_for("the fake container runtime's socket", || socket.exists());
+        // The runtime is no part of the PKI: it keeps running across kubelet restarts.
+        let runtime = format!("cri-{node}");
+        if !self.processes.iter().any(|p| p.name == runtime) {
+            let args = [format!("--endpoint={endpoint}")];
+            self.spawn(&runtime, host, "fakecri", &args);
+            self.wait_for("the fake container runtime's socket", || socket.exists());
+        }
         let server = apiserver_url(host);
         let kubeconfig = self.kubeconfig(
             &format!("kubelet-{node}.kubeconfig"),
