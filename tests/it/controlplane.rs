@@ -205,6 +205,34 @@ fn service_account_tokens_work_across_apiservers(plane: &ControlPlane) {
     });
 }
 
+/// kube-proxy's identity (O=system:node-proxier) may watch what kube-proxy reads, cluster-wide,
+/// through the bootstrap binding of its group, and nothing it does not need.
+fn kube_proxy_reads_services(plane: &ControlPlane) {
+    let kubeconfig = plane.kubeconfig("kube-proxy.kubeconfig", &["kube-proxy"]);
+    let can = |verb: &str, what: &str| {
+        let out = plane.kubectl(
+            1,
+            &kubeconfig,
+            &[
+                "--server",
+                &apiserver_url(1),
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "-A",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for what in ["services", "endpointslices.discovery.k8s.io", "nodes"] {
+        assert_eq!(can("watch", what), "yes", "kube-proxy watch {what}");
+    }
+    for what in ["secrets", "configmaps"] {
+        assert_eq!(can("list", what), "no", "kube-proxy list {what}");
+    }
+}
+
 /// A kubelet's identity creates its own Node; NodeRestriction refuses it another node's.
 fn nodes_are_restricted_to_themselves(plane: &ControlPlane) {
     for (i, name) in ["node-01", "node-02"].into_iter().enumerate() {
@@ -510,6 +538,7 @@ fn kubernetes_control_plane_runs_on_kpki_files() {
     client_users_get_rbac_of_their_group(&plane);
     controllers_run_on_their_identities(&mut plane);
     service_account_tokens_work_across_apiservers(&plane);
+    kube_proxy_reads_services(&plane);
     nodes_are_restricted_to_themselves(&plane);
     apiserver_reaches_kubelets_with_its_client(&mut plane);
     a_real_kubelet_joins(&mut plane);
