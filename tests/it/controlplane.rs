@@ -1,12 +1,13 @@
 //! The programs that read kpki's certificates, run on them: three kube-apiservers over a
-//! three-member etcd, kube-controller-manager, kube-scheduler and kubectl (`kube.rs`), each on the
-//! files `kpki init` wrote for its node, over IPv6 in network namespaces.
+//! three-member etcd, kube-controller-manager, kube-scheduler, a kubelet and kubectl (`kube.rs`),
+//! each on the files `kpki init` wrote for its node, over IPv6 in network namespaces; then the
+//! Kubernetes CA and the service-account key rotated under them while a client keeps working.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::harness::{Cluster, DEFAULT_CONFIG, openssl_fingerprint, run, run_ok, s};
 use crate::kube::{ADDRESSES, ControlPlane, Kubectl, apiserver_url};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Who the apiserver of `host` says the holder of `kubeconfig` is: "user [groups]".
 /// An error is kubectl's output.

@@ -1,5 +1,5 @@
 //! A real Kubernetes control plane on the files of `kpki init`: kube-apiserver on every node,
-//! kube-controller-manager, kube-scheduler and kubectl, built from `tests/k8s/go.mod` (the
+//! kube-controller-manager, kube-scheduler, a kubelet and kubectl, built from `tests/k8s/go.mod` (the
 //! `k8s.io/kubernetes` module through the Go module proxy) into `target/k8s/`, over a three-member
 //! etcd (`etcd.rs`) of etcd 3.6 built the same way: Debian's etcd 3.4 lacks the watch progress
 //! notifications kube-apiserver 1.34 waits for (its watch cache falls behind: "Too large resource
