@@ -21,6 +21,7 @@ pub fn programs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        require("go");
         let status = Command::new(require("make"))
             .current_dir(root)
             .args(["-s", "k8s"])
