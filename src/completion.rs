@@ -3,8 +3,6 @@
 //! `pki/kpki.toml` and the cluster directory where the shell stands. Candidates are best effort:
 //! a missing or broken config gives none, never an error in the middle of a command line.
 
-use std::path::Path;
-
 use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 
 use crate::catalogue::{self, Kind};
@@ -47,11 +45,13 @@ pub fn registration(shell: clap_complete::Shell) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&script).into_owned())
 }
 
-/// The config of the cluster directory the shell stands in, if it reads.
+/// The config of the cluster directory the shell stands in, if it reads. Read as every command
+/// reads it (a regular file, size-limited), so a FIFO or a device there cannot hang the shell.
 fn config() -> Option<Config> {
-    let path = Path::new("pki/kpki.toml");
-    let text = std::fs::read_to_string(path).ok()?;
-    Config::parse(&text, path).ok()
+    let store = Store::new(".");
+    let path = store.config_path();
+    let text = store.read_text(&path).ok()??;
+    Config::parse(&text, &path).ok()
 }
 
 fn candidates<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Vec<CompletionCandidate> {

@@ -1,7 +1,7 @@
 //! What a new user sees: summaries on a terminal, `--quiet`, first steps, config warnings, help
 //! and error wording.
 
-use crate::harness::{Cluster, DEFAULT_CONFIG, fixture, require, run, s};
+use crate::harness::{Cluster, DEFAULT_CONFIG, fixture, require, run, run_ok, s};
 use crate::revocation::without_node;
 
 /// A config of `n` nodes: three with every role, the rest workers.
@@ -191,10 +191,11 @@ fn bash_completes(dir: &std::path::Path, line: &str) -> Vec<String> {
          printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
     );
     let path = format!("{}:{}", s(bin), std::env::var("PATH").unwrap());
-    let out = std::process::Command::new(require("bash"))
+    // A completion that blocks would hang the user's shell: allow it ten seconds.
+    let out = std::process::Command::new(require("timeout"))
         .current_dir(dir)
         .env("PATH", path)
-        .args(["-c", &script])
+        .args(["10", s(&require("bash")), "-c", &script])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -232,6 +233,11 @@ fn bash_completes_the_profiles_nodes_users_and_cas_of_the_cluster_directory() {
         bash_completes(at, "kpki import kubeadm /tmp --node node-004"),
         ["node-004"]
     );
+    // A FIFO for a config gives no names and does not block.
+    let fifo = tempfile::tempdir().unwrap();
+    std::fs::create_dir(fifo.path().join("pki")).unwrap();
+    run_ok("mkfifo", &[s(&fifo.path().join("pki/kpki.toml"))]);
+    assert!(bash_completes(fifo.path(), "kpki issue kubelet ").is_empty());
     // Outside a cluster directory: no names, and no error in the middle of the command line.
     let elsewhere = tempfile::tempdir().unwrap();
     assert!(bash_completes(elsewhere.path(), "kpki issue kubelet ").is_empty());
