@@ -58,93 +58,113 @@ pub struct KubeconfigArgs {
     pub output: Option<std::path::PathBuf>,
 }
 
+/// `kpki init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Only write pki/kpki.toml (the example cluster), to edit before the first real init.
+    #[arg(long)]
+    pub config_only: bool,
+}
+
+/// `kpki issue`.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// A catalogue profile, `node`, or `client`.
+    pub profile: String,
+    /// The node, for per-node profiles and `node`.
+    pub node: Option<String>,
+    /// Keep the existing key instead of generating a new one.
+    #[arg(long)]
+    pub keep_key: bool,
+    /// Validity instead of keys.leaf_validity (e.g. 90d).
+    #[arg(long, value_name = "DUR")]
+    pub validity: Option<Span>,
+    /// With `client`: the user name (certificate CN).
+    #[arg(long, value_name = "NAME")]
+    pub cn: Option<String>,
+    /// With `client`: a group (certificate O); at most two.
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+}
+
+/// `kpki status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Evaluate as of this date (YYYY-MM-DD or RFC 3339): what will need renewal by then.
+    #[arg(long, value_name = "DATE", value_parser = crate::config::parse_date)]
+    pub at: Option<time::OffsetDateTime>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kpki rotate`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("rotated").args(["ca", "service_account"]))]
+pub struct RotateArgs {
+    /// Renew what expires within DUR (default: keys.renew_before).
+    #[arg(long, value_name = "DUR", conflicts_with_all = ["ca", "service_account", "all"])]
+    pub within: Option<Span>,
+    /// Renew every leaf.
+    #[arg(long, conflicts_with_all = ["ca", "service_account"])]
+    pub all: bool,
+    /// Print the plan only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the existing keys of renewed certificates.
+    #[arg(long)]
+    pub keep_key: bool,
+    /// Rotate this CA.
+    #[arg(long, value_name = "NAME")]
+    pub ca: Option<CaName>,
+    /// Rotate the service-account signing key.
+    #[arg(long)]
+    pub service_account: bool,
+    /// Finish the rotation started with --ca or --service-account.
+    #[arg(long, requires = "rotated")]
+    pub finish: bool,
+    /// Carry out removals from the config: delete the files of removed nodes and
+    /// declarations, revoke their etcd certificates (on etcd/crl.pem), and reissue the shared
+    /// keys they could read. With --dry-run, print the plan.
+    #[arg(long, conflicts_with_all = ["within", "all", "keep_key", "ca", "service_account", "finish"])]
+    pub prune: bool,
+}
+
+/// `kpki revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Certificates as kpki status names them.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write pki/kpki.toml from the embedded default when missing, then create every missing
     /// CA, key and certificate. Never replaces an existing CA or key; a second run changes nothing.
-    Init {
-        /// Only write pki/kpki.toml (the example cluster), to edit before the first real init.
-        #[arg(long)]
-        config_only: bool,
-    },
+    Init(InitArgs),
     /// (Re)issue one catalogue entry (`kubelet node-02`, `admin`), everything a node holds
     /// (`node node-02`), or an extra client certificate (`client --cn NAME --group G`).
-    Issue {
-        /// A catalogue profile, `node`, or `client`.
-        profile: String,
-        /// The node, for per-node profiles and `node`.
-        node: Option<String>,
-        /// Keep the existing key instead of generating a new one.
-        #[arg(long)]
-        keep_key: bool,
-        /// Validity instead of keys.leaf_validity (e.g. 90d).
-        #[arg(long, value_name = "DUR")]
-        validity: Option<Span>,
-        /// With `client`: the user name (certificate CN).
-        #[arg(long, value_name = "NAME")]
-        cn: Option<String>,
-        /// With `client`: a group (certificate O); at most two.
-        #[arg(long = "group", value_name = "GROUP")]
-        groups: Vec<String>,
-    },
+    Issue(IssueArgs),
     /// Print (or write with -o) a kubeconfig with embedded CA, certificate and key for `admin`,
     /// `controller-manager`, `scheduler`, `kube-proxy`, `kubelet NODE`, `user NAME` or a declared
     /// client certificate of the Kubernetes CA (`cert NAME [NODE]`).
     Kubeconfig(KubeconfigArgs),
     /// One row per CA, key pair and certificate: expiry, time left and state (ok, renew, expired,
     /// drift, missing, stale-secret). Exit 1 when any row needs action.
-    Status {
-        /// Evaluate as of this date (YYYY-MM-DD or RFC 3339): what will need renewal by then.
-        #[arg(long, value_name = "DATE")]
-        at: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Deep check of chains, key pairs, subjects, SANs, usages, secrets' recipients, the Nix
     /// files, key file modes and git. One line per problem; exit 1 if any.
     Verify,
     /// Renew every leaf that expires within the window or drifted from the config, and
     /// re-encrypt secrets whose recipients changed. With --ca or --service-account: rotate a CA
     /// or the service-account key with a trust overlap (then --finish).
-    #[command(group = clap::ArgGroup::new("rotated").args(["ca", "service_account"]))]
-    Rotate {
-        /// Renew what expires within DUR (default: keys.renew_before).
-        #[arg(long, value_name = "DUR", conflicts_with_all = ["ca", "service_account", "all"])]
-        within: Option<Span>,
-        /// Renew every leaf.
-        #[arg(long, conflicts_with_all = ["ca", "service_account"])]
-        all: bool,
-        /// Print the plan only.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep the existing keys of renewed certificates.
-        #[arg(long)]
-        keep_key: bool,
-        /// Rotate this CA.
-        #[arg(long, value_name = "NAME")]
-        ca: Option<CaName>,
-        /// Rotate the service-account signing key.
-        #[arg(long)]
-        service_account: bool,
-        /// Finish the rotation started with --ca or --service-account.
-        #[arg(long, requires = "rotated")]
-        finish: bool,
-        /// Carry out removals from the config: delete the files of removed nodes and
-        /// declarations, revoke their etcd certificates (on etcd/crl.pem), and reissue the shared
-        /// keys they could read. With --dry-run, print the plan.
-        #[arg(long, conflicts_with_all = ["within", "all", "keep_key", "ca", "service_account", "finish"])]
-        prune: bool,
-    },
+    Rotate(RotateArgs),
     /// Revoke certificates of the etcd CA (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`):
     /// list them on etcd/crl.pem, which etcd checks, and reissue them with new keys. An extra
     /// user (`users/NAME`) is removed instead: the Kubernetes CA has no revocation.
-    Revoke {
-        /// Certificates as kpki status names them.
-        #[arg(required = true, value_name = "NAME")]
-        names: Vec<String>,
-    },
+    Revoke(RevokeArgs),
     /// Adopt a PKI made elsewhere, keeping its CAs and every certificate that still fits: the
     /// running cluster notices nothing. Needs pki/kpki.toml with the cluster's nodes.
     Import {

@@ -3,20 +3,22 @@
 //! sealing in one transaction.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 
 use zeroize::Zeroizing;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
-use crate::config::{self, Config, DEFAULT_CONFIG, Node, Role, Span};
+use crate::cli::{
+    ImportFrom, InitArgs, IssueArgs, KubeconfigArgs, RevokeArgs, RotateArgs, StatusArgs,
+};
+use crate::config::{Config, DEFAULT_CONFIG, Node, Role};
 use crate::error::{Error, Result};
 use crate::importing;
 use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
 use crate::plan::{self, Applied};
+use crate::report::{Report, abbreviate};
 use crate::revocation;
 use crate::rotation;
 use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
@@ -28,90 +30,12 @@ pub struct Context {
     pub store: Store,
     /// The admin identity from `-i` or `KPKI_IDENTITY`.
     pub identity: Option<std::path::PathBuf>,
-    pub quiet: bool,
-    /// List every file written, also where a summary would do.
-    pub verbose: bool,
-    /// Whether stdout is a terminal: long lists of files are summarized there.
-    terminal: bool,
-    /// Standard output; once it is closed (`| head`), nothing more is written to it.
-    out: Mutex<bool>,
-}
-
-impl Context {
-    pub fn new(
-        store: Store,
-        identity: Option<std::path::PathBuf>,
-        quiet: bool,
-        verbose: bool,
-    ) -> Context {
-        use std::io::IsTerminal;
-        Context {
-            store,
-            identity,
-            quiet,
-            verbose,
-            terminal: std::io::stdout().is_terminal(),
-            out: Mutex::new(false),
-        }
-    }
-
-    /// Prints a warning on stderr (even with `--quiet`: a warning needs reading).
-    fn warn(&self, line: impl std::fmt::Display) {
-        eprintln!("kpki: warning: {line}");
-    }
-
-    /// Prints a progress or result line unless `--quiet`.
-    fn say(&self, line: impl std::fmt::Display) {
-        if !self.quiet {
-            self.print(&format!("{line}\n"));
-        }
-    }
-
-    /// A step of a command: in a dry run the plan, which was asked for (printed even with
-    /// `--quiet`); otherwise a progress line.
-    fn step(&self, dry_run: bool, line: impl std::fmt::Display) {
-        if dry_run {
-            self.print(&format!("{line}\n"));
-        } else {
-            self.say(line);
-        }
-    }
-
-    /// Says `VERB FILE` for each of `files` (paths relative to the cluster directory); on a
-    /// terminal a long list becomes a summary per group of directories, unless `--verbose`.
-    fn files(&self, verb: &str, files: &[String]) {
-        if self.verbose || !self.terminal || files.len() <= LIST_LIMIT {
-            for file in files {
-                self.say(format_args!("{verb} {file}"));
-            }
-            return;
-        }
-        for line in summary(verb, files) {
-            self.say(format_args!("{line} (-v lists them)"));
-        }
-    }
-
-    /// Writes requested output to stdout; a closed stdout ends the output quietly.
-    fn print(&self, text: &str) {
-        let mut closed = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if *closed {
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if out
-            .write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            *closed = true;
-        }
-    }
 }
 
 /// Prints the config's warnings (valid, but probably not meant).
-fn warn_config(ctx: &Context, config: &Config) {
+fn warn_config(report: &mut Report, config: &Config) {
     for warning in config.warnings() {
-        ctx.warn(format_args!("pki/kpki.toml: {warning}"));
+        report.warn(format_args!("pki/kpki.toml: {warning}"));
     }
 }
 
@@ -181,9 +105,9 @@ struct Cluster {
 }
 
 /// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
-fn cluster(ctx: &Context, access: Access) -> Result<Cluster> {
+fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster> {
     let config = config(&ctx.store)?;
-    warn_config(ctx, &config);
+    warn_config(report, &config);
     let admins = secrets::admins(&ctx.store, &config)?;
     if admins.generated.is_some() {
         return Err(Error::usage(
@@ -205,14 +129,14 @@ fn cluster(ctx: &Context, access: Access) -> Result<Cluster> {
 
 /// Warns when `dir` lies inside another cluster directory (where `kpki init` was probably meant
 /// to run).
-fn warn_nested(ctx: &Context) {
+fn warn_nested(ctx: &Context, report: &mut Report) {
     let Ok(dir) = std::fs::canonicalize(ctx.store.root()) else {
         return;
     };
     for parent in dir.ancestors().skip(1) {
         let other = Store::new(parent);
         if other.config_path().is_file() || other.secrets_path(secrets::manifest::FILE).is_file() {
-            ctx.warn(format_args!(
+            report.warn(format_args!(
                 "{} is inside the cluster directory {}: this creates a second cluster there (use --dir {} for the existing one)",
                 dir.display(),
                 parent.display(),
@@ -245,47 +169,52 @@ fn first_run_files(store: &Store, admins: &secrets::Admins) -> Result<Vec<Extra>
 }
 
 /// Warns that a generated admin identity must be backed up.
-fn warn_generated(ctx: &Context, admins: &secrets::Admins) {
+fn warn_generated(report: &mut Report, admins: &secrets::Admins) {
     if admins.generated.is_some() {
-        ctx.warn(format_args!(
+        report.warn(format_args!(
             "created pki/{ADMIN_IDENTITY} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins"
         ));
     }
 }
 
-/// `kpki import`: adopts the PKI in `dir`, laid out as `layout`.
-pub fn import(ctx: &Context, dir: &Path, layout: importing::Layout<'_>) -> Result<()> {
+/// `kpki import`: adopts the PKI of a directory laid out as kubeadm, easyCerts or a map says.
+pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<()> {
+    let (dir, layout) = match from {
+        ImportFrom::Kubeadm { source, node } => (source, importing::Layout::Kubeadm { node }),
+        ImportFrom::Easycerts { source, node } => (source, importing::Layout::EasyCerts { node }),
+        ImportFrom::Dir { source, maps } => (source, importing::Layout::Map(maps)),
+    };
     let store = &ctx.store;
     let config = config(store)?;
-    warn_config(ctx, &config);
+    warn_config(report, &config);
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
     state.audit()?;
     let plan = importing::plan(&state, &config, dir, layout)?;
     for rel in &plan.kept {
-        ctx.say(format_args!(
+        report.say(format_args!(
             "kept pki/{rel}: kpki holds another one already (a cluster-wide one from another node, or one reissued since)"
         ));
     }
     if !plan.unused.is_empty() {
-        ctx.say(format_args!(
+        report.say(format_args!(
             "not adopted (no catalogue entry takes them): {}",
             abbreviate(&plan.unused)
         ));
     }
     if plan.adopted.is_empty() {
-        ctx.say("nothing to adopt: pki/ already holds everything the import brings");
+        report.say("nothing to adopt: pki/ already holds everything the import brings");
         return Ok(());
     }
     let adopted = importing::apply(&state, plan.adopted);
     let extras = first_run_files(store, &admins)?;
     let sealing = secrets::commit(&state, &config, &recipients, extras)?;
     for (rel, from) in &adopted {
-        ctx.say(format_args!("adopted pki/{rel} from {}", from.display()));
+        report.say(format_args!("adopted pki/{rel} from {}", from.display()));
     }
-    warn_generated(ctx, &admins);
-    report_sealing(ctx, &sealing);
+    warn_generated(report, &admins);
+    report_sealing(report, &sealing);
     let now = issuing::now();
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let assessed = status::assess(&state, &config, &status::stale_files(&seal), now)?;
@@ -295,7 +224,7 @@ pub fn import(ctx: &Context, dir: &Path, layout: importing::Layout<'_>) -> Resul
         let Some(item) = a.item else { continue };
         match a.row.state {
             status::State::Drift if adopted.contains(&item.file(Part::Cert)) => {
-                ctx.say(format_args!(
+                report.say(format_args!(
                     "drift {}: {}: kpki rotate reissues it under the same CA",
                     a.row.name,
                     a.row.detail.as_deref().unwrap_or_default()
@@ -306,15 +235,15 @@ pub fn import(ctx: &Context, dir: &Path, layout: importing::Layout<'_>) -> Resul
         }
     }
     if !missing.is_empty() {
-        ctx.say(format_args!(
+        report.say(format_args!(
             "missing (the import did not bring them): {}: kpki rotate creates them under the adopted CAs",
             abbreviate(&missing)
         ));
     }
     for note in shared_cas(&state)? {
-        ctx.say(format_args!("note: {note}"));
+        report.say(format_args!("note: {note}"));
     }
-    ctx.say("next: kpki rotate, then deploy: the nodes keep trusting the same CAs");
+    report.say("next: kpki rotate, then deploy: the nodes keep trusting the same CAs");
     Ok(())
 }
 
@@ -345,9 +274,9 @@ fn shared_cas(state: &State) -> Result<Vec<String>> {
 }
 
 /// `kpki init --config-only`: the example config, to edit before the first real init.
-fn write_example_config(ctx: &Context, missing: bool) -> Result<()> {
+fn write_example_config(ctx: &Context, report: &mut Report, missing: bool) -> Result<()> {
     if !missing {
-        ctx.say("pki/kpki.toml exists already: nothing written");
+        report.say("pki/kpki.toml exists already: nothing written");
         return Ok(());
     }
     let mut txn = ctx.store.transaction();
@@ -358,20 +287,20 @@ fn write_example_config(ctx: &Context, missing: bool) -> Result<()> {
         store::PRIVATE_DIR_MODE,
     );
     txn.commit(|_| Ok(()))?;
-    ctx.say("wrote pki/kpki.toml, the example cluster: put in your nodes' names, addresses, roles and host keys, and your admin key, then run kpki init");
+    report.say("wrote pki/kpki.toml, the example cluster: put in your nodes' names, addresses, roles and host keys, and your admin key, then run kpki init");
     Ok(())
 }
 
 /// `kpki init`.
-pub fn init(ctx: &Context, config_only: bool) -> Result<()> {
+pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let store = &ctx.store;
     let (config, default) = config_or_default(store)?;
     if default {
-        warn_nested(ctx);
+        warn_nested(ctx, report);
     }
-    warn_config(ctx, &config);
-    if config_only {
-        return write_example_config(ctx, default);
+    warn_config(report, &config);
+    if args.config_only {
+        return write_example_config(ctx, report, default);
     }
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
@@ -391,13 +320,13 @@ pub fn init(ctx: &Context, config_only: bool) -> Result<()> {
     let drifted = drifted(&state, &config)?;
     let sealing = secrets::commit(&state, &config, &recipients, extras)?;
     for file in &wrote_extras {
-        ctx.say(format_args!("created {file}"));
+        report.say(format_args!("created {file}"));
     }
     if default {
-        ctx.say("wrote pki/kpki.toml, the example cluster (3 nodes at 2001:db8::1..3), and its PKI; for your own nodes, start in an empty directory with kpki init --config-only, edit pki/kpki.toml, then run kpki init");
+        report.say("wrote pki/kpki.toml, the example cluster (3 nodes at 2001:db8::1..3), and its PKI; for your own nodes, start in an empty directory with kpki init --config-only, edit pki/kpki.toml, then run kpki init");
     }
-    warn_generated(ctx, &admins);
-    report_applied(ctx, &applied, "created");
+    warn_generated(report, &admins);
+    report_applied(report, &applied, "created");
     let keyless: Vec<String> = config
         .nodes
         .iter()
@@ -406,18 +335,18 @@ pub fn init(ctx: &Context, config_only: bool) -> Result<()> {
         .collect();
     match keyless.as_slice() {
         [] => {}
-        [one] => ctx.warn(format_args!(
+        [one] => report.warn(format_args!(
             "node \"{one}\" has no host_key: its secrets are encrypted to the admins only"
         )),
-        many => ctx.warn(format_args!(
+        many => report.warn(format_args!(
             "{} nodes have no host_key ({}): their secrets are encrypted to the admins only",
             many.len(),
             abbreviate(many)
         )),
     }
-    report_sealing(ctx, &sealing);
+    report_sealing(report, &sealing);
     if !drifted.is_empty() {
-        ctx.warn(format_args!(
+        report.warn(format_args!(
             "{} certificates drifted from the config ({}): run kpki rotate",
             drifted.len(),
             abbreviate(&drifted)
@@ -425,30 +354,16 @@ pub fn init(ctx: &Context, config_only: bool) -> Result<()> {
     }
     if applied.written.is_empty() && sealing.is_empty() && wrote_extras.is_empty() {
         if drifted.is_empty() {
-            ctx.say("nothing to do: every CA, key, certificate and secret is up to date");
+            report.say("nothing to do: every CA, key, certificate and secret is up to date");
         }
     } else {
-        ctx.say(format_args!(
+        report.say(format_args!(
             "{} files created in pki/, {} encrypted into secrets/",
             applied.written.len(),
             sealing.encrypted.len()
         ));
     }
     Ok(())
-}
-
-/// The first few names of a list, for a summary line.
-/// [`abbreviate`] for borrowed names.
-fn abbreviate_str(names: &[&str]) -> String {
-    abbreviate(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-}
-
-fn abbreviate(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-    match names.len() {
-        n if n > 5 => format!("{}, and {} more", shown.join(", "), n - 5),
-        _ => shown.join(", "),
-    }
 }
 
 /// A file written with a command's changes.
@@ -496,59 +411,25 @@ fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
     }
 }
 
-/// How many files a terminal lists one per line before it gets a summary instead.
-const LIST_LIMIT: usize = 40;
-
-/// `files` (`pki/DIR/...`, `secrets/DIR/...`) in a few lines: those of the cluster's own
-/// directories, then those of nodes, naming the first few nodes.
-fn summary(verb: &str, files: &[String]) -> Vec<String> {
-    let clusters = catalogue::cluster_dirs();
-    let (mut shared, mut nodes) = (0, std::collections::BTreeMap::<&str, usize>::new());
-    for file in files {
-        let mut parts = file.splitn(3, '/');
-        let (_, dir) = (parts.next(), parts.next().unwrap_or_default());
-        match parts.next() {
-            Some(_) if !clusters.contains(dir) => *nodes.entry(dir).or_default() += 1,
-            _ => shared += 1,
-        }
-    }
-    let mut lines = Vec::new();
-    if shared > 0 {
-        lines.push(format!(
-            "{verb} {shared} files of the CAs, the service-account key and the cluster-wide certificates"
-        ));
-    }
-    if !nodes.is_empty() {
-        let names: Vec<String> = nodes.keys().map(|n| n.to_string()).collect();
-        lines.push(format!(
-            "{verb} {} files of {} nodes ({})",
-            nodes.values().sum::<usize>(),
-            nodes.len(),
-            abbreviate(&names)
-        ));
-    }
-    lines
-}
-
 /// Prints what a plan changed in `pki/`, with `verb`, and the leaves cut short at their CA.
-fn report_applied(ctx: &Context, applied: &Applied, verb: &str) {
+fn report_applied(report: &mut Report, applied: &Applied, verb: &str) {
     let files: Vec<String> = applied.written.iter().map(|f| format!("pki/{f}")).collect();
-    ctx.files(verb, &files);
+    report.files(verb, files);
     for capped in &applied.capped {
-        ctx.warn(capped);
+        report.warn(capped);
     }
 }
 
 /// Prints what committing wrote.
-fn report_sealing(ctx: &Context, sealing: &Sealing) {
+fn report_sealing(report: &mut Report, sealing: &Sealing) {
     for file in &sealing.refreshed {
-        ctx.say(format_args!(
+        report.say(format_args!(
             "refreshed {file} from secrets/ (committed since this cache was made)"
         ));
     }
-    ctx.files("encrypted", &sealing.encrypted);
+    report.files("encrypted", sealing.encrypted.clone());
     for file in &sealing.written {
-        ctx.say(format_args!("wrote {file}"));
+        report.say(format_args!("wrote {file}"));
     }
 }
 
@@ -601,19 +482,14 @@ fn cache_notes(state: &State, config: &Config, unchecked: usize) -> Result<Vec<S
     Ok(notes)
 }
 
-/// `kpki status`; returns whether anything needs action.
-pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
+/// `kpki status`; anything that needs action sets `report.needs_action`.
+pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<()> {
     let Cluster {
         config,
         recipients,
         state,
-    } = cluster(ctx, Access::Read)?;
-    let at = match at {
-        Some(date) => {
-            config::parse_date(date).map_err(|e| Error::usage(format!("--at: {e}"), None))?
-        }
-        None => issuing::now(),
-    };
+    } = cluster(ctx, report, Access::Read)?;
+    let at = args.at.unwrap_or_else(issuing::now);
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, &config, seal.unchecked())?;
@@ -621,85 +497,73 @@ pub fn status(ctx: &Context, at: Option<&str>, json: bool) -> Result<bool> {
         .into_iter()
         .map(|f| format!("secrets/{f}"))
         .collect();
-    let report = status::report(&state, &config, &seal, outdated, at, rotations, notes)?;
-    let text = if json {
-        serde_json::to_string_pretty(&report).expect("a report serializes") + "\n"
-    } else {
-        status::table(&report)
-    };
-    ctx.print(&text);
-    Ok(report.needs_action())
+    let rows = status::report(&state, &config, &seal, outdated, at, rotations, notes)?;
+    report.output(match args.json {
+        true => serde_json::to_string_pretty(&rows).expect("a report serializes") + "\n",
+        false => status::table(&rows),
+    });
+    report.needs_action = rows.needs_action();
+    Ok(())
 }
 
-/// `kpki verify`; returns whether it found problems.
-pub fn verify(ctx: &Context) -> Result<bool> {
+/// `kpki verify`; problems found set `report.needs_action`.
+pub fn verify(ctx: &Context, report: &mut Report) -> Result<()> {
     let Cluster {
         config,
         recipients,
         state,
-    } = cluster(ctx, Access::Read)?;
+    } = cluster(ctx, report, Access::Read)?;
     let seal = secrets::plan(&state, &config, &recipients, Depth::All)?;
     let mut problems = inspection::verify::verify(&state, &config, &recipients, &seal)?;
     problems.sort();
     problems.dedup();
     for problem in &problems {
-        ctx.print(&format!("{problem}\n"));
+        report.output(format!("{problem}\n"));
     }
     for note in cache_notes(&state, &config, 0)? {
-        eprintln!("kpki: note: {note}");
+        report.note(note);
     }
     if !state.has_identity()? {
-        eprintln!(
-            "kpki: note: the contents of secrets/ were not decrypted and checked (no identity): pass -i with an admin identity"
+        report.note(
+            "the contents of secrets/ were not decrypted and checked (no identity): pass -i with an admin identity"
         );
     }
     if problems.is_empty() {
-        ctx.say("verified: no problems");
+        report.say("verified: no problems");
     }
-    Ok(!problems.is_empty())
-}
-
-/// What `kpki rotate` was asked to do.
-pub struct RotateRequest {
-    pub within: Option<Span>,
-    pub all: bool,
-    pub dry_run: bool,
-    pub keep_key: bool,
-    pub ca: Option<CaName>,
-    pub service_account: bool,
-    pub finish: bool,
-    pub prune: bool,
+    report.needs_action = !problems.is_empty();
+    Ok(())
 }
 
 /// `kpki rotate`.
-pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<()> {
+pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Result<()> {
     let (within, ca) = (request.within, request.ca);
     let Cluster {
         config,
         recipients,
         state,
-    } = cluster(ctx, Access::Write)?;
+    } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
     if request.prune {
-        return prune(ctx, &state, &config, &recipients, request.dry_run, now);
+        return prune(report, &state, &config, &recipients, request.dry_run, now);
     }
     let applied = match (ca, request.service_account) {
         (Some(ca), _) if request.dry_run => {
             return dry_run(
-                ctx,
+                report,
                 &format!("{} the {} CA", finishing(request.finish), ca.dir()),
             );
         }
         (None, true) if request.dry_run => {
             return dry_run(
-                ctx,
+                report,
                 &format!("{} the service-account key", finishing(request.finish)),
             );
         }
         (Some(ca), _) if request.finish => {
             let finished = rotation::finish_ca(&state, &config, ca)?;
             for rel in &finished.removed {
-                ctx.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
+                report.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
             }
             finished.applied
         }
@@ -722,34 +586,34 @@ pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<()> {
             let renewals = rotation::renewals(assessed, within, request.all);
             let plan = request.dry_run;
             for r in &renewals {
-                ctx.step(plan, format_args!("renew {} ({})", r.name, r.reason));
+                report.step(plan, format_args!("renew {} ({})", r.name, r.reason));
             }
             let crl_due = revocation::crl_due(&state, now, within)?;
             if let Some(why) = &crl_due {
-                ctx.step(
+                report.step(
                     plan,
                     format_args!("sign {} anew ({why})", catalogue::crl_file()),
                 );
             }
             if plan {
                 for (s, why) in seal.stale_files() {
-                    ctx.step(
+                    report.step(
                         plan,
                         format_args!("re-encrypt secrets/{}.age ({})", s.rel, why.describe()),
                     );
                 }
                 for rel in stale_cache(&state)? {
-                    ctx.step(plan, format_args!("refresh {rel} from secrets/"));
+                    report.step(plan, format_args!("refresh {rel} from secrets/"));
                 }
-                return dry_run(ctx, "");
+                return dry_run(report, "");
             }
             if renewals.is_empty() && crl_due.is_none() {
                 // Nothing to renew: the plan made above is the plan to commit.
                 let sealing =
                     secrets::commit_planned(&state, &config, &recipients, Vec::new(), seal)?;
-                report_sealing(ctx, &sealing);
+                report_sealing(report, &sealing);
                 if sealing.is_empty() {
-                    ctx.say("nothing to do: nothing is due, drifted or stale");
+                    report.say("nothing to do: nothing is due, drifted or stale");
                 }
                 return Ok(());
             }
@@ -762,19 +626,19 @@ pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<()> {
             applied
         }
     };
-    report_applied(ctx, &applied, "wrote");
+    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
-    report_sealing(ctx, &sealing);
+    report_sealing(report, &sealing);
     match ca {
-        Some(ca) if !request.finish => ctx.say(format_args!(
+        Some(ca) if !request.finish => report.say(format_args!(
             "next: deploy, restart every node on the new certificates one at a time, then run kpki rotate --ca {} --finish",
             ca.dir()
         )),
-        None if request.service_account && !request.finish => ctx.say(
+        None if request.service_account && !request.finish => report.say(
             "next: deploy, restart the apiservers and controller-managers; once tokens signed with the old key have expired, run kpki rotate --service-account --finish",
         ),
         _ if applied.written.is_empty() && sealing.is_empty() => {
-            ctx.say("nothing to do: nothing is due, drifted or stale")
+            report.say("nothing to do: nothing is due, drifted or stale")
         }
         _ => {}
     }
@@ -783,7 +647,7 @@ pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<()> {
 
 /// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.
 fn prune(
-    ctx: &Context,
+    report: &mut Report,
     state: &State,
     config: &Config,
     recipients: &Recipients,
@@ -793,20 +657,24 @@ fn prune(
     let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
     let prune = revocation::plan_prune(state, config, &seal, now)?;
     if prune.is_empty() {
-        ctx.say("nothing to prune: every file in secrets/ belongs to the config");
-        return if plan_only { dry_run(ctx, "") } else { Ok(()) };
+        report.say("nothing to prune: every file in secrets/ belongs to the config");
+        return if plan_only {
+            dry_run(report, "")
+        } else {
+            Ok(())
+        };
     }
     for line in prune_plan(&prune) {
-        ctx.step(plan_only, line);
+        report.step(plan_only, line);
     }
     if plan_only {
-        return dry_run(ctx, "");
+        return dry_run(report, "");
     }
     let applied = revocation::apply_prune(state, config, &prune, now)?;
-    report_applied(ctx, &applied, "wrote");
+    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(state, config, recipients, Vec::new())?;
-    report_sealing(ctx, &sealing);
-    ctx.say(prune_next(&prune));
+    report_sealing(report, &sealing);
+    report.say(prune_next(&prune));
     Ok(())
 }
 
@@ -914,28 +782,28 @@ fn prune_next(prune: &revocation::Prune<'_>) -> String {
 }
 
 /// `kpki revoke NAME...`.
-pub fn revoke(ctx: &Context, names: &[String]) -> Result<()> {
+pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<()> {
     let Cluster {
         config,
         recipients,
         state,
-    } = cluster(ctx, Access::Write)?;
+    } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
     let mut applied = Applied::default();
-    for name in names {
+    for name in &args.names {
         let (outcome, done) = revocation::revoke(&state, &config, name, now)?;
         applied.merge(done);
         match outcome {
-            revocation::Revoked::Reissued(r) => ctx.say(format_args!(
+            revocation::Revoked::Reissued(r) => report.say(format_args!(
                 "revoked {} (serial {}) on {}; reissued it with a new key",
                 r.file,
                 r.serial,
                 catalogue::crl_file()
             )),
             revocation::Revoked::UserRemoved(outlived) => {
-                ctx.say(format_args!("removed {name}"));
+                report.say(format_args!("removed {name}"));
                 if let Some(u) = outlived {
-                    ctx.warn(format_args!(
+                    report.warn(format_args!(
                         "{}: stays valid until {}: the {} CA has no revocation (kpki rotate --ca {} ends it)",
                         u.file,
                         status::rfc3339(u.not_after),
@@ -948,10 +816,10 @@ pub fn revoke(ctx: &Context, names: &[String]) -> Result<()> {
     }
     applied.written.sort();
     applied.written.dedup();
-    report_applied(ctx, &applied, "wrote");
+    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
-    report_sealing(ctx, &sealing);
-    ctx.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
+    report_sealing(report, &sealing);
+    report.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
     Ok(())
 }
 
@@ -971,11 +839,11 @@ fn finishing(finish: bool) -> &'static str {
 
 /// Ends a dry run, saying what would have been done. Printed even with `--quiet`: the plan is
 /// what was asked for.
-fn dry_run(ctx: &Context, what: &str) -> Result<()> {
+fn dry_run(report: &mut Report, what: &str) -> Result<()> {
     if !what.is_empty() {
-        ctx.print(&format!("would {what}\n"));
+        report.output(format!("would {what}\n"));
     }
-    ctx.print("dry run: nothing changed\n");
+    report.output("dry run: nothing changed\n".to_string());
     Ok(())
 }
 
@@ -995,18 +863,8 @@ fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     }
 }
 
-/// What `kpki issue` was asked to issue.
-pub struct IssueRequest<'a> {
-    pub profile: &'a str,
-    pub node: Option<&'a str>,
-    pub keep_key: bool,
-    pub validity: Option<Span>,
-    pub cn: Option<&'a str>,
-    pub groups: &'a [String],
-}
-
 /// `kpki issue`.
-pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
+pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<()> {
     let validity = request.validity;
     if request.profile == "service-account" {
         return Err(Error::usage(
@@ -1014,7 +872,7 @@ pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
             Some("rotate it with an overlap: kpki rotate --service-account (then --finish)".into()),
         ));
     }
-    let subject = match request.profile {
+    let subject = match request.profile.as_str() {
         "client" => Some(client_subject(request)?),
         _ if request.cn.is_some() || !request.groups.is_empty() => {
             return Err(Error::usage(
@@ -1028,33 +886,33 @@ pub fn issue(ctx: &Context, request: &IssueRequest<'_>) -> Result<()> {
         config,
         recipients,
         state,
-    } = cluster(ctx, Access::Write)?;
+    } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
     let applied = match subject {
         Some(subject) => {
             plan::issue_user(&state, &config, &subject, request.keep_key, validity, now)?
         }
         None => {
-            let items = issue_targets(&config, request.profile, request.node)?;
+            let items = issue_targets(&config, &request.profile, request.node.as_deref())?;
             let actions = plan::issue(&state, items, request.keep_key, validity)?;
             plan::apply(&state, &config, &actions, now)?
         }
     };
-    report_applied(ctx, &applied, "issued");
+    report_applied(report, &applied, "issued");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
-    report_sealing(ctx, &sealing);
+    report_sealing(report, &sealing);
     Ok(())
 }
 
 /// The subject of `kpki issue client --cn NAME --group G...`.
-fn client_subject(request: &IssueRequest<'_>) -> Result<Subject> {
-    if let Some(node) = request.node {
+fn client_subject(request: &IssueArgs) -> Result<Subject> {
+    if let Some(node) = &request.node {
         return Err(Error::usage(
             format!("`issue client` takes no node (got \"{node}\")"),
             None,
         ));
     }
-    let name = request.cn.ok_or_else(|| {
+    let name = request.cn.as_deref().ok_or_else(|| {
         Error::usage(
             "`issue client` needs --cn NAME",
             Some("e.g. kpki issue client --cn alice --group developers".into()),
@@ -1150,7 +1008,8 @@ fn issue_targets<'c>(
 /// The node named on the command line.
 fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Result<&'c Node> {
     let all: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
-    let names = || Some(format!("nodes: {}", abbreviate_str(&all)));
+    let listed: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+    let names = || Some(format!("nodes: {}", abbreviate(&listed)));
     let name = name.ok_or_else(|| Error::usage(missing, names()))?;
     config.node(name).ok_or_else(|| {
         Error::usage(
@@ -1161,7 +1020,7 @@ fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Resul
 }
 
 /// `kpki kubeconfig IDENTITY [NAME [NODE]] [--server URL] [-o FILE]`.
-pub fn kubeconfig(ctx: &Context, args: &crate::cli::KubeconfigArgs) -> Result<()> {
+pub fn kubeconfig(ctx: &Context, args: &KubeconfigArgs, report: &mut Report) -> Result<()> {
     let config = config(&ctx.store)?;
     let server = match &args.server {
         Some(s) => {
@@ -1181,21 +1040,18 @@ pub fn kubeconfig(ctx: &Context, args: &crate::cli::KubeconfigArgs) -> Result<()
     match &args.output {
         Some(path) => {
             store::write_outside(path, text.as_bytes(), store::SECRET_MODE)?;
-            ctx.say(format_args!(
+            report.say(format_args!(
                 "wrote {} ({user} at {server})",
                 path.display()
             ));
         }
-        None => ctx.print(&text),
+        None => report.output(text),
     }
     Ok(())
 }
 
 /// The certificate, key and user name of a kubeconfig identity.
-fn kubeconfig_client(
-    config: &Config,
-    args: &crate::cli::KubeconfigArgs,
-) -> Result<(String, String, String)> {
+fn kubeconfig_client(config: &Config, args: &KubeconfigArgs) -> Result<(String, String, String)> {
     let from_item = |item: Item<'_>| {
         (
             item.file(Part::Cert),
@@ -1297,9 +1153,9 @@ fn list_or_none(names: &[&str]) -> String {
 }
 
 /// `kpki completions SHELL`.
-pub fn completions(ctx: &Context, shell: clap_complete::Shell) -> Result<()> {
+pub fn completions(shell: clap_complete::Shell, report: &mut Report) -> Result<()> {
     let script = crate::completion::registration(shell)
         .map_err(|e| Error::usage(format!("completions for {shell}: {e}"), None))?;
-    ctx.print(&script);
+    report.output(script);
     Ok(())
 }

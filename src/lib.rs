@@ -3,7 +3,7 @@
 //! Floors, each using only those below it: `error`, `store`, `pem`, `agefile` and `cli` at the
 //! bottom; `config`; `catalogue`, `secrets::manifest`; `state` (the one reader of PKI material);
 //! `issuing`, `inspection`, `kubeconfig`; `secrets` (what secrets/ must hold, committing);
-//! `plan`; `rotation`; `commands`.
+//! `plan`; `rotation`; `report` (what a command says, printed by the binary); `commands`.
 
 pub mod agefile;
 pub mod catalogue;
@@ -19,6 +19,7 @@ pub mod kubeconfig;
 pub mod pem;
 pub mod plan;
 pub mod progress;
+pub mod report;
 pub mod revocation;
 pub mod rotation;
 pub mod secrets;

@@ -1,13 +1,14 @@
-//! The `kpki` binary: parse, dispatch, and turn the outcome into an exit code
-//! (0 success, 1 a check found something to act on, 2 an error).
+//! The `kpki` binary: parse, dispatch, print what the command reports, and turn the outcome
+//! into an exit code (0 success, 1 a check found something to act on, 2 an error).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::FromArgMatches;
-use kpki::cli::{Cli, Command, ImportFrom};
-use kpki::commands::{self, Context, IssueRequest, RotateRequest};
+use kpki::cli::{Cli, Command};
+use kpki::commands::{self, Context};
 use kpki::error::Result;
-use kpki::importing::Layout;
+use kpki::report::{Report, Style};
 use kpki::store::Store;
 
 fn main() -> ExitCode {
@@ -23,11 +24,27 @@ fn main() -> ExitCode {
             .filter(|v| !v.is_empty())
             .map(Into::into)
     });
-    let ctx = Context::new(Store::new(&cli.dir), identity, cli.quiet, cli.verbose);
-    let outcome = lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, cli.command));
+    let ctx = Context {
+        store: Store::new(&cli.dir),
+        identity,
+    };
+    let style = Style {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+        terminal: std::io::stdout().is_terminal(),
+    };
+    let mut report = Report::default();
+    let outcome =
+        lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, &cli.command, &mut report));
+    // What a command said before it failed (a warning, what it did write) is printed too.
+    report.print(
+        style,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
     match outcome {
-        Ok(false) => ExitCode::SUCCESS,
-        Ok(true) => ExitCode::from(1),
+        Ok(()) if report.needs_action => ExitCode::from(1),
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kpki: error: {e}");
             if let Some(hint) = e.hint() {
@@ -42,78 +59,30 @@ fn main() -> ExitCode {
 /// `init` creates the cluster directory first, so that it is locked before anything is written.
 fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
     let exclusive = match command {
-        Command::Init { .. } => {
+        Command::Init(_) => {
             ctx.store.create_root()?;
             true
         }
-        Command::Issue { .. }
-        | Command::Rotate { .. }
-        | Command::Revoke { .. }
-        | Command::Import { .. } => true,
-        Command::Status { .. } | Command::Verify | Command::Kubeconfig(_) => false,
+        Command::Issue(_) | Command::Rotate(_) | Command::Revoke(_) | Command::Import { .. } => {
+            true
+        }
+        Command::Status(_) | Command::Verify | Command::Kubeconfig(_) => false,
         Command::Completions { .. } => return Ok(None),
     };
     ctx.store.lock(exclusive).map(Some)
 }
 
-/// Runs one command; `Ok(true)` when a check found something that needs action.
-fn dispatch(ctx: &Context, command: Command) -> Result<bool> {
-    let done = |r: Result<()>| r.map(|()| false);
+/// Runs one command, which says what it did in `report`.
+fn dispatch(ctx: &Context, command: &Command, report: &mut Report) -> Result<()> {
     match command {
-        Command::Init { config_only } => done(commands::init(ctx, config_only)),
-        Command::Issue {
-            profile,
-            node,
-            keep_key,
-            validity,
-            cn,
-            groups,
-        } => done(commands::issue(
-            ctx,
-            &IssueRequest {
-                profile: &profile,
-                node: node.as_deref(),
-                keep_key,
-                validity,
-                cn: cn.as_deref(),
-                groups: &groups,
-            },
-        )),
-        Command::Kubeconfig(args) => done(commands::kubeconfig(ctx, &args)),
-        Command::Status { at, json } => commands::status(ctx, at.as_deref(), json),
-        Command::Verify => commands::verify(ctx),
-        Command::Rotate {
-            within,
-            all,
-            dry_run,
-            keep_key,
-            ca,
-            service_account,
-            finish,
-            prune,
-        } => done(commands::rotate(
-            ctx,
-            &RotateRequest {
-                within,
-                all,
-                dry_run,
-                keep_key,
-                ca,
-                service_account,
-                finish,
-                prune,
-            },
-        )),
-        Command::Revoke { names } => done(commands::revoke(ctx, &names)),
-        Command::Import { from } => done(match &from {
-            ImportFrom::Kubeadm { source, node } => {
-                commands::import(ctx, source, Layout::Kubeadm { node })
-            }
-            ImportFrom::Easycerts { source, node } => {
-                commands::import(ctx, source, Layout::EasyCerts { node })
-            }
-            ImportFrom::Dir { source, maps } => commands::import(ctx, source, Layout::Map(maps)),
-        }),
-        Command::Completions { shell } => done(commands::completions(ctx, shell)),
+        Command::Init(args) => commands::init(ctx, args, report),
+        Command::Issue(args) => commands::issue(ctx, args, report),
+        Command::Kubeconfig(args) => commands::kubeconfig(ctx, args, report),
+        Command::Status(args) => commands::status(ctx, args, report),
+        Command::Verify => commands::verify(ctx, report),
+        Command::Rotate(args) => commands::rotate(ctx, args, report),
+        Command::Revoke(args) => commands::revoke(ctx, args, report),
+        Command::Import { from } => commands::import(ctx, from, report),
+        Command::Completions { shell } => commands::completions(*shell, report),
     }
 }
