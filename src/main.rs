@@ -14,8 +14,10 @@ use kpki::store::Store;
 fn main() -> ExitCode {
     // Answers the shell's completion requests (COMPLETE=SHELL in the environment) and exits.
     clap_complete::CompleteEnv::with_factory(kpki::completion::command).complete();
-    let matches = kpki::completion::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = kpki::completion::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| usage_error(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_error(e));
     if !cli.quiet {
         kpki::progress::enable();
     }
@@ -53,6 +55,36 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A command line clap refuses, said as kpki says every error: the cause on one line, then a
+/// hint (clap's tip, else the usage). Help and version are printed as clap prints them.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let (cause, rest) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let cause: Vec<&str> = cause.lines().map(str::trim).collect();
+    let cause = cause.join(" ");
+    eprintln!("kpki: error: {}", cause.trim_start_matches("error: "));
+    let tip = rest
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("tip: "));
+    let usage = rest.lines().find_map(|l| l.strip_prefix("Usage: "));
+    match (tip, usage) {
+        (Some(tip), _) => eprintln!("hint: {tip}"),
+        (None, Some(usage)) => eprintln!("hint: usage: {usage} (see --help)"),
+        (None, None) => {}
+    }
+    std::process::exit(2);
 }
 
 /// The cluster directory's lock: exclusive for the commands that write, shared for the others.

@@ -208,6 +208,24 @@ fn cases() -> Vec<Case> {
             args: &["status", "--at", "next week"],
             needles: &["--at", "\"next week\" is not a date"],
         },
+        Case {
+            what: "a bad --validity duration (refused by the command line parser)",
+            damage: |_| {},
+            args: &["issue", "admin", "--validity", "5x"],
+            needles: &["--validity", "\"5x\" is not a duration"],
+        },
+        Case {
+            what: "--finish without what to finish",
+            damage: |_| {},
+            args: &["rotate", "--finish"],
+            needles: &["not provided", "--ca", "--service-account"],
+        },
+        Case {
+            what: "a misspelled flag",
+            damage: |_| {},
+            args: &["rotate", "--dry-rn"],
+            needles: &["unexpected argument '--dry-rn'"],
+        },
     ]
 }
 

@@ -205,7 +205,7 @@ impl Run {
             self.stdout(),
             self.stderr()
         );
-        // The error line; warnings may come before it (clap's own errors have no "kpki:").
+        // The error line; warnings may come before it.
         let stderr = self.stderr();
         stderr
             .lines()

@@ -160,6 +160,25 @@ fn help_and_errors_say_what_is_meant() {
         "a temporary file is named: {line}"
     );
 
+    // A command line the parser refuses is said like every other error: one line, then a hint.
+    for (args, hint) in [
+        (
+            &["rotate", "--dry-rn"][..],
+            "hint: a similar argument exists: '--dry-run'",
+        ),
+        (
+            &["rotate", "--finish"][..],
+            "hint: usage: kpki rotate --finish <--ca <NAME>|--service-account> (see --help)",
+        ),
+    ] {
+        let stderr = cluster.kpki(args).stderr();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].starts_with("kpki: error: ") && lines[1] == hint,
+            "{args:?}: {stderr}"
+        );
+    }
+
     // Without a usable identity, the same file is named every time: the first in path order.
     cluster.fresh_clone();
     let wrong = fixture("node-01_ssh_host_ed25519_key");
