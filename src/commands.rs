@@ -537,6 +537,10 @@ pub fn verify(ctx: &Context, report: &mut Report) -> Result<()> {
 
 /// `kpki rotate`.
 pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Result<()> {
+    if request.prune {
+        let cluster = cluster(ctx, report, Access::Write)?;
+        return prune(&cluster, request.dry_run, report);
+    }
     let (within, ca) = (request.within, request.ca);
     let Cluster {
         config,
@@ -544,9 +548,6 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         state,
     } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
-    if request.prune {
-        return prune(report, &state, &config, &recipients, request.dry_run, now);
-    }
     let applied = match (ca, request.service_account) {
         (Some(ca), _) if request.dry_run => {
             return dry_run(
@@ -646,14 +647,9 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
 }
 
 /// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.
-fn prune(
-    report: &mut Report,
-    state: &State,
-    config: &Config,
-    recipients: &Recipients,
-    plan_only: bool,
-    now: time::OffsetDateTime,
-) -> Result<()> {
+fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> Result<()> {
+    let (state, config, recipients) = (&cluster.state, &cluster.config, &cluster.recipients);
+    let now = issuing::now();
     let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
     let prune = revocation::plan_prune(state, config, &seal, now)?;
     if prune.is_empty() {
