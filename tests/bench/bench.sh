@@ -14,6 +14,8 @@ out=$root/target/bench
 work=${BENCH_DIR:-/dev/shm/kpki-bench}
 baseline_runs=${BASELINE_RUNS:-3}
 kpki_runs=${KPKI_RUNS:-5}
+# A 3-node init takes milliseconds, where this VM's noise is largest: more runs for its median.
+small_runs=${SMALL_RUNS:-21}
 
 for tool in openssl age age-keygen ssh-keygen /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
@@ -45,13 +47,15 @@ cluster() {
   } > "$dir/pki/kpki.toml"
 }
 
-# Seconds a command takes.
+# Seconds a command takes, read from bash's clock: starting `date` around it would add two
+# process starts (about a millisecond each here) to a 3-node init that takes some 25. Written
+# data is flushed first, untimed: kpki's syncfs would otherwise also write out the files the
+# run before left in the page cache (the baseline syncs nothing).
 seconds() {
-  local start end
-  start=$(date +%s.%N)
+  sync
+  local start=$EPOCHREALTIME
   "$@" >/dev/null
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+  echo "$EPOCHREALTIME - $start" | bc -l
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
@@ -62,8 +66,8 @@ peak() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1 | awk '{printf "%.1f
 # The files a cluster directory holds: plaintext .pem and their encrypted copies.
 files() { (cd "$1" && find pki -name '*.pem' && find secrets -name '*.pem.age') | sort; }
 
-# Every measured run gets a directory of its own, removed only at the end: on ext4 without a
-# journal (this VM's disk), creating inodes right after deleting thousands costs each new one a
+# Every measured run gets a directory of its own, none removed while measuring: on ext4 without
+# a journal (this VM's disk), creating inodes right after deleting thousands costs each new one a
 # scan past the recently deleted (recently_deleted / find_inode_bit, seen with perf), a cost of
 # the benchmark's own deletions that a user's init does not pay.
 run_dir() { echo "$1/run-$2-$3"; }
@@ -73,19 +77,26 @@ declare -A base kp rss rotate status verify rotate_rss status_rss verify_rss
 suite() {
   local label=$1 dir=$2 n r big
   mkdir -p "$dir"
-  for n in 3 100; do
-    for r in $(seq 1 "$baseline_runs"); do
-      cluster "$n" "$(run_dir "$dir" base-$n "$r")"
-      seconds "$root/tests/bench/baseline.sh" "$(run_dir "$dir" base-$n "$r")" "$n" "$admin"
-    done | median > "$dir/base-$n.median"
-    base[$label-$n]=$(cat "$dir/base-$n.median")
-  done
+  # The baseline and kpki take turns, so a slow spell of this shared machine slows both sides
+  # of a ratio rather than one.
   for n in 3 100 1000; do
-    for r in $(seq 1 "$kpki_runs"); do
+    local runs=$kpki_runs bases=$baseline_runs
+    [ "$n" -eq 3 ] && runs=$small_runs
+    [ "$n" -eq 1000 ] && bases=0
+    : > "$dir/base-$n.times"; : > "$dir/kpki-$n.times"
+    local made=0
+    for r in $(seq 1 "$runs"); do
+      # The baseline's runs spread evenly among kpki's.
+      if [ "$made" -lt "$bases" ] && (( (r - 1) % (runs / bases) == 0 )); then
+        made=$((made + 1))
+        cluster "$n" "$(run_dir "$dir" base-$n "$made")"
+        seconds "$root/tests/bench/baseline.sh" "$(run_dir "$dir" base-$n "$made")" "$n" "$admin" >> "$dir/base-$n.times"
+      fi
       cluster "$n" "$(run_dir "$dir" kpki-$n "$r")"
-      seconds "$kpki" --dir "$(run_dir "$dir" kpki-$n "$r")" init -q
-    done | median > "$dir/kpki-$n.median"
-    kp[$label-$n]=$(cat "$dir/kpki-$n.median")
+      seconds "$kpki" --dir "$(run_dir "$dir" kpki-$n "$r")" init -q >> "$dir/kpki-$n.times"
+    done
+    [ "$bases" -gt 0 ] && base[$label-$n]=$(median < "$dir/base-$n.times")
+    kp[$label-$n]=$(median < "$dir/kpki-$n.times")
     cluster "$n" "$(run_dir "$dir" rss-$n 1)"
     rss[$label-$n]=$(peak "$kpki" --dir "$(run_dir "$dir" rss-$n 1)" init -q)
   done
@@ -106,15 +117,20 @@ suite() {
   verify_rss[$label]=$(peak "$kpki" --dir "$big" -i "$work/admin.txt" verify -q)
 }
 
-# A directory of its own on the disk; earlier runs' are removed only after this one measured
-# (ext4 without a journal makes new inodes pay for any deleted in the last minutes nearby).
+# A directory of its own on the disk. ext4 without a journal makes a new inode skip those
+# deleted in the last 60 s (300 s while their inode table is not yet written back), so an earlier
+# bench's runs are removed and synced first, minutes before the disk suite starts: removed at
+# the end instead, they slowed the next bench's disk runs by up to a fifth.
 disk_root=${BENCH_DISK_DIR:-$root/target/bench-disk}
 disk=$disk_root/run-$(date +%s)
+if [ -d "$disk_root" ]; then
+  find "$disk_root" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+  sync
+fi
 suite tmpfs "$work/tmpfs"
 # Under target/, git would take the disk clusters for part of kpki's own repository (whose test
 # fixtures hold keys that verify would report); kpki still pays for asking git, as in a repo.
 GIT_CEILING_DIRECTORIES=$disk suite disk "$disk"
-trap 'find "$disk_root" -mindepth 1 -maxdepth 1 ! -path "$disk" -exec rm -rf {} +' EXIT
 
 # The crypto floor and the per-file cost (criterion): name, then its median time.
 floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
@@ -135,7 +151,7 @@ init_table() {
 declare -A dirs=([tmpfs]="$work/tmpfs" [disk]="$disk")
 
 {
-  echo "kpki benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m); medians of $baseline_runs baseline and $kpki_runs kpki runs"
+  echo "kpki benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m); medians of $baseline_runs baseline and $kpki_runs kpki runs ($small_runs at 3 nodes)"
   echo
   echo "In a tmpfs ($work/tmpfs):"
   echo
