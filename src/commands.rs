@@ -497,7 +497,8 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
         .into_iter()
         .map(|f| format!("secrets/{f}"))
         .collect();
-    let rows = status::report(&state, &config, &seal, outdated, at, rotations, notes)?;
+    let mut rows = status::report(&state, &config, &seal, at)?;
+    (rows.outdated_files, rows.rotations, rows.notes) = (outdated, rotations, notes);
     report.output(match args.json {
         true => serde_json::to_string_pretty(&rows).expect("a report serializes") + "\n",
         false => status::table(&rows),

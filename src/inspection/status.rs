@@ -118,17 +118,33 @@ pub fn assess<'c>(
     stale: &HashMap<&str, &Stale>,
     at: OffsetDateTime,
 ) -> Result<Vec<Assessed<'c>>> {
-    let cas = current_cas(pki)?;
+    let survey = Survey {
+        pki,
+        config,
+        cas: current_cas(pki)?,
+        stale,
+        at,
+    };
     let items = catalogue::items(config);
     let mut rows = items
         .par_iter()
-        .map(|item| assess_item(pki, config, item, &cas, stale, at))
+        .map(|item| survey.item(item))
         .collect::<Vec<_>>()
         .in_order()?;
     for user in crate::secrets::users(pki)? {
-        rows.push(assess_user(pki, config, &user, &cas, stale, at)?);
+        rows.push(survey.user(&user)?);
     }
     Ok(rows)
+}
+
+/// What every row is assessed against: the PKI, the config, the CAs that sign today, the files
+/// whose encrypted copies must be written again, and the moment.
+struct Survey<'a> {
+    pki: &'a Pki,
+    config: &'a Config,
+    cas: HashMap<CaName, Facts>,
+    stale: &'a HashMap<&'a str, &'a Stale>,
+    at: OffsetDateTime,
 }
 
 /// The first certificate of each CA's `ca.pem` that exists: the CA that signs today.
@@ -145,172 +161,159 @@ fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
     Ok(cas)
 }
 
-fn assess_item<'c>(
-    pki: &Pki,
-    config: &Config,
-    item: &Item<'c>,
-    cas: &HashMap<CaName, Facts>,
-    stale: &HashMap<&str, &Stale>,
-    at: OffsetDateTime,
-) -> Result<Assessed<'c>> {
-    let files = [item.file(Part::Cert), item.file(Part::Key)];
-    let ca = match item.entry().kind {
-        Kind::Leaf { ca, .. } => Some(ca),
-        _ => None,
-    };
-    let (mut row, leaf) = assess_files(pki, config, &files, stale, at, item.entry().kind)?;
-    let why = match (&leaf, item.entry().kind) {
-        (Some(leaf), Kind::Leaf { .. }) => drift(item, config, leaf, ca.and_then(|c| cas.get(&c))),
-        (Some(cert), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
-        _ => None,
-    };
-    if let Some(why) = why
-        && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
-    {
-        row.state = State::Drift;
-        row.detail = Some(why);
-    }
-    if item.entry().kind == Kind::KeyPair && row.state == State::Ok {
-        let public = pki.require(&files[0])?;
-        if let Some(why) = public
-            .blocks()
-            .first()
-            .and_then(|k| key_pair_drift(k, config))
-        {
-            row.state = State::Drift;
-            row.detail = Some(why);
-        }
-    }
-    row.name = item.name();
-    row.node = item.node().map(|n| n.name.clone());
-    row.ca = ca.map(CaName::dir);
-    Ok(Assessed {
-        item: Some(*item),
-        user: None,
-        row,
-    })
-}
-
-/// An extra user's row; its certificate must name the user its file is named after.
-fn assess_user<'c>(
-    pki: &Pki,
-    config: &Config,
-    user: &str,
-    cas: &HashMap<CaName, Facts>,
-    stale: &HashMap<&str, &Stale>,
-    at: OffsetDateTime,
-) -> Result<Assessed<'c>> {
-    let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
-    let kind = Kind::Leaf {
-        ca: CaName::Kubernetes,
-        usage: catalogue::Usage::Client,
-    };
-    let (mut row, cert) = assess_files(pki, config, &files, stale, at, kind)?;
-    let organizations = cert
-        .as_ref()
-        .map(|c| c.subject.organizations.clone())
-        .unwrap_or_default();
-    if let Some(cert) = &cert
-        && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
-    {
-        let why = if cert.subject.common_name != user {
-            Some(format!(
-                "its CN is {:?}, but the file is named for {user:?}",
-                cert.subject.common_name
-            ))
-        } else if cas
-            .get(&CaName::Kubernetes)
-            .and_then(|ca| ca.subject_key_id.as_ref())
-            .is_some_and(|id| cert.authority_key_id.as_ref() != Some(id))
-        {
-            Some("issued by another CA than the current one".into())
-        } else {
-            None
+impl Survey<'_> {
+    /// A catalogue item's row: its files, then drift from the config and the current CA.
+    fn item<'c>(&self, item: &Item<'c>) -> Result<Assessed<'c>> {
+        let (pki, config, cas) = (self.pki, self.config, &self.cas);
+        let files = [item.file(Part::Cert), item.file(Part::Key)];
+        let ca = match item.entry().kind {
+            Kind::Leaf { ca, .. } => Some(ca),
+            _ => None,
         };
-        if let Some(why) = why {
+        let (mut row, leaf) = self.files(&files, item.entry().kind)?;
+        let why = match (&leaf, item.entry().kind) {
+            (Some(leaf), Kind::Leaf { .. }) => {
+                drift(item, config, leaf, ca.and_then(|c| cas.get(&c)))
+            }
+            (Some(cert), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
+            _ => None,
+        };
+        if let Some(why) = why
+            && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
+        {
             row.state = State::Drift;
             row.detail = Some(why);
         }
+        if item.entry().kind == Kind::KeyPair && row.state == State::Ok {
+            let public = pki.require(&files[0])?;
+            if let Some(why) = public
+                .blocks()
+                .first()
+                .and_then(|k| key_pair_drift(k, config))
+            {
+                row.state = State::Drift;
+                row.detail = Some(why);
+            }
+        }
+        row.name = item.name();
+        row.node = item.node().map(|n| n.name.clone());
+        row.ca = ca.map(CaName::dir);
+        Ok(Assessed {
+            item: Some(*item),
+            user: None,
+            row,
+        })
     }
-    row.name = format!("{}/{user}", catalogue::USERS_DIR);
-    row.ca = Some(CaName::Kubernetes.dir());
-    Ok(Assessed {
-        item: None,
-        user: Some(Subject {
-            common_name: user.to_string(),
-            organizations,
-            sans: Vec::new(),
-        }),
-        row,
-    })
-}
 
-/// The row of a certificate (or public key) file and its key file, and the certificate's facts.
-fn assess_files(
-    pki: &Pki,
-    config: &Config,
-    [cert, key]: &[String; 2],
-    stale: &HashMap<&str, &Stale>,
-    at: OffsetDateTime,
-    kind: Kind,
-) -> Result<(Row, Option<Facts>)> {
-    let mut row = Row {
-        name: String::new(),
-        node: None,
-        ca: None,
-        expires: None,
-        residual_seconds: None,
-        state: State::Ok,
-        detail: None,
-    };
-    let missing: Vec<&str> = [cert, key]
-        .into_iter()
-        .map(|f| Ok((f, pki.exists(f)?)))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|(_, there)| !there)
-        .map(|(f, _)| f.as_str())
-        .collect();
-    if !missing.is_empty() {
-        row.state = State::Missing;
-        row.detail = Some(format!(
-            "{} missing: kpki rotate (or kpki init) creates it",
-            missing.join(" and ")
-        ));
-        return Ok((row, None));
+    /// An extra user's row; its certificate must name the user its file is named after.
+    fn user<'c>(&self, user: &str) -> Result<Assessed<'c>> {
+        let cas = &self.cas;
+        let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
+        let kind = Kind::Leaf {
+            ca: CaName::Kubernetes,
+            usage: catalogue::Usage::Client,
+        };
+        let (mut row, cert) = self.files(&files, kind)?;
+        let organizations = cert
+            .as_ref()
+            .map(|c| c.subject.organizations.clone())
+            .unwrap_or_default();
+        if let Some(cert) = &cert
+            && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
+        {
+            let why = if cert.subject.common_name != user {
+                Some(format!(
+                    "its CN is {:?}, but the file is named for {user:?}",
+                    cert.subject.common_name
+                ))
+            } else if cas
+                .get(&CaName::Kubernetes)
+                .and_then(|ca| ca.subject_key_id.as_ref())
+                .is_some_and(|id| cert.authority_key_id.as_ref() != Some(id))
+            {
+                Some("issued by another CA than the current one".into())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                row.state = State::Drift;
+                row.detail = Some(why);
+            }
+        }
+        row.name = format!("{}/{user}", catalogue::USERS_DIR);
+        row.ca = Some(CaName::Kubernetes.dir());
+        Ok(Assessed {
+            item: None,
+            user: Some(Subject {
+                common_name: user.to_string(),
+                organizations,
+                sans: Vec::new(),
+            }),
+            row,
+        })
     }
-    let text = match pki.read(cert) {
-        Ok(text) => text.expect("exists"),
-        Err(Error::File { path, message }) => {
-            row.state = State::StaleSecret;
-            row.detail = Some(format!("{}: {message}", shown(pki, &path)));
+
+    /// The row of a certificate (or public key) file and its key file, and the certificate's facts.
+    fn files(&self, [cert, key]: &[String; 2], kind: Kind) -> Result<(Row, Option<Facts>)> {
+        let (pki, config, stale, at) = (self.pki, self.config, self.stale, self.at);
+        let mut row = Row {
+            name: String::new(),
+            node: None,
+            ca: None,
+            expires: None,
+            residual_seconds: None,
+            state: State::Ok,
+            detail: None,
+        };
+        let missing: Vec<&str> = [cert, key]
+            .into_iter()
+            .map(|f| Ok((f, pki.exists(f)?)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|(_, there)| !there)
+            .map(|(f, _)| f.as_str())
+            .collect();
+        if !missing.is_empty() {
+            row.state = State::Missing;
+            row.detail = Some(format!(
+                "{} missing: kpki rotate (or kpki init) creates it",
+                missing.join(" and ")
+            ));
             return Ok((row, None));
         }
-        Err(e) => return Err(e),
-    };
-    if kind == Kind::KeyPair {
+        let text = match pki.read(cert) {
+            Ok(text) => text.expect("exists"),
+            Err(Error::File { path, message }) => {
+                row.state = State::StaleSecret;
+                row.detail = Some(format!("{}: {message}", shown(pki, &path)));
+                return Ok((row, None));
+            }
+            Err(e) => return Err(e),
+        };
+        if kind == Kind::KeyPair {
+            mark_stale(&mut row, [cert, key], stale);
+            return Ok((row, None));
+        }
+        let bad = |m: String| Error::file(&pki.store().pki_path(cert), m);
+        let leaf = facts(&pem_certs(&text.text).map_err(bad)?[0]).map_err(bad)?;
+        let left = leaf.not_after - at;
+        row.expires = Some(rfc3339(leaf.not_after));
+        row.residual_seconds = Some(left.whole_seconds());
+        row.state = if left <= time::Duration::ZERO {
+            State::Expired
+        } else if leaf.not_before > at {
+            State::NotYetValid
+        } else if left <= config.keys.renew_before.0 {
+            State::Renew
+        } else {
+            State::Ok
+        };
+        if row.state == State::NotYetValid {
+            row.detail = Some(format!("valid from {}", rfc3339(leaf.not_before)));
+        }
         mark_stale(&mut row, [cert, key], stale);
-        return Ok((row, None));
+        Ok((row, Some(leaf)))
     }
-    let bad = |m: String| Error::file(&pki.store().pki_path(cert), m);
-    let leaf = facts(&pem_certs(&text.text).map_err(bad)?[0]).map_err(bad)?;
-    let left = leaf.not_after - at;
-    row.expires = Some(rfc3339(leaf.not_after));
-    row.residual_seconds = Some(left.whole_seconds());
-    row.state = if left <= time::Duration::ZERO {
-        State::Expired
-    } else if leaf.not_before > at {
-        State::NotYetValid
-    } else if left <= config.keys.renew_before.0 {
-        State::Renew
-    } else {
-        State::Ok
-    };
-    if row.state == State::NotYetValid {
-        row.detail = Some(format!("valid from {}", rfc3339(leaf.not_before)));
-    }
-    mark_stale(&mut row, [cert, key], stale);
-    Ok((row, Some(leaf)))
 }
 
 /// A path relative to the cluster directory, for a row's detail.
@@ -345,15 +348,13 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The status report as of `at`, with the rotations in progress and notes on the cache.
+/// The status report as of `at`: rows and the state of `secrets/`. Outdated Nix files,
+/// rotations in progress and notes are the caller's to add.
 pub fn report(
     pki: &Pki,
     config: &Config,
     seal: &SealPlan<'_>,
-    outdated_files: Vec<String>,
     at: OffsetDateTime,
-    rotations: Vec<Rotation>,
-    notes: Vec<String>,
 ) -> Result<Report> {
     let assessed = assess(pki, config, &stale_files(seal), at)?;
     let covered: std::collections::HashSet<String> = assessed
@@ -379,9 +380,9 @@ pub fn report(
         stale_secrets,
         leftovers: seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect(),
         orphaned_secrets: seal.orphans(pki.store())?,
-        outdated_files,
-        rotations,
-        notes,
+        outdated_files: Vec::new(),
+        rotations: Vec::new(),
+        notes: Vec::new(),
     })
 }
 
