@@ -189,33 +189,39 @@ impl<'a> ControlPlane<'a> {
         );
         let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
         let scratch = |dir: &str| s(&self.path(&format!("{dir}-{node}"))).to_string();
+        // The kubelet's settings as a KubeletConfiguration file (JSON is YAML): its TLS and
+        // client-CA settings are config-file fields, their flags deprecated.
+        let config = serde_json::json!({
+            "kind": "KubeletConfiguration",
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "address": ADDRESSES[host],
+            "port": 10250,
+            "tlsCertFile": pki(&format!("{node}/kubelet-serving.pem")),
+            "tlsPrivateKeyFile": pki(&format!("{node}/kubelet-serving-key.pem")),
+            "authentication": {
+                "anonymous": { "enabled": false },
+                "webhook": { "enabled": false },
+                "x509": { "clientCAFile": pki("kubernetes/ca.pem") },
+            },
+            "authorization": { "mode": "Webhook" },
+            "containerRuntimeEndpoint": endpoint,
+            "imageServiceEndpoint": endpoint,
+            "cgroupsPerQOS": false,
+            "enforceNodeAllocatable": [],
+            "failSwapOn": false,
+            "cgroupDriver": "cgroupfs",
+            "readOnlyPort": 0,
+            "healthzPort": 0,
+        });
+        let config_file = self.path(&format!("kubelet-{node}.json"));
+        std::fs::write(&config_file, config.to_string()).unwrap();
         let args = [
+            format!("--config={}", s(&config_file)),
             format!("--kubeconfig={}", s(&kubeconfig)),
             format!("--hostname-override={node}"),
             format!("--node-ip={}", ADDRESSES[host]),
-            format!("--address={}", ADDRESSES[host]),
-            "--port=10250".into(),
-            format!(
-                "--tls-cert-file={}",
-                pki(&format!("{node}/kubelet-serving.pem"))
-            ),
-            format!(
-                "--tls-private-key-file={}",
-                pki(&format!("{node}/kubelet-serving-key.pem"))
-            ),
-            format!("--client-ca-file={}", pki("kubernetes/ca.pem")),
-            "--anonymous-auth=false".into(),
-            "--authorization-mode=Webhook".into(),
-            format!("--container-runtime-endpoint={endpoint}"),
-            format!("--image-service-endpoint={endpoint}"),
             format!("--root-dir={}", scratch("kubelet-root")),
             format!("--cert-dir={}", scratch("kubelet-certs")),
-            "--cgroups-per-qos=false".into(),
-            "--enforce-node-allocatable=".into(),
-            "--fail-swap-on=false".into(),
-            "--cgroup-driver=cgroupfs".into(),
-            "--read-only-port=0".into(),
-            "--healthz-port=0".into(),
         ];
         // `ip netns exec` mounts a fresh /sys without the cgroup hierarchies the kubelet needs:
         // mount the host's again (the same hierarchies) in its mount namespace first.
