@@ -17,7 +17,7 @@ use crate::importing;
 use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
-use crate::plan::{self, Applied};
+use crate::plan::{self, Applied, Target};
 use crate::report::{Report, abbreviate};
 use crate::revocation;
 use crate::rotation;
@@ -885,16 +885,15 @@ pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<
         state,
     } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
-    let applied = match subject {
-        Some(subject) => {
-            plan::issue_user(&state, &config, &subject, request.keep_key, validity, now)?
-        }
-        None => {
-            let items = issue_targets(&config, &request.profile, request.node.as_deref())?;
-            let actions = plan::issue(&state, items, request.keep_key, validity)?;
-            plan::apply(&state, &config, &actions, now)?
-        }
+    let targets = match subject {
+        Some(subject) => vec![Target::User(subject)],
+        None => issue_targets(&config, &request.profile, request.node.as_deref())?
+            .into_iter()
+            .map(|item| Target::Item(Box::new(item)))
+            .collect(),
     };
+    let actions = plan::issue(&state, targets, request.keep_key, validity)?;
+    let applied = plan::apply(&state, &config, &actions, now)?;
     report_applied(report, &applied, "issued");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_sealing(report, &sealing);

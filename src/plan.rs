@@ -19,14 +19,77 @@ use crate::issuing::{self, Authority};
 use crate::pem;
 use crate::state::State;
 
-/// One planned step: (re)create an item's certificate or public key, with a new key unless
+/// What an action (re)issues.
+#[derive(Debug, Clone)]
+pub enum Target<'c> {
+    /// A catalogue item.
+    Item(Box<Item<'c>>),
+    /// An extra client of the Kubernetes CA (`pki/users/NAME.pem`) with this subject.
+    User(Subject),
+}
+
+impl Target<'_> {
+    /// Its certificate (or public key) file, or its key file, relative to `pki/`.
+    pub fn file(&self, part: Part) -> String {
+        match self {
+            Target::Item(item) => item.file(part),
+            Target::User(subject) => catalogue::user_file(&subject.common_name, part),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Target::Item(item) => item.entry().kind,
+            Target::User(_) => Kind::Leaf {
+                ca: CaName::Kubernetes,
+                usage: Usage::Client,
+            },
+        }
+    }
+
+    fn subject(&self, config: &Config) -> Subject {
+        match self {
+            Target::Item(item) => item.subject(config),
+            Target::User(subject) => subject.clone(),
+        }
+    }
+
+    /// How it is named in messages.
+    fn name(&self) -> String {
+        match self {
+            Target::Item(item) => item.name(),
+            Target::User(_) => self.file(Part::Cert),
+        }
+    }
+
+    /// The validity its declaration sets, if any.
+    fn declared_validity(&self) -> Option<Span> {
+        match self {
+            Target::Item(item) => item.entry().validity,
+            Target::User(_) => None,
+        }
+    }
+}
+
+/// One planned step: (re)create a target's certificate or public key, with a new key unless
 /// `keep_key`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Action<'c> {
-    pub item: Item<'c>,
+    pub target: Target<'c>,
     pub keep_key: bool,
     /// Overrides the config's validity; refused if it would outlive the CA.
     pub validity: Option<Span>,
+}
+
+impl<'c> Action<'c> {
+    /// (Re)issues `item` for the configured validity.
+    pub fn item(item: Item<'c>, keep_key: bool) -> Action<'c> {
+        Action {
+            target: Target::Item(Box::new(item)),
+            keep_key,
+            validity: None,
+        }
+    }
 }
 
 /// What applying a plan did.
@@ -72,11 +135,7 @@ pub fn missing<'c>(state: &State, config: &'c Config) -> Result<Vec<Action<'c>>>
                     ),
                 ));
             }
-            (_, keep_key) => actions.push(Action {
-                item,
-                keep_key,
-                validity: None,
-            }),
+            (_, keep_key) => actions.push(Action::item(item, keep_key)),
         }
     }
     Ok(actions)
@@ -91,7 +150,7 @@ pub fn apply(
 ) -> Result<Applied> {
     let (cas, rest): (Vec<&Action<'_>>, Vec<&Action<'_>>) = actions
         .iter()
-        .partition(|a| matches!(a.item.entry().kind, Kind::Ca(_)));
+        .partition(|a| matches!(a.target.kind(), Kind::Ca(_)));
     let applied = Mutex::new(Applied::default());
     cas.par_iter()
         .try_for_each(|a| apply_one(state, config, a, None, now, &applied))?;
@@ -112,7 +171,7 @@ pub fn apply(
 fn load_authorities(state: &State, actions: &[&Action<'_>]) -> Result<HashMap<CaName, Authority>> {
     let mut needed: Vec<CaName> = actions
         .iter()
-        .filter_map(|a| match a.item.entry().kind {
+        .filter_map(|a| match a.target.kind() {
             Kind::Leaf { ca, .. } => Some(ca),
             _ => None,
         })
@@ -187,21 +246,21 @@ fn apply_one(
     now: OffsetDateTime,
     applied: &Mutex<Applied>,
 ) -> Result<()> {
-    let item = action.item;
-    let algorithm = match item.entry().kind {
+    let target = &action.target;
+    let algorithm = match target.kind() {
         Kind::KeyPair => issuing::service_account_algorithm(config.keys.algorithm),
         _ => config.keys.algorithm,
     };
     let mut done = Applied::default();
     let key = key_for(
         state,
-        &item.file(Part::Key),
+        &target.file(Part::Key),
         action.keep_key,
         algorithm,
         &mut done,
     )?;
-    let subject = item.subject(config);
-    let public = match item.entry().kind {
+    let subject = target.subject(config);
+    let public = match target.kind() {
         Kind::Ca(_) => {
             let validity = action.validity.unwrap_or(config.keys.ca_validity);
             issuing::self_signed_ca(&subject, &key, now, validity)?
@@ -211,17 +270,17 @@ fn apply_one(
             let authority = authorities
                 .and_then(|a| a.get(&ca))
                 .expect("authorities are loaded for every leaf");
-            let wanted = match (action.validity, item.entry().validity) {
+            let wanted = match (action.validity, target.declared_validity()) {
                 (Some(given), _) => Wanted::Given(given),
                 (None, declared) => {
                     Wanted::Configured(declared.unwrap_or(config.keys.leaf_validity))
                 }
             };
-            let until = leaf_expiry(&item.name(), authority, wanted, now, &mut done)?;
+            let until = leaf_expiry(&target.name(), authority, wanted, now, &mut done)?;
             issuing::sign_leaf(&subject, usage, &key, authority, now, until)?
         }
     };
-    let cert_file = item.file(Part::Cert);
+    let cert_file = target.file(Part::Cert);
     state.put(&cert_file, pem::made(pem::Kind::of(&cert_file), &public));
     done.written.push(cert_file);
     applied
@@ -238,13 +297,6 @@ enum Wanted {
     Given(Span),
     /// By the config: past its CA, cut short.
     Configured(Span),
-}
-
-impl Wanted {
-    /// `--validity` if given, else the configured validity.
-    fn of(given: Option<Span>, config: &Config) -> Wanted {
-        given.map_or(Wanted::Configured(config.keys.leaf_validity), Wanted::Given)
-    }
 }
 
 /// When a leaf issued now expires: as `wanted`, but never after its CA. A validity given on the
@@ -301,54 +353,23 @@ fn key_for(
     Ok(key)
 }
 
-/// Issues the extra client certificate `pki/users/NAME.pem` under the Kubernetes CA.
-pub fn issue_user(
-    state: &State,
-    config: &Config,
-    subject: &Subject,
-    keep_key: bool,
-    validity: Option<Span>,
-    now: OffsetDateTime,
-) -> Result<Applied> {
-    let authority = load_authority(state, CaName::Kubernetes)?;
-    let name = &subject.common_name;
-    let key_file = catalogue::user_file(name, Part::Key);
-    if keep_key && !state.exists(&key_file)? {
-        return Err(missing_key(state, &key_file));
-    }
-    let mut done = Applied::default();
-    let key = key_for(state, &key_file, keep_key, config.keys.algorithm, &mut done)?;
-    let cert_file = catalogue::user_file(name, Part::Cert);
-    let until = leaf_expiry(
-        &cert_file,
-        &authority,
-        Wanted::of(validity, config),
-        now,
-        &mut done,
-    )?;
-    let pem = issuing::sign_leaf(subject, Usage::Client, &key, &authority, now, until)?;
-    state.put(&cert_file, pem::made(pem::Kind::Certificates, &pem));
-    done.written.push(cert_file);
-    done.written.sort();
-    Ok(done)
-}
-
-/// What `issue` must do: reissue `items`, keeping their keys if asked (which must then exist).
+/// What `issue` must do: reissue `targets`, keeping their keys if asked (which must then
+/// exist).
 pub fn issue<'c>(
     state: &State,
-    items: Vec<Item<'c>>,
+    targets: Vec<Target<'c>>,
     keep_key: bool,
     validity: Option<Span>,
 ) -> Result<Vec<Action<'c>>> {
-    items
+    targets
         .into_iter()
-        .map(|item| {
-            let key_file = item.file(Part::Key);
+        .map(|target| {
+            let key_file = target.file(Part::Key);
             if keep_key && !state.exists(&key_file)? {
                 return Err(missing_key(state, &key_file));
             }
             Ok(Action {
-                item,
+                target,
                 keep_key,
                 validity,
             })

@@ -376,11 +376,7 @@ pub fn apply_prune(
     let actions: Vec<Action<'_>> = prune
         .reissued
         .iter()
-        .map(|item| Action {
-            item: *item,
-            keep_key: false,
-            validity: None,
-        })
+        .map(|item| Action::item(*item, false))
         .collect();
     let mut applied = plan::apply(state, config, &actions, now)?;
     if prune.signing_key == SigningKey::Rotate {
@@ -479,11 +475,7 @@ pub fn revoke(
             Some(format!("kpki issue {} renews it", item.entry().profile)),
         ));
     };
-    let action = Action {
-        item: *item,
-        keep_key: false,
-        validity: None,
-    };
+    let action = Action::item(*item, false);
     let mut applied = plan::apply(state, config, &[action], now)?;
     record(state, std::slice::from_ref(&revoke), now);
     applied.written.push(issue_crl(state, config, now)?);

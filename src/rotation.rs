@@ -18,15 +18,8 @@ use crate::inspection::status::{Assessed, State as RowState, rfc3339};
 use crate::inspection::{facts, pem_certs, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
-use crate::plan::{self, Action, Applied};
+use crate::plan::{self, Action, Applied, Target};
 use crate::state::State;
-
-/// What to renew.
-pub enum Target<'c> {
-    Item(Box<Item<'c>>),
-    /// An extra client, reissued with the subject its file name gives it.
-    User(Subject),
-}
 
 /// One planned renewal and why.
 pub struct Renewal<'c> {
@@ -76,25 +69,17 @@ pub fn renew(
     keep_key: bool,
     now: OffsetDateTime,
 ) -> Result<Applied> {
-    let mut actions = Vec::new();
-    let mut applied = Applied::default();
-    for renewal in renewals {
-        match &renewal.target {
-            Target::Item(item) => actions.push(Action {
-                item: **item,
-                keep_key: keep_key && state.exists(&item.file(Part::Key))?,
+    let actions = renewals
+        .iter()
+        .map(|r| {
+            Ok(Action {
+                target: r.target.clone(),
+                keep_key: keep_key && state.exists(&r.target.file(Part::Key))?,
                 validity: None,
-            }),
-            Target::User(subject) => {
-                let keep = keep_key
-                    && state.exists(&catalogue::user_file(&subject.common_name, Part::Key))?;
-                applied.merge(plan::issue_user(state, config, subject, keep, None, now)?)
-            }
-        }
-    }
-    applied.merge(plan::apply(state, config, &actions, now)?);
-    applied.written.sort();
-    Ok(applied)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    plan::apply(state, config, &actions, now)
 }
 
 /// The first block of a file's canonical text.
@@ -248,19 +233,12 @@ pub fn start_ca(
         state.put(&rel, pem::made(PemKind::of(&rel), &text));
         applied.written.push(rel);
     }
-    let actions: Vec<Action<'_>> = leaves_of(config, ca)
-        .map(|item| Action {
-            item,
-            keep_key,
-            validity: None,
-        })
+    let targets = leaves_of(config, ca)
+        .map(|item| Target::Item(Box::new(item)))
+        .chain(users.into_iter().map(Target::User))
         .collect();
+    let actions = plan::issue(state, targets, keep_key, None)?;
     applied.merge(plan::apply(state, config, &actions, now)?);
-    for subject in users {
-        applied.merge(plan::issue_user(
-            state, config, &subject, keep_key, None, now,
-        )?);
-    }
     applied.written.sort();
     Ok(applied)
 }
