@@ -722,6 +722,17 @@ impl<'c> Item<'c> {
 /// The directory under `pki/` of the extra client certificates (`kpki issue client`).
 pub const USERS_DIR: &str = "users";
 
+/// What an extra user's certificate is: a client of the Kubernetes CA.
+pub const USER_KIND: Kind = Kind::Leaf {
+    ca: CaName::Kubernetes,
+    usage: Usage::Client,
+};
+
+/// An extra user's name in status rows, messages and `kpki revoke` (`users/alice`).
+pub fn user_name(user: &str) -> String {
+    format!("{USERS_DIR}/{user}")
+}
+
 /// The directories of `pki/` that are no node's: the CAs', the service-account key's, the
 /// users'.
 pub fn cluster_dirs() -> std::collections::BTreeSet<&'static str> {

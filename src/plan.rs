@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use time::OffsetDateTime;
 
-use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Usage};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::{Algorithm, Config, Span};
 use crate::error::{Error, InOrder, Result};
 use crate::inspection;
@@ -40,10 +40,7 @@ impl Target<'_> {
     fn kind(&self) -> Kind {
         match self {
             Target::Item(item) => item.entry().kind,
-            Target::User(_) => Kind::Leaf {
-                ca: CaName::Kubernetes,
-                usage: Usage::Client,
-            },
+            Target::User(_) => catalogue::USER_KIND,
         }
     }
 
@@ -54,11 +51,11 @@ impl Target<'_> {
         }
     }
 
-    /// How it is named in messages.
+    /// How it is named in messages, as `kpki status` names it.
     fn name(&self) -> String {
         match self {
             Target::Item(item) => item.name(),
-            Target::User(_) => self.file(Part::Cert),
+            Target::User(subject) => catalogue::user_name(&subject.common_name),
         }
     }
 

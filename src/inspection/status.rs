@@ -209,11 +209,7 @@ impl Survey<'_> {
     fn user<'c>(&self, user: &str) -> Result<Assessed<'c>> {
         let cas = &self.cas;
         let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
-        let kind = Kind::Leaf {
-            ca: CaName::Kubernetes,
-            usage: catalogue::Usage::Client,
-        };
-        let (mut row, cert) = self.files(&files, kind)?;
+        let (mut row, cert) = self.files(&files, catalogue::USER_KIND)?;
         let organizations = cert
             .as_ref()
             .map(|c| c.subject.organizations.clone())
@@ -240,7 +236,7 @@ impl Survey<'_> {
                 row.detail = Some(why);
             }
         }
-        row.name = format!("{}/{user}", catalogue::USERS_DIR);
+        row.name = catalogue::user_name(user);
         row.ca = Some(CaName::Kubernetes.dir());
         Ok(Assessed {
             item: None,

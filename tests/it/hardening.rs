@@ -437,7 +437,7 @@ fn no_leaf_outlives_its_ca() {
     refused(
         &cluster,
         &["issue", "client", "--cn", "carol", "--validity", "11y"],
-        &["would outlive"],
+        &["users/carol would outlive the kubernetes CA"],
     );
     // The configured validity is cut short at the CA's expiry, with a warning.
     let short = config_with_keys()
