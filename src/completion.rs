@@ -63,12 +63,15 @@ fn candidates<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Vec<Comple
 
 /// The nodes of `pki/kpki.toml`.
 fn nodes() -> Vec<CompletionCandidate> {
-    let config = config();
-    candidates(
-        config
-            .iter()
-            .flat_map(|c| c.nodes.iter().map(|n| n.name.clone())),
-    )
+    candidates(node_names(config().as_ref()))
+}
+
+/// The names of `config`'s nodes (none without a config).
+fn node_names(config: Option<&Config>) -> Vec<String> {
+    config
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(|n| n.name.clone()))
+        .collect()
 }
 
 /// The extra client users (`pki/users/`, or the manifest in a fresh clone).
@@ -101,11 +104,13 @@ fn identities() -> Vec<CompletionCandidate> {
 /// What follows the identity: a node (kubelet), a user (user) or a declared certificate (cert).
 fn names() -> Vec<CompletionCandidate> {
     let config = config();
-    let nodes = config
-        .iter()
-        .flat_map(|c| c.nodes.iter().map(|n| n.name.clone()));
     let declared = config
         .iter()
         .flat_map(|c| c.certificates.iter().map(|d| d.name.clone()));
-    candidates(nodes.chain(users()).chain(declared))
+    candidates(
+        node_names(config.as_ref())
+            .into_iter()
+            .chain(users())
+            .chain(declared),
+    )
 }
