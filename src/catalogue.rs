@@ -784,9 +784,21 @@ pub fn previous_key_file(ca: CaName) -> String {
     format!("{}/ca-previous-key.pem", ca.dir())
 }
 
-/// The etcd CA's certificate revocation list: etcd is the one consumer that checks one.
+/// The etcd CA's certificate revocation list as etcd reads it: DER, the one form etcd 3.5 and
+/// later parse (`x509.ParseRevocationList`); 3.4 takes it too. etcd is the one consumer that
+/// checks a CRL.
 pub fn crl_file() -> String {
+    format!("{}/crl.der", CaName::Etcd.dir())
+}
+
+/// The same list in PEM, for people and openssl (`openssl crl -in`); no service reads it.
+pub fn crl_pem_file() -> String {
     format!("{}/crl.pem", CaName::Etcd.dir())
+}
+
+/// Both files of the revocation list, the one etcd reads first.
+pub fn crl_files() -> [String; 2] {
+    [crl_file(), crl_pem_file()]
 }
 
 /// The role a node has when it holds the built-in per-node file `STEM.pem` or `STEM-key.pem`

@@ -124,7 +124,7 @@ pub struct RotateArgs {
     #[arg(long, requires = "rotated")]
     pub finish: bool,
     /// Carry out removals from the config: delete the files of removed nodes and
-    /// declarations, revoke their etcd certificates (on etcd/crl.pem), and reissue the shared
+    /// declarations, revoke their etcd certificates (on etcd/crl.der), and reissue the shared
     /// keys they could read. With --dry-run, print the plan.
     #[arg(long, conflicts_with_all = ["within", "all", "keep_key", "ca", "service_account", "finish"])]
     pub prune: bool,
@@ -162,7 +162,7 @@ pub enum Command {
     /// or the service-account key with a trust overlap (then --finish).
     Rotate(RotateArgs),
     /// Revoke certificates of the etcd CA (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`):
-    /// list them on etcd/crl.pem, which etcd checks, and reissue them with new keys. An extra
+    /// list them on etcd/crl.der, which etcd checks, and reissue them with new keys. An extra
     /// user (`users/NAME`) is removed instead: the Kubernetes CA has no revocation.
     Revoke(RevokeArgs),
     /// Adopt a PKI made elsewhere, keeping its CAs and every certificate that still fits: the

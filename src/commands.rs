@@ -147,17 +147,10 @@ fn warn_nested(ctx: &Context, report: &mut Report) {
     }
 }
 
-/// The files a cluster directory's first write brings besides the PKI: `pki/.gitignore` (when
-/// missing or lacking kpki's rules) and a generated admin identity.
+/// The files a cluster directory's first write brings besides the PKI and `pki/.gitignore`
+/// (which every commit keeps current): a generated admin identity.
 fn first_run_files(store: &Store, admins: &secrets::Admins) -> Result<Vec<Extra>> {
     let mut extras = Vec::new();
-    if let Some(text) = gitignore_update(store)? {
-        extras.push(extra(
-            store.pki_path(".gitignore"),
-            text.as_bytes(),
-            store::PUBLIC_MODE,
-        ));
-    }
     if let Some(identity) = &admins.generated {
         extras.push(extra(
             store.pki_path(ADMIN_IDENTITY),
@@ -307,7 +300,8 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
     state.audit()?;
     let actions = plan::missing(&state, &config)?;
-    let applied = plan::apply(&state, &config, &actions, issuing::now())?;
+    let mut applied = plan::apply(&state, &config, &actions, issuing::now())?;
+    applied.written.extend(revocation::complete_crl(&state)?);
     let mut extras = first_run_files(store, &admins)?;
     if default {
         extras.push(extra(
@@ -373,20 +367,6 @@ fn extra(path: std::path::PathBuf, contents: &[u8], mode: u32) -> Extra {
         contents: Zeroizing::new(contents.to_vec()),
         mode,
     }
-}
-
-/// `pki/.gitignore` as it must read: kpki's own when missing, or when it is kpki's and older
-/// (without the line for kpki's bookkeeping). A user's own file is left alone.
-fn gitignore_update(store: &Store) -> Result<Option<&'static str>> {
-    let current = store.read_text(&store.pki_path(".gitignore"))?;
-    let header = store::PKI_GITIGNORE.lines().next().unwrap_or_default();
-    Ok(match current {
-        None => Some(store::PKI_GITIGNORE),
-        Some(text) if text.starts_with(header) && text != store::PKI_GITIGNORE => {
-            Some(store::PKI_GITIGNORE)
-        }
-        Some(_) => None,
-    })
 }
 
 /// A path relative to the cluster directory, for output.
@@ -564,18 +544,24 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         }
         (Some(ca), _) if request.finish => {
             let finished = rotation::finish_ca(&state, &config, ca)?;
+            if ca == revocation::CA {
+                revocation::forget_superseded(&state);
+            }
             for rel in &finished.removed {
                 report.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
             }
             finished.applied
         }
         (Some(ca), _) => {
+            if ca == revocation::CA {
+                revocation::note_superseded(&state, &config, now)?;
+            }
             let mut applied = rotation::start_ca(&state, &config, ca, request.keep_key, now)?;
             // The CRL is signed by the CA that signs today: the new one.
             if ca == revocation::CA && revocation::crl(&state)?.is_some() {
                 applied
                     .written
-                    .push(revocation::issue_crl(&state, &config, now)?);
+                    .extend(revocation::issue_crl(&state, &config, now)?);
             }
             applied
         }
@@ -623,7 +609,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
             if crl_due.is_some() {
                 applied
                     .written
-                    .push(revocation::issue_crl(&state, &config, now)?);
+                    .extend(revocation::issue_crl(&state, &config, now)?);
             }
             applied
         }
@@ -791,12 +777,15 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
         let (outcome, done) = revocation::revoke(&state, &config, name, now)?;
         applied.merge(done);
         match outcome {
-            revocation::Revoked::Reissued(r) => report.say(format_args!(
-                "revoked {} (serial {}) on {}; reissued it with a new key",
-                r.file,
-                r.serial,
-                catalogue::crl_file()
-            )),
+            revocation::Revoked::Reissued(revoked) => {
+                let serials: Vec<&str> = revoked.iter().map(|r| r.serial.as_str()).collect();
+                report.say(format_args!(
+                    "revoked {} (serial {}) on {}; reissued it with a new key",
+                    revoked[0].file,
+                    serials.join(", and of the previous etcd CA "),
+                    catalogue::crl_file()
+                ))
+            }
             revocation::Revoked::UserRemoved(outlived) => {
                 report.say(format_args!("removed {name}"));
                 if let Some(u) = outlived {

@@ -259,7 +259,7 @@ fn adopt_file(from: &Path, to: &str) -> Result<Material> {
             let spki = facts(&cert.blocks()[0]).map_err(bad)?.spki;
             Ok(pem::made(
                 pem::Kind::PublicKeys,
-                &pem::encode("PUBLIC KEY", &spki),
+                pem::encode("PUBLIC KEY", &spki),
             ))
         }
         kind => pem::parse(kind, &bytes).map_err(bad),

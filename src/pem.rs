@@ -22,8 +22,10 @@ pub enum Kind {
     PublicKeys,
     /// A kubeconfig made by kpki (only ever sealed, never parsed here).
     Kubeconfig,
-    /// One certificate revocation list (the etcd CA's `crl.pem`).
+    /// One certificate revocation list in PEM (the etcd CA's `crl.pem`).
     Crl,
+    /// One certificate revocation list in DER (the etcd CA's `crl.der`, which etcd reads).
+    CrlDer,
 }
 
 impl Kind {
@@ -38,6 +40,8 @@ impl Kind {
             Kind::PublicKeys
         } else if rel == "etcd/crl.pem" {
             Kind::Crl
+        } else if rel == "etcd/crl.der" {
+            Kind::CrlDer
         } else {
             Kind::Certificates
         }
@@ -50,7 +54,7 @@ impl Kind {
             Kind::PrivateKey => "PRIVATE KEY",
             Kind::PublicKeys => "PUBLIC KEY",
             Kind::Kubeconfig => "",
-            Kind::Crl => "X509 CRL",
+            Kind::Crl | Kind::CrlDer => "X509 CRL",
         }
     }
 
@@ -62,6 +66,7 @@ impl Kind {
             Kind::PublicKeys => "only public keys",
             Kind::Kubeconfig => "a kubeconfig",
             Kind::Crl => "exactly one revocation list",
+            Kind::CrlDer => "exactly one revocation list in DER",
         }
     }
 
@@ -72,7 +77,7 @@ impl Kind {
             Kind::PrivateKey => "private-key",
             Kind::PublicKeys => "public-key",
             Kind::Kubeconfig => "kubeconfig",
-            Kind::Crl => "revocation-list",
+            Kind::Crl | Kind::CrlDer => "revocation-list",
         }
     }
 }
@@ -99,6 +104,15 @@ impl Material {
         }
     }
 
+    /// The file's bytes as kpki writes and seals them: the canonical text, or for a DER file
+    /// its one block.
+    pub fn file_bytes(&self) -> Zeroizing<Vec<u8>> {
+        match self.kind {
+            Kind::CrlDer => self.blocks().swap_remove(0),
+            _ => Zeroizing::new(self.text.as_bytes().to_vec()),
+        }
+    }
+
     /// The DER blocks of the canonical text.
     pub fn blocks(&self) -> Vec<Zeroizing<Vec<u8>>> {
         frame(self.text.as_bytes(), self.kind)
@@ -122,7 +136,10 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
     if kind == Kind::Kubeconfig {
         return Err("a kubeconfig is not read back".into());
     }
-    let blocks = frame(bytes, kind)?;
+    let blocks = match kind {
+        Kind::CrlDer => unframed(bytes)?,
+        _ => frame(bytes, kind)?,
+    };
     if matches!(kind, Kind::PrivateKey | Kind::Crl) && blocks.len() != 1 {
         return Err(format!(
             "holds {} {} blocks, but it must hold {}",
@@ -151,14 +168,32 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
 }
 
 /// Builds the material of a file kpki made itself (a new key, a signed certificate).
-pub fn made(kind: Kind, text: &str) -> Material {
-    parse(kind, text.as_bytes()).unwrap_or_else(|e| panic!("kpki made an invalid {kind:?}: {e}"))
+pub fn made(kind: Kind, bytes: impl AsRef<[u8]>) -> Material {
+    parse(kind, bytes.as_ref()).unwrap_or_else(|e| panic!("kpki made an invalid {kind:?}: {e}"))
 }
 
 /// One block's label and DER.
 struct Block {
     label: String,
     der: Zeroizing<Vec<u8>>,
+}
+
+/// The one block of a DER file. PEM there is refused by name: etcd 3.5 and later parse only DER,
+/// and refuse every client when the list does not parse.
+fn unframed(bytes: &[u8]) -> Result<Vec<Block>, String> {
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Err(
+            "holds PEM, but it must hold DER: etcd 3.5 and later cannot parse it and refuse every client"
+                .into(),
+        );
+    }
+    if bytes.is_empty() {
+        return Err("is empty; it must hold exactly one revocation list in DER".into());
+    }
+    Ok(vec![Block {
+        label: Kind::CrlDer.label().to_string(),
+        der: Zeroizing::new(bytes.to_vec()),
+    }])
 }
 
 /// Splits `bytes` into PEM blocks of `kind`'s label, refusing anything else: other labels,
@@ -313,11 +348,13 @@ fn check_der(kind: Kind, der: &[u8]) -> Result<(), String> {
             let pem = Zeroizing::new(encode(kind.label(), der));
             key_spki(&pem).map(|_| ())
         }
-        Kind::Crl => match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
-            Ok(([], _)) => Ok(()),
-            Ok(_) => Err("a revocation list with trailing data".into()),
-            Err(e) => Err(format!("not a valid revocation list ({e})")),
-        },
+        Kind::Crl | Kind::CrlDer => {
+            match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
+                Ok(([], _)) => Ok(()),
+                Ok(_) => Err("a revocation list with trailing data".into()),
+                Err(e) => Err(format!("not a valid revocation list ({e})")),
+            }
+        }
         Kind::Kubeconfig => Ok(()),
     }
 }

@@ -22,7 +22,7 @@ use crate::issuing::{self, RevocationReason};
 use crate::pem;
 use crate::plan::{self, Action, Applied};
 use crate::secrets::SealPlan;
-use crate::secrets::manifest::Revocation;
+use crate::secrets::manifest::{Revocation, Superseded};
 use crate::state::State;
 
 /// The CA whose certificates can be revoked.
@@ -31,7 +31,7 @@ pub const CA: CaName = CaName::Etcd;
 /// How long a CRL is good for, at most (else `keys.ca_validity`, and never past the CA).
 const CRL_VALIDITY: time::Duration = time::Duration::days(365);
 
-/// What the CRL in `pki/etcd/crl.pem` says.
+/// What the CRL in `pki/etcd/crl.der` (or, before it was written, `crl.pem`) says.
 #[derive(Debug, Clone)]
 pub struct Crl {
     pub number: u64,
@@ -42,10 +42,17 @@ pub struct Crl {
     pub signed: bool,
 }
 
-/// The CRL, if there is one.
+/// The CRL etcd reads, if there is one; a cluster whose list predates the DER file has only
+/// the PEM one until its next writer.
 pub fn crl(state: &State) -> Result<Option<Crl>> {
-    let rel = catalogue::crl_file();
-    let Some(material) = state.read(&rel)? else {
+    let mut found = None;
+    for rel in catalogue::crl_files() {
+        if let Some(material) = state.read(&rel)? {
+            found = Some((rel, material));
+            break;
+        }
+    }
+    let Some((rel, material)) = found else {
         return Ok(None);
     };
     let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
@@ -95,13 +102,17 @@ fn parse_time(s: &str) -> Option<OffsetDateTime> {
 }
 
 /// Why the CRL must be signed anew, or `None`: missing while certificates are revoked, its
-/// next update within `window` of `at`, not signed by the current etcd CA (a rotation), or
-/// not listing exactly the revocations in force.
+/// next update within `window` of `at`, not signed by the current etcd CA (a rotation), not
+/// listing exactly the revocations in force, or not in both its files alike (the DER file etcd
+/// reads is missing in a cluster from before it existed).
 pub fn crl_due(state: &State, at: OffsetDateTime, window: Span) -> Result<Option<String>> {
     let ledger = state.revocations();
     let Some(crl) = crl(state)? else {
         return Ok((!ledger.is_empty()).then(|| "missing, while certificates are revoked".into()));
     };
+    if let Some(why) = forms_differ(state)? {
+        return Ok(Some(why));
+    }
     Ok(if !crl.signed {
         Some("not signed by the current etcd CA".into())
     } else if crl.serials != in_force(&ledger, at) {
@@ -113,9 +124,42 @@ pub fn crl_due(state: &State, at: OffsetDateTime, window: Span) -> Result<Option
     })
 }
 
+/// Why the DER file etcd reads and the PEM copy do not hold the same list, or `None`.
+fn forms_differ(state: &State) -> Result<Option<String>> {
+    let [der, pem] = catalogue::crl_files();
+    Ok(match (state.read(&der)?, state.read(&pem)?) {
+        (None, _) => Some(format!(
+            "{der} is missing (etcd 3.5 and later read only a DER list)"
+        )),
+        (Some(_), None) => Some(format!("{pem} is missing")),
+        (Some(d), Some(p)) if d.blocks() != p.blocks() => {
+            Some(format!("{der} and {pem} do not hold the same list"))
+        }
+        _ => None,
+    })
+}
+
+/// Writes the file of the list that is missing from the one that is there (a cluster from
+/// before etcd's DER file has only `crl.pem`): the same signed list, so nothing is signed and
+/// etcd gets a list it parses with the next deploy. Returns the file written.
+pub fn complete_crl(state: &State) -> Result<Option<String>> {
+    let [der, pem] = catalogue::crl_files();
+    Ok(match (state.read(&der)?, state.read(&pem)?) {
+        (None, Some(listed)) => {
+            state.put(&der, pem::made(pem::Kind::of(&der), &listed.blocks()[0]));
+            Some(der)
+        }
+        (Some(listed), None) => {
+            state.put(&pem, pem::made(pem::Kind::of(&pem), &*listed.text));
+            Some(pem)
+        }
+        _ => None,
+    })
+}
+
 /// Signs a new CRL of the revocations in force at `now` (dropping expired ones from the ledger)
-/// into `pki/etcd/crl.pem`, numbered one past the current one.
-pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<String> {
+/// into `pki/etcd/crl.der` and its PEM copy, numbered one past the current one.
+pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<[String; 2]> {
     let mut ledger = state.revocations();
     let live = in_force(&ledger, now);
     ledger.retain(|serial, _| live.contains(serial));
@@ -134,10 +178,12 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
     let next_update =
         (now + CRL_VALIDITY.min(config.keys.ca_validity.0)).min(authority.not_after());
     let text = issuing::revocation_list(&authority, number, &revoked, now, next_update)?;
-    let rel = catalogue::crl_file();
-    state.put(&rel, pem::made(pem::Kind::Crl, &text));
+    let [der, pem] = catalogue::crl_files();
+    let listed = pem::made(pem::Kind::of(&pem), &text);
+    state.put(&der, pem::made(pem::Kind::of(&der), &listed.blocks()[0]));
+    state.put(&pem, listed);
     state.set_revocations(ledger);
-    Ok(rel)
+    Ok([der, pem])
 }
 
 fn damaged_ledger(state: &State, serial: &str) -> Error {
@@ -219,6 +265,59 @@ fn ending(state: &State, rel: &str, reason: &'static str, now: OffsetDateTime) -
     Ok(Ending::Expired)
 }
 
+/// The certificates of `pki/REL` that an etcd CA rotation in progress superseded and that are
+/// still valid: members that still trust the old CA accept them, so they are revoked with it.
+fn superseded_of(
+    state: &State,
+    rel: &str,
+    reason: &'static str,
+    now: OffsetDateTime,
+) -> Vec<Revoke> {
+    state
+        .superseded()
+        .into_iter()
+        .filter(|(_, s)| s.file == rel)
+        .filter_map(|(serial, s)| {
+            let not_after = parse_time(&s.not_after).filter(|t| *t > now)?;
+            Some(Revoke {
+                file: rel.to_string(),
+                serial,
+                not_after,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// Before a rotation of the etcd CA reissues its leaves: records the certificates they replace,
+/// which stay trusted until the rotation finishes, so that revoking a file meanwhile revokes
+/// them too.
+pub fn note_superseded(state: &State, config: &Config, now: OffsetDateTime) -> Result<()> {
+    let mut superseded = state.superseded();
+    for item in catalogue::items(config) {
+        if !matches!(item.entry().kind, Kind::Leaf { ca, .. } if ca == CA) {
+            continue;
+        }
+        let rel = item.file(Part::Cert);
+        if let Ending::Revoke(r) = ending(state, &rel, SUPERSEDED, now)? {
+            superseded.insert(
+                r.serial,
+                Superseded {
+                    file: rel,
+                    not_after: rfc3339(r.not_after),
+                },
+            );
+        }
+    }
+    state.set_superseded(superseded);
+    Ok(())
+}
+
+/// Once a rotation of the etcd CA finished, no member trusts the old CA: nothing is superseded.
+pub fn forget_superseded(state: &State) {
+    state.set_superseded(BTreeMap::new());
+}
+
 enum Ending {
     Revoke(Revoke),
     Outlive(Unrevocable),
@@ -289,6 +388,7 @@ pub fn plan_prune<'c>(
             Ending::Outlive(u) => outlived.push(u),
             Ending::Expired => {}
         }
+        revoked.extend(superseded_of(state, rel, reason, now));
         Ok(())
     };
     for rel in &deleted {
@@ -384,7 +484,7 @@ pub fn apply_prune(
     }
     if !prune.revoked.is_empty() {
         record(state, &prune.revoked, now);
-        applied.written.push(issue_crl(state, config, now)?);
+        applied.written.extend(issue_crl(state, config, now)?);
     }
     applied.written.sort();
     Ok(applied)
@@ -409,8 +509,9 @@ fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
 
 /// What `kpki revoke` did to one file.
 pub enum Revoked {
-    /// Put on the CRL and reissued with a new key.
-    Reissued(Revoke),
+    /// Put on the CRL and reissued with a new key; during an etcd CA rotation, with the
+    /// certificate of the old CA it replaced.
+    Reissued(Vec<Revoke>),
     /// An extra user, removed; its certificate stays valid until it expires.
     UserRemoved(Option<Unrevocable>),
 }
@@ -477,10 +578,12 @@ pub fn revoke(
     };
     let action = Action::item(*item, false);
     let mut applied = plan::apply(state, config, &[action], now)?;
-    record(state, std::slice::from_ref(&revoke), now);
-    applied.written.push(issue_crl(state, config, now)?);
+    let mut revoked = vec![revoke];
+    revoked.extend(superseded_of(state, &rel, COMPROMISED, now));
+    record(state, &revoked, now);
+    applied.written.extend(issue_crl(state, config, now)?);
     applied.written.sort();
-    Ok((Revoked::Reissued(revoke), applied))
+    Ok((Revoked::Reissued(revoked), applied))
 }
 
 /// Removes the extra user `user`: its files go; its certificate stays valid until it expires.

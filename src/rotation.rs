@@ -89,7 +89,7 @@ fn first_block(material: &pem::Material) -> pem::Material {
         PemKind::PublicKeys => "PUBLIC KEY",
         _ => "CERTIFICATE",
     };
-    pem::made(material.kind, &pem::encode(label, &blocks[0]))
+    pem::made(material.kind, pem::encode(label, &blocks[0]))
 }
 
 /// The certificates of `pki/REL`, which must exist.
@@ -336,7 +336,7 @@ pub fn start_sa(state: &State, config: &Config) -> Result<Applied> {
     let public = key.public_key_pem() + &old_public.text;
     state.put(
         &item.file(Part::Key),
-        pem::made(PemKind::PrivateKey, &issuing::key_pem(&key)),
+        pem::made(PemKind::PrivateKey, issuing::key_pem(&key)),
     );
     state.put(
         &item.file(Part::Cert),

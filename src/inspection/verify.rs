@@ -300,7 +300,7 @@ fn check_revocation(state: &State, config: &Config, now: OffsetDateTime) -> Resu
     let mut problems = Vec::new();
     let zero = crate::config::Span(time::Duration::ZERO);
     match crate::revocation::crl_due(state, now, zero) {
-        Ok(Some(why)) => problems.push(format!("pki/{rel}: {why} (kpki rotate signs it anew)")),
+        Ok(Some(why)) => problems.push(format!("etcd/crl: {why} (kpki rotate signs it anew)")),
         Ok(None) => {}
         Err(Error::File { path, message }) => {
             problems.push(format!("{}: {message}", shown(state, &path)))

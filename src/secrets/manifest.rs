@@ -34,6 +34,21 @@ pub struct Manifest {
     pub files: BTreeMap<String, Entry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked: BTreeMap<String, Revocation>,
+    /// During a rotation of the etcd CA: the certificates of the old CA that the new CA's
+    /// leaves replaced, by serial. Members still trusting the old CA accept them until the
+    /// rotation finishes, so revoking a file revokes these too (etcd matches serials only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub superseded: BTreeMap<String, Superseded>,
+}
+
+/// A certificate replaced by a CA rotation that is still trusted until the rotation finishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Superseded {
+    /// The file it was, relative to `pki/`.
+    pub file: String,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
 }
 
 /// A revoked certificate, listed on the etcd CA's revocation list until it would have expired.

@@ -152,15 +152,16 @@ pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<
             }
         }
     }
-    let crl = catalogue::crl_file();
-    if state.exists(&crl)? {
-        sealed.push(Sealed {
-            kind: Kind::Crl,
-            name: format!("kpki-{}", crl.replace('/', "-")),
-            rel: crl,
-            owner: "etcd",
-            readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),
-        });
+    for crl in catalogue::crl_files() {
+        if state.exists(&crl)? {
+            sealed.push(Sealed {
+                kind: Kind::of(&crl),
+                name: format!("kpki-{}", crl.replace('/', "-")),
+                rel: crl,
+                owner: "etcd",
+                readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),
+            });
+        }
     }
     sealed.push(admin_only(ADMIN_KUBECONFIG.to_string()));
     Ok(sealed)
@@ -252,6 +253,8 @@ pub struct SealPlan<'c> {
     pub leftovers: Vec<(String, Entry)>,
     /// The revocation ledger to commit.
     pub revoked: std::collections::BTreeMap<String, manifest::Revocation>,
+    /// The certificates superseded by an etcd CA rotation in progress, to commit.
+    pub superseded: std::collections::BTreeMap<String, manifest::Superseded>,
 }
 
 impl SealPlan<'_> {
@@ -287,6 +290,7 @@ impl SealPlan<'_> {
         Manifest {
             files: due.chain(self.leftovers.iter().cloned()).collect(),
             revoked: self.revoked.clone(),
+            superseded: self.superseded.clone(),
         }
     }
 
@@ -353,6 +357,7 @@ pub fn plan<'c>(
         standings,
         leftovers,
         revoked: state.revocations(),
+        superseded: state.superseded(),
     })
 }
 
@@ -602,6 +607,16 @@ pub fn commit_planned(
         );
         sealing.written.push(format!("secrets/{name}"));
     }
+    if let Some(text) = store::pki_gitignore_update(store)? {
+        let path = store.pki_path(".gitignore");
+        sealing.written.push("pki/.gitignore".to_string());
+        txn.write(
+            path,
+            Zeroizing::new(text.as_bytes().to_vec()),
+            store::PUBLIC_MODE,
+            store::PRIVATE_DIR_MODE,
+        );
+    }
     for extra in extras {
         txn.write(
             extra.path,
@@ -648,12 +663,7 @@ fn cache(
         Kind::PrivateKey => store::SECRET_MODE,
         _ => store::PUBLIC_MODE,
     };
-    txn.write(
-        path,
-        Zeroizing::new(material.text.as_bytes().to_vec()),
-        mode,
-        store::PRIVATE_DIR_MODE,
-    );
+    txn.write(path, material.file_bytes(), mode, store::PRIVATE_DIR_MODE);
 }
 
 /// Encrypts every stale file from its trusted content; returns `(rel, ciphertext)` pairs.
@@ -673,18 +683,19 @@ fn encrypt_stale(
     let bar = crate::progress::bar(work.len(), "encrypting");
     work.par_iter()
         .map(|(s, entry)| {
-            let text = match s.kind {
+            let plaintext = match s.kind {
                 Kind::Kubeconfig => {
-                    crate::kubeconfig::admin(state, config, &config.cluster.api_server)?
+                    let text = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
+                    Zeroizing::new(text.as_bytes().to_vec())
                 }
-                _ => Zeroizing::new(state.require(&s.rel)?.text.to_string()),
+                _ => state.require(&s.rel)?.file_bytes(),
             };
             let parsed: Vec<&Recipient> = entry
                 .recipients
                 .iter()
                 .map(|k| &recipients.parsed[k])
                 .collect();
-            let ciphertext = seal::encrypt(text.as_bytes(), &parsed, &s.rel)?;
+            let ciphertext = seal::encrypt(&plaintext, &parsed, &s.rel)?;
             bar.inc();
             Ok((s.rel.clone(), ciphertext))
         })

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::agefile::{self as seal, Identity};
 use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind, Material};
-use crate::secrets::manifest::{Manifest, Revocation};
+use crate::secrets::manifest::{Manifest, Revocation, Superseded};
 use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
@@ -72,6 +72,8 @@ pub struct State {
     changes: Mutex<BTreeMap<String, Option<Arc<Material>>>>,
     /// The revocation ledger as this run changed it.
     revoked: Mutex<Option<BTreeMap<String, Revocation>>>,
+    /// The certificates a CA rotation superseded, as this run changed them.
+    superseded: Mutex<Option<BTreeMap<String, Superseded>>>,
 }
 
 impl State {
@@ -93,6 +95,7 @@ impl State {
             contents: Mutex::default(),
             changes: Mutex::default(),
             revoked: Mutex::default(),
+            superseded: Mutex::default(),
         })
     }
 
@@ -330,6 +333,17 @@ impl State {
     /// Replaces the revocation ledger for the rest of the run and the commit.
     pub fn set_revocations(&self, revoked: BTreeMap<String, Revocation>) {
         *lock(&self.revoked) = Some(revoked);
+    }
+
+    /// The certificates an etcd CA rotation in progress superseded, by serial.
+    pub fn superseded(&self) -> BTreeMap<String, Superseded> {
+        let changed = lock(&self.superseded).clone();
+        changed.unwrap_or_else(|| self.manifest.superseded.clone())
+    }
+
+    /// Replaces the superseded certificates for the rest of the run and the commit.
+    pub fn set_superseded(&self, superseded: BTreeMap<String, Superseded>) {
+        *lock(&self.superseded) = Some(superseded);
     }
 
     /// This run's changes, by path.

@@ -12,6 +12,21 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use super::Store;
 use crate::error::{Error, Result};
 
+/// `pki/.gitignore` as it must read, when it does not: kpki's own when missing, or when it is
+/// kpki's and older (without a rule added since, such as `*.der` for etcd's revocation list).
+/// A user's own file is left alone.
+pub fn pki_gitignore_update(store: &Store) -> Result<Option<&'static str>> {
+    let current = store.read_text(&store.pki_path(".gitignore"))?;
+    let header = super::PKI_GITIGNORE.lines().next().unwrap_or_default();
+    Ok(match current {
+        None => Some(super::PKI_GITIGNORE),
+        Some(text) if text.starts_with(header) && text != super::PKI_GITIGNORE => {
+            Some(super::PKI_GITIGNORE)
+        }
+        Some(_) => None,
+    })
+}
+
 /// Refuses when git would not ignore one of `paths` (plaintext files below `pki/`), naming it
 /// and the rule that lets it in.
 pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
@@ -31,7 +46,7 @@ pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
                 why.unwrap_or_default()
             ),
             Some(
-                "pki/.gitignore must ignore *.pem, *.agekey and *.kubeconfig everywhere below pki/, with no '!' exceptions"
+                "pki/.gitignore must ignore *.pem, *.der, *.agekey and *.kubeconfig everywhere below pki/, with no '!' exceptions"
                     .into(),
             ),
         )),

@@ -6,6 +6,7 @@
 //! the next run replays the journal) the new one, never a mix.
 
 mod ignore;
+pub use ignore::pki_gitignore_update;
 mod transaction;
 
 use std::fs;
@@ -33,7 +34,7 @@ pub const TEXT_LIMIT: u64 = 64 << 20;
 
 /// What `pki/.gitignore` says: no plaintext certificate, key or identity ever enters git, nor
 /// kpki's local bookkeeping.
-pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.agekey\n*.kubeconfig\n/.kpki/\n";
+pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; secrets/ holds the encrypted copies.\n*.pem\n*.der\n*.agekey\n*.kubeconfig\n/.kpki/\n";
 
 /// kpki's bookkeeping directory under `pki/` (git-ignored): the cache record and the journal.
 pub const STATE_DIR: &str = ".kpki";

@@ -12,6 +12,26 @@ use crate::netns::Hosts;
 pub const NODES: [&str; 3] = ["node-01", "node-02", "node-03"];
 pub const ADDRESSES: [&str; 3] = ["2001:db8::1", "2001:db8::2", "2001:db8::3"];
 
+/// The revocation list etcd reads, under `pki/`: DER, the one form etcd 3.5 and later parse.
+pub const CRL: &str = "etcd/crl.der";
+
+/// An etcd server the revocation tests run: Debian's etcd 3.4, or etcd 3.6 (`make k8s`).
+#[derive(Debug, Clone, Copy)]
+pub enum Version {
+    V3_4,
+    V3_6,
+}
+
+impl Version {
+    /// The server program.
+    pub fn program(self) -> PathBuf {
+        match self {
+            Version::V3_4 => crate::harness::require("etcd"),
+            Version::V3_6 => crate::kube::programs().join("etcd"),
+        }
+    }
+}
+
 /// The files one member runs on.
 pub struct MemberFiles {
     pub ca: PathBuf,
@@ -82,8 +102,11 @@ impl Etcd {
 
     /// Starts one member per node configured only by the environment `envs[i]` (as the etcd
     /// service of a NixOS node is: `ETCD_*` variables).
-    pub fn start_with_env(envs: &[std::collections::BTreeMap<String, String>]) -> Etcd {
-        let mut etcd = Etcd::empty(crate::harness::require("etcd"));
+    pub fn start_with_env(
+        envs: &[std::collections::BTreeMap<String, String>],
+        program: PathBuf,
+    ) -> Etcd {
+        let mut etcd = Etcd::empty(program);
         for (i, env) in envs.iter().enumerate() {
             let child = etcd
                 .hosts
@@ -197,6 +220,54 @@ impl Etcd {
         let _ = old.kill();
         let _ = old.wait();
         self.members[i] = self.spawn(i, files, crl);
+    }
+
+    /// Starts `program` on every node, each on its own copy of its files from `pki` (as a
+    /// deploy puts them on the node), checking the revocation list when the copy has one.
+    pub fn start_deployed(pki: &Path, program: PathBuf) -> Etcd {
+        let mut etcd = Etcd::empty(program);
+        for i in 0..NODES.len() {
+            let (files, crl) = etcd.deploy(i, pki);
+            let child = etcd.spawn(i, &files, crl.as_deref());
+            etcd.members.push(child);
+        }
+        etcd
+    }
+
+    /// Deploys `pki` to node `i` and restarts its member on its new copy: one step of a
+    /// rolling restart. The other members keep running on the copies they have.
+    pub fn redeploy(&mut self, i: usize, pki: &Path) {
+        let (files, crl) = self.deploy(i, pki);
+        self.restart_on(i, &files, crl.as_deref());
+    }
+
+    /// Node `i`'s own copy of the files its member reads, taken from `pki` now, each replaced
+    /// by a rename: the CA bundle, its certificates and the revocation list etcd reads
+    /// (`etcd/crl.der`, which `kpki.nix` wires). Returns the member's files and the list.
+    pub fn deploy(&self, i: usize, pki: &Path) -> (MemberFiles, Option<PathBuf>) {
+        let root = self.data.path().join("deployed").join(NODES[i]);
+        let node = NODES[i];
+        let rels = [
+            "etcd/ca.pem".to_string(),
+            CRL.to_string(),
+            format!("{node}/etcd-server.pem"),
+            format!("{node}/etcd-server-key.pem"),
+            format!("{node}/etcd-peer.pem"),
+            format!("{node}/etcd-peer-key.pem"),
+        ];
+        for rel in &rels {
+            let (from, to) = (pki.join(rel), root.join(rel));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            if !from.exists() {
+                let _ = std::fs::remove_file(&to);
+                continue;
+            }
+            let temp = to.with_extension("deploying");
+            std::fs::copy(&from, &temp).unwrap();
+            std::fs::rename(&temp, &to).unwrap();
+        }
+        let crl = root.join(CRL);
+        (MemberFiles::kpki(&root, i), crl.exists().then_some(crl))
     }
 
     /// Member `i`'s whole log.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::etcd::{Client, Etcd};
+use crate::etcd::{CRL, Client, Etcd, Version};
 use crate::harness::{Cluster, DEFAULT_CONFIG, manifest_entry, run, s};
 use crate::secrets::config_with_keys;
 
@@ -390,7 +390,10 @@ fn a_deploy_restarts_exactly_the_units_whose_files_changed() {
 /// Starts the three members of the default cluster as the module wires them (the environment
 /// of each node's etcd service, its files where agenix would put them); returns them with the
 /// apiserver's etcd client and servers as wired on node-01.
-fn wired_etcd(cluster: &Cluster) -> (Etcd, Client, Vec<String>, tempfile::TempDir) {
+fn wired_etcd(
+    cluster: &Cluster,
+    version: Version,
+) -> (Etcd, Client, Vec<String>, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let mut envs = Vec::new();
     let mut apiserver = None;
@@ -419,7 +422,7 @@ fn wired_etcd(cluster: &Cluster) -> (Etcd, Client, Vec<String>, tempfile::TempDi
             apiserver = Some(v["apiserver"]["etcd"].clone());
         }
     }
-    let etcd = Etcd::start_with_env(&envs);
+    let etcd = Etcd::start_with_env(&envs, version.program());
     let wired = apiserver.unwrap();
     let client = Client {
         ca: wired["caFile"].as_str().unwrap().into(),
@@ -439,7 +442,7 @@ fn wired_etcd(cluster: &Cluster) -> (Etcd, Client, Vec<String>, tempfile::TempDi
 #[test]
 fn etcd_runs_on_exactly_what_the_module_wires() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
-    let (etcd, client, servers, _root) = wired_etcd(&cluster);
+    let (etcd, client, servers, _root) = wired_etcd(&cluster, Version::V3_4);
     let put = client.ctl(
         &etcd.hosts.ns(0),
         &servers.join(","),
@@ -458,8 +461,9 @@ fn etcd_runs_on_exactly_what_the_module_wires() {
     );
 }
 
-#[test]
-fn etcd_checks_the_revocation_list_the_module_wires() {
+/// etcd of `version` started exactly as the module wires it, each node on its own copy of its
+/// files, refuses a revoked client and accepts the reissued one.
+fn etcd_checks_the_revocation_list_the_module_wires(version: Version) {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let keep = |rel: &str| {
         let to = cluster
@@ -477,18 +481,19 @@ fn etcd_checks_the_revocation_list_the_module_wires() {
         .kpki(&["revoke", "etcd/apiserver-etcd-client"])
         .success();
     let v = ok(&cluster, "node-02", ETCD);
-    let crl = agenix("kpki-etcd-crl.pem");
-    assert_eq!(v["paths"]["etcd/crl.pem"], crl);
+    // etcd 3.5 and later parse only a DER list: the module wires crl.der, not the PEM copy.
+    let crl = agenix("kpki-etcd-crl.der");
+    assert_eq!(v["paths"][CRL], crl);
     assert_eq!(v["etcd"]["ETCD_CLIENT_CRL_FILE"], crl);
     assert_eq!(v["etcd"]["ETCD_PEER_CRL_FILE"], crl);
     assert!(
         ok(&cluster, "node-02", CONTROL_PLANE)["paths"]
-            .get("etcd/crl.pem")
+            .get(CRL)
             .is_some(),
         "node-02 holds etcd: it gets the list whatever it runs"
     );
 
-    let (etcd, client, servers, _root) = wired_etcd(&cluster);
+    let (etcd, client, servers, _root) = wired_etcd(&cluster, version);
     let put = client.ctl(&etcd.hosts.ns(0), &servers[0], &["put", "/kpki/crl", "new"]);
     assert!(
         put.status.success(),
@@ -502,5 +507,17 @@ fn etcd_checks_the_revocation_list_the_module_wires() {
             "member {i} accepted the revoked client"
         );
     }
-    assert!(etcd.full_logs().contains("revoked"), "{}", etcd.logs());
+    let logs = etcd.full_logs();
+    assert!(logs.contains("revoked"), "{}", etcd.logs());
+    assert!(!logs.contains("malformed crl"), "{}", etcd.logs());
+}
+
+#[test]
+fn etcd_3_4_checks_the_revocation_list_the_module_wires() {
+    etcd_checks_the_revocation_list_the_module_wires(Version::V3_4);
+}
+
+#[test]
+fn etcd_3_6_checks_the_revocation_list_the_module_wires() {
+    etcd_checks_the_revocation_list_the_module_wires(Version::V3_6);
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::etcd::{Client, Etcd};
+use crate::etcd::{CRL, Client, Etcd, Version};
 use crate::harness::{Cluster, DEFAULT_CONFIG, fixture, run, run_ok, s};
 use crate::secrets::{age_decrypt, config_with_keys, host_key};
 
@@ -18,20 +18,43 @@ pub fn without_node(config: &str, name: &str) -> String {
         .fold(head, |acc, block| acc + "[[node]]" + block)
 }
 
+/// The input format of a CRL file for openssl: DER for `crl.der`, PEM otherwise.
+fn inform(crl: &Path) -> &'static str {
+    match crl.extension().and_then(|e| e.to_str()) {
+        Some("der") => "DER",
+        _ => "PEM",
+    }
+}
+
 /// The serial numbers a CRL lists, as openssl prints them (uppercase hex).
 fn crl_serials(crl: &Path) -> Vec<String> {
-    run_ok("openssl", &["crl", "-in", s(crl), "-noout", "-text"])
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
-        .map(String::from)
-        .collect()
+    let form = inform(crl);
+    run_ok(
+        "openssl",
+        &["crl", "-inform", form, "-in", s(crl), "-noout", "-text"],
+    )
+    .lines()
+    .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+    .map(String::from)
+    .collect()
 }
 
 /// Checks with openssl that the CRL is signed by the CA certificate `ca`.
 fn crl_verifies(crl: &Path, ca: &Path) {
+    let form = inform(crl);
     run_ok(
         "openssl",
-        &["crl", "-in", s(crl), "-noout", "-verify", "-CAfile", s(ca)],
+        &[
+            "crl",
+            "-inform",
+            form,
+            "-in",
+            s(crl),
+            "-noout",
+            "-verify",
+            "-CAfile",
+            s(ca),
+        ],
     );
 }
 
@@ -54,13 +77,82 @@ fn keep(cluster: &Cluster, dir: &str, rels: &[&str]) -> std::path::PathBuf {
     to
 }
 
-#[test]
-fn a_pruned_node_is_refused_by_etcd_as_client_and_as_peer() {
+/// Waits until a write through member `i` succeeds: the cluster has its quorum.
+fn wait_writable(etcd: &Etcd, client: &Client, i: usize, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let put = client.run(etcd, i, &["put", key, "yes"]);
+        if put.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no quorum through member {i}: {put:?}\n{}",
+            etcd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Deploys `pki` to every member in turn and restarts it, checking after each step that the
+/// cluster kept its quorum and every member is healthy (each peer accepted the others).
+fn roll(etcd: &mut Etcd, pki: &Path, client: &Client, members: &[usize]) {
+    for &i in members {
+        etcd.redeploy(i, pki);
+        wait_writable(etcd, client, i, &format!("/kpki/roll/{i}"));
+    }
+}
+
+/// Checks that every member in `members` refuses the client `who` (a revoked certificate) and
+/// logs the refusal as a revocation of its serial.
+fn refused_everywhere(etcd: &Etcd, who: &Client, members: &[usize], serial: &str) {
+    for &i in members {
+        let out = who.run(etcd, i, &["get", "/kpki/roll/0"]);
+        assert!(
+            !out.status.success(),
+            "member {i} accepted {}",
+            who.cert.display()
+        );
+    }
+    let serial = serial.to_lowercase();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcd
+        .full_logs()
+        .contains(&format!("serial {serial} revoked"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no member logged serial {serial} as revoked:\n{}",
+            etcd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        !etcd.full_logs().contains("malformed crl"),
+        "a member could not parse the list:\n{}",
+        etcd.logs()
+    );
+}
+
+/// A client made of files kept in `dir` by [`keep`]: `STEM.pem`, `STEM-key.pem`, `etcd/ca.pem`.
+fn kept_client(dir: &Path, stem: &str) -> Client {
+    Client {
+        ca: dir.join("etcd/ca.pem"),
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    }
+}
+
+/// `kpki rotate --prune` of node-03 on a live etcd of `version`: every member, each on its own
+/// copy of its files, restarts with the DER list `kpki.nix` wires; the cluster keeps its quorum
+/// at each step; node-03's certificates and the apiserver's old client are refused, as client
+/// and as peer; the new client is accepted everywhere.
+fn pruned_node_is_refused(version: Version) {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
-    let mut etcd = Etcd::start(&cluster.pki(""));
+    let pki = cluster.pki("");
+    let mut etcd = Etcd::start_deployed(&pki, version.program());
     let apiserver = Client::of(&cluster, "etcd/apiserver-etcd-client");
     etcd.wait_healthy(&apiserver);
-    // node-03 as it was: its member keeps running on these files after the prune.
     let gone = keep(
         &cluster,
         "gone",
@@ -74,15 +166,14 @@ fn a_pruned_node_is_refused_by_etcd_as_client_and_as_peer() {
             "etcd/apiserver-etcd-client-key.pem",
         ],
     );
-    etcd.restart(2, &gone);
-    etcd.wait_healthy(&apiserver);
 
+    // node-03's member keeps running on its own copy: the files of a node that is gone.
     cluster.write_config(&without_node(DEFAULT_CONFIG, "node-03"));
     let out = cluster.kpki(&["rotate", "--prune"]).success().stdout();
     assert!(out.contains("revoke node-03/etcd-peer.pem"), "{out}");
     assert!(!cluster.pki("node-03").exists());
     assert!(!cluster.path().join("secrets/node-03").exists());
-    let crl = cluster.pki("etcd/crl.pem");
+    let crl = cluster.pki(CRL);
     crl_verifies(&crl, &cluster.pki("etcd/ca.pem"));
     let listed = crl_serials(&crl);
     for cert in [
@@ -96,71 +187,132 @@ fn a_pruned_node_is_refused_by_etcd_as_client_and_as_peer() {
         );
     }
 
-    // The remaining members restart with the CRL, as kpki.nix wires them.
-    for i in 0..2 {
-        etcd.restart_checking(i, &cluster.pki(""), Some(&crl));
-    }
     let apiserver = Client::of(&cluster, "etcd/apiserver-etcd-client");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let put = apiserver.run(&etcd, 0, &["put", "/kpki/after-prune", "yes"]);
-        if put.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no quorum of node-01 and node-02: {put:?}\n{}",
-            etcd.logs()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let get = apiserver.run(
-        &etcd,
-        1,
-        &["get", "--print-value-only", "/kpki/after-prune"],
-    );
+    roll(&mut etcd, &pki, &apiserver, &[0, 1]);
+    let get = apiserver.run(&etcd, 1, &["get", "--print-value-only", "/kpki/roll/0"]);
     assert_eq!(
         String::from_utf8_lossy(&get.stdout).trim(),
         "yes",
         "{get:?}"
     );
-
-    // The client side: node-03's certificates and the old apiserver client are refused.
-    let old = |cert: &str| Client {
-        ca: gone.join("etcd/ca.pem"),
-        cert: gone.join(format!("{cert}.pem")),
-        key: gone.join(format!("{cert}-key.pem")),
-    };
     for cert in [
         "node-03/etcd-server",
         "node-03/etcd-peer",
         "etcd/apiserver-etcd-client",
     ] {
-        for member in 0..2 {
-            let refused = old(cert).run(&etcd, member, &["get", "/kpki/after-prune"]);
-            assert!(
-                !refused.status.success(),
-                "{cert} was accepted by member {member}"
-            );
-        }
+        let who = kept_client(&gone, cert);
+        refused_everywhere(&etcd, &who, &[0, 1], &serial(&who.cert));
     }
     // The etcd side: node-03's member connects as a peer and is turned away as revoked.
+    let peer = serial(&gone.join("node-03/etcd-peer.pem")).to_lowercase();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(etcd.log_of(0) + &etcd.log_of(1)).contains("revoked") {
+    while !(etcd.log_of(0) + &etcd.log_of(1)).contains(&format!("serial {peer} revoked")) {
         assert!(
             Instant::now() < deadline,
-            "no member logged a revoked peer:\n{}",
+            "no member refused node-03's peer certificate:\n{}",
             etcd.logs()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let logs = etcd.log_of(0) + &etcd.log_of(1);
-    let peer = serial(&gone.join("node-03/etcd-peer.pem")).to_lowercase();
-    assert!(
-        logs.contains(&peer),
-        "the refused serial is not node-03's peer certificate:\n{}",
-        etcd.logs()
+}
+
+#[test]
+fn a_pruned_node_is_refused_by_etcd_3_4() {
+    pruned_node_is_refused(Version::V3_4);
+}
+
+#[test]
+fn a_pruned_node_is_refused_by_etcd_3_6() {
+    pruned_node_is_refused(Version::V3_6);
+}
+
+/// `kpki revoke` on a live etcd of `version`, before and during a rotation of the etcd CA.
+/// During the rotation the members trust the old CA too, so node-03's peer certificate of the
+/// old CA (which node-03 still holds until its next deploy) must be on the list as well: etcd
+/// matches serials only. Every member restarts one at a time on its own copy, with the DER list,
+/// and the cluster keeps its quorum at every step.
+fn revoked_certificates_are_refused(version: Version) {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let pki = cluster.pki("");
+    let mut etcd = Etcd::start_deployed(&pki, version.program());
+    let client = Client::of(&cluster, "etcd/apiserver-etcd-client");
+    etcd.wait_healthy(&client);
+    let all = [0, 1, 2];
+
+    let first = keep(
+        &cluster,
+        "first",
+        &[
+            "etcd/ca.pem",
+            "node-01/etcd-server.pem",
+            "node-01/etcd-server-key.pem",
+        ],
     );
+    cluster.kpki(&["revoke", "node-01/etcd-server"]).success();
+    run_ok(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            s(&cluster.pki(CRL)),
+            "-noout",
+        ],
+    );
+    roll(&mut etcd, &pki, &client, &all);
+    etcd.wait_healthy(&client);
+    let who = kept_client(&first, "node-01/etcd-server");
+    refused_everywhere(&etcd, &who, &all, &serial(&who.cert));
+
+    // node-03's peer certificate of the old CA, as node-03 holds it during the rotation.
+    let held = keep(
+        &cluster,
+        "held",
+        &[
+            "etcd/ca.pem",
+            "node-03/etcd-peer.pem",
+            "node-03/etcd-peer-key.pem",
+        ],
+    );
+    cluster.kpki(&["rotate", "--ca", "etcd"]).success();
+    roll(&mut etcd, &pki, &client, &all);
+    let out = cluster
+        .kpki(&["revoke", "node-03/etcd-peer"])
+        .success()
+        .stdout();
+    let old = serial(&held.join("node-03/etcd-peer.pem"));
+    assert!(
+        out.contains(&old.to_lowercase()),
+        "the old CA's certificate is not named: {out}"
+    );
+    let listed = crl_serials(&cluster.pki(CRL));
+    assert!(listed.contains(&old), "{listed:?}");
+    assert!(
+        listed.contains(&serial(&who.cert)),
+        "an earlier revocation left the list: {listed:?}"
+    );
+    roll(&mut etcd, &pki, &client, &all);
+    etcd.wait_healthy(&client);
+    let who = kept_client(&held, "node-03/etcd-peer");
+    refused_everywhere(&etcd, &who, &all, &old);
+
+    cluster
+        .kpki(&["rotate", "--ca", "etcd", "--finish"])
+        .success();
+    roll(&mut etcd, &pki, &client, &all);
+    etcd.wait_healthy(&client);
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+}
+
+#[test]
+fn revoked_certificates_are_refused_by_etcd_3_4() {
+    revoked_certificates_are_refused(Version::V3_4);
+}
+
+#[test]
+fn revoked_certificates_are_refused_by_etcd_3_6() {
+    revoked_certificates_are_refused(Version::V3_6);
 }
 
 #[test]
@@ -204,7 +356,7 @@ fn a_pruned_worker_loses_its_files_and_the_kube_proxy_key() {
     assert!(!cluster.pki("node-04").exists());
     assert!(!cluster.path().join("secrets/node-04").exists());
     assert!(
-        !cluster.pki("etcd/crl.pem").exists(),
+        !cluster.pki(CRL).exists() && !cluster.pki("etcd/crl.pem").exists(),
         "a worker has nothing etcd could refuse"
     );
     let new_proxy = std::fs::read(cluster.pki("kubernetes/kube-proxy-key.pem")).unwrap();
@@ -363,7 +515,7 @@ fn the_list_is_signed_anew_when_due_after_a_ca_rotation_and_checked_by_verify() 
         .kpki(&["rotate", "--within", "400d"])
         .success()
         .stdout();
-    assert!(out.contains("sign etcd/crl.pem anew"), "{out}");
+    assert!(out.contains("sign etcd/crl.der anew"), "{out}");
     let second = number();
     assert_ne!(second, first);
 
@@ -437,11 +589,116 @@ fn a_node_that_loses_the_etcd_role_has_its_etcd_certificates_revoked() {
         !out.contains("reissue"),
         "losing etcd opens no shared key: {out}"
     );
-    assert!(crl_serials(&cluster.pki("etcd/crl.pem")).contains(&peer));
+    assert!(crl_serials(&cluster.pki(CRL)).contains(&peer));
     assert!(!cluster.pki("node-02/etcd-peer.pem").exists());
     assert!(
         cluster.pki("node-02/kubelet.pem").exists(),
         "node-02 keeps its other files"
     );
     assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+}
+
+/// The DER of a PEM CRL, converted by openssl.
+fn pem_to_der(crl: &Path) -> Vec<u8> {
+    let out = run("openssl", &["crl", "-in", s(crl), "-outform", "DER"]);
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+#[test]
+fn etcd_gets_the_list_in_der_and_people_get_the_same_list_in_pem() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["revoke", "node-02/etcd-peer"]).success();
+    let der = std::fs::read(cluster.pki(CRL)).unwrap();
+    assert_eq!(der[0], 0x30, "not DER");
+    assert_eq!(pem_to_der(&cluster.pki("etcd/crl.pem")), der);
+    // Both are sealed, and what the etcd nodes decrypt is the DER list itself.
+    let admin = cluster.pki("admin.agekey");
+    assert_eq!(age_decrypt(&cluster, &admin, CRL), Some(der));
+    assert!(age_decrypt(&cluster, &admin, "etcd/crl.pem").is_some());
+    let ignore = std::fs::read_to_string(cluster.pki(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*.der"), "{ignore}");
+}
+
+#[test]
+fn a_list_etcd_cannot_parse_is_found_by_verify() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["revoke", "node-02/etcd-peer"]).success();
+    // What agenix -e or a hand would leave: PEM sealed in place of the DER list.
+    let admin = run_ok("age-keygen", &["-y", s(&cluster.pki("admin.agekey"))]);
+    std::fs::remove_file(cluster.pki(CRL)).unwrap();
+    let sealed = cluster.path().join("secrets").join(format!("{CRL}.age"));
+    run_ok(
+        "age",
+        &[
+            "-e",
+            "-a",
+            "-r",
+            admin.trim(),
+            "-o",
+            s(&sealed),
+            s(&cluster.pki("etcd/crl.pem")),
+        ],
+    );
+    let found = cluster.kpki(&["verify"]);
+    assert_eq!(found.code(), Some(1), "{}", found.stderr());
+    assert!(
+        found.stdout().contains(&format!(
+            "secrets/{CRL}.age: decrypted, it holds PEM, but it must hold DER: etcd 3.5 and later cannot parse it"
+        )),
+        "{}",
+        found.stdout()
+    );
+}
+
+/// A cluster whose list predates the DER file, as an older kpki left it: only `crl.pem`, in the
+/// manifest and on disk, and kpki's `pki/.gitignore` without `*.der`.
+fn as_before_the_der_list(cluster: &Cluster) {
+    std::fs::remove_file(cluster.pki(CRL)).unwrap();
+    std::fs::remove_file(cluster.path().join("secrets").join(format!("{CRL}.age"))).unwrap();
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let table = format!("[files.\"{CRL}\"]\n");
+    let at = text.find(&table).unwrap();
+    let end = at + text[at..].find("\n\n").unwrap() + 2;
+    std::fs::write(&manifest, format!("{}{}", &text[..at], &text[end..])).unwrap();
+    let ignore = std::fs::read_to_string(cluster.pki(".gitignore")).unwrap();
+    std::fs::write(cluster.pki(".gitignore"), ignore.replace("*.der\n", "")).unwrap();
+}
+
+#[test]
+fn a_cluster_from_before_the_der_list_moves_over_with_the_next_init_or_rotate() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["revoke", "node-02/etcd-peer"]).success();
+    as_before_the_der_list(&cluster);
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        status.stdout().contains("etcd/crl.der is missing"),
+        "{}",
+        status.stdout()
+    );
+    let listed = crl_serials(&cluster.pki("etcd/crl.pem"));
+    let rotated = cluster.copy();
+
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(out.contains("pki/etcd/crl.der"), "{out}");
+    assert!(out.contains(&format!("secrets/{CRL}.age")), "{out}");
+    let der = std::fs::read(cluster.pki(CRL)).unwrap();
+    assert_eq!(
+        pem_to_der(&cluster.pki("etcd/crl.pem")),
+        der,
+        "init signed anew instead of completing"
+    );
+    assert_eq!(crl_serials(&cluster.pki(CRL)), listed);
+    let ignore = std::fs::read_to_string(cluster.pki(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*.der"), "{ignore}");
+    let module = std::fs::read_to_string(cluster.path().join("secrets/kpki.nix")).unwrap();
+    assert!(module.contains(&format!("CLIENT_CRL_FILE = wire (path \"{CRL}\")")));
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+
+    let out = rotated.kpki(&["rotate"]).success().stdout();
+    assert!(out.contains(&format!("sign {CRL} anew")), "{out}");
+    assert_eq!(crl_serials(&rotated.pki(CRL)), listed);
+    assert_eq!(rotated.kpki(&["verify"]).code(), Some(0));
 }
