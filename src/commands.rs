@@ -117,8 +117,11 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
     }
     let recipients = Recipients::new(&config, admins.recipients)?;
     let state = State::open(ctx.store.clone(), ctx.identity.clone(), access)?;
-    if access == Access::Write {
-        state.audit()?;
+    match access {
+        Access::Write => {
+            state.audit()?;
+        }
+        Access::Read => report_interrupted(&ctx.store, report),
     }
     Ok(Cluster {
         config,
@@ -127,24 +130,52 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
     })
 }
 
-/// Warns when `dir` lies inside another cluster directory (where `kpki init` was probably meant
-/// to run).
-fn warn_nested(ctx: &Context, report: &mut Report) {
+/// For a reader: says that an interrupted run left temporary files, which only a writer may
+/// clear, and counts it as something to act on.
+fn report_interrupted(store: &Store, report: &mut Report) {
+    if store.interrupted() {
+        report.warn(format_args!(
+            "an interrupted kpki run left temporary files in {} (git-ignored; keys among them): run kpki init to complete or clear them",
+            shown(store, &store.temp_dir())
+        ));
+        report.needs_action = true;
+    }
+}
+
+/// Refuses `dir` inside the `pki/` or `secrets/` of a cluster directory (a second cluster
+/// there would put plaintext where only ciphertext belongs); warns when it lies elsewhere inside
+/// one (where `kpki init` was probably meant to run).
+fn refuse_nested(ctx: &Context, report: &mut Report) -> Result<()> {
     let Ok(dir) = std::fs::canonicalize(ctx.store.root()) else {
-        return;
+        return Ok(());
     };
     for parent in dir.ancestors().skip(1) {
         let other = Store::new(parent);
         if other.config_path().is_file() || other.secrets_path(secrets::manifest::FILE).is_file() {
+            if dir.starts_with(other.pki_dir()) || dir.starts_with(other.secrets_dir()) {
+                return Err(Error::usage(
+                    format!(
+                        "{} is inside the pki/ or secrets/ of the cluster directory {}",
+                        dir.display(),
+                        parent.display()
+                    ),
+                    Some(format!(
+                        "run kpki in {} (or pass --dir {})",
+                        parent.display(),
+                        parent.display()
+                    )),
+                ));
+            }
             report.warn(format_args!(
                 "{} is inside the cluster directory {}: this creates a second cluster there (use --dir {} for the existing one)",
                 dir.display(),
                 parent.display(),
                 parent.display()
             ));
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// The files a cluster directory's first write brings besides the PKI and `pki/.gitignore`
@@ -289,7 +320,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let store = &ctx.store;
     let (config, default) = config_or_default(store)?;
     if default {
-        warn_nested(ctx, report);
+        refuse_nested(ctx, report)?;
     }
     warn_config(report, &config);
     if args.config_only {
@@ -320,7 +351,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         report.say("wrote pki/kpki.toml, the example cluster (3 nodes at 2001:db8::1..3), and its PKI; for your own nodes, start in an empty directory with kpki init --config-only, edit pki/kpki.toml, then run kpki init");
     }
     warn_generated(report, &admins);
-    report_applied(report, &applied, "created");
+    report_applied(report, &config, &applied, "created");
     let keyless: Vec<String> = config
         .nodes
         .iter()
@@ -353,7 +384,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     } else {
         report.say(format_args!(
             "{} files created in pki/, {} encrypted into secrets/",
-            applied.written.len(),
+            in_pki(&config, &applied).len(),
             sealing.encrypted.len()
         ));
     }
@@ -391,10 +422,22 @@ fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
     }
 }
 
+/// The files a plan changed that exist in `pki/`: without `plaintext_keys`, keys are only
+/// sealed, never written there.
+fn in_pki(config: &Config, applied: &Applied) -> Vec<String> {
+    applied
+        .written
+        .iter()
+        .filter(|f| {
+            config.plaintext_keys || crate::pem::Kind::of(f) != crate::pem::Kind::PrivateKey
+        })
+        .map(|f| format!("pki/{f}"))
+        .collect()
+}
+
 /// Prints what a plan changed in `pki/`, with `verb`, and the leaves cut short at their CA.
-fn report_applied(report: &mut Report, applied: &Applied, verb: &str) {
-    let files: Vec<String> = applied.written.iter().map(|f| format!("pki/{f}")).collect();
-    report.files(verb, files);
+fn report_applied(report: &mut Report, config: &Config, applied: &Applied, verb: &str) {
+    report.files(verb, in_pki(config, applied));
     for capped in &applied.capped {
         report.warn(capped);
     }
@@ -483,7 +526,7 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
         true => serde_json::to_string_pretty(&rows).expect("a report serializes") + "\n",
         false => status::table(&rows),
     });
-    report.needs_action = rows.needs_action();
+    report.needs_action |= rows.needs_action();
     Ok(())
 }
 
@@ -509,10 +552,10 @@ pub fn verify(ctx: &Context, report: &mut Report) -> Result<()> {
             "the contents of secrets/ were not decrypted and checked (no identity): pass -i with an admin identity"
         );
     }
-    if problems.is_empty() {
+    if problems.is_empty() && !report.needs_action {
         report.say("verified: no problems");
     }
-    report.needs_action = !problems.is_empty();
+    report.needs_action |= !problems.is_empty();
     Ok(())
 }
 
@@ -614,8 +657,8 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
             applied
         }
     };
-    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    report_applied(report, &config, &applied, "wrote");
     report_sealing(report, &sealing);
     match ca {
         Some(ca) if !request.finish => report.say(format_args!(
@@ -654,8 +697,8 @@ fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> Result<()> 
         return dry_run(report, "");
     }
     let applied = revocation::apply_prune(state, config, &prune, now)?;
-    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(state, config, recipients, Vec::new())?;
+    report_applied(report, config, &applied, "wrote");
     report_sealing(report, &sealing);
     report.say(prune_next(&prune));
     Ok(())
@@ -773,6 +816,7 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
     } = cluster(ctx, report, Access::Write)?;
     let now = issuing::now();
     let mut applied = Applied::default();
+    let mut deleted = Vec::new();
     for name in &args.names {
         let (outcome, done) = revocation::revoke(&state, &config, name, now)?;
         applied.merge(done);
@@ -786,8 +830,11 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
                     catalogue::crl_file()
                 ))
             }
-            revocation::Revoked::UserRemoved(outlived) => {
-                report.say(format_args!("removed {name}"));
+            revocation::Revoked::UserRemoved {
+                deleted: files,
+                outlived,
+            } => {
+                deleted.extend(files);
                 if let Some(u) = outlived {
                     report.warn(format_args!(
                         "{}: stays valid until {}: the {} CA has no revocation (kpki rotate --ca {} ends it)",
@@ -802,10 +849,17 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
     }
     applied.written.sort();
     applied.written.dedup();
-    report_applied(report, &applied, "wrote");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    report_applied(report, &config, &applied, "wrote");
+    let deleted: Vec<String> = deleted
+        .iter()
+        .flat_map(|rel| [format!("pki/{rel}"), format!("secrets/{rel}.age")])
+        .collect();
+    report.files("deleted", deleted);
     report_sealing(report, &sealing);
-    report.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
+    if !applied.written.is_empty() {
+        report.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
+    }
     Ok(())
 }
 
@@ -883,8 +937,8 @@ pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<
     };
     let actions = plan::issue(&state, targets, request.keep_key, validity)?;
     let applied = plan::apply(&state, &config, &actions, now)?;
-    report_applied(report, &applied, "issued");
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    report_applied(report, &config, &applied, "issued");
     report_sealing(report, &sealing);
     Ok(())
 }

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
     let mut report = Report::default();
     let outcome =
         lock(&ctx, &cli.command).and_then(|_lock| dispatch(&ctx, &cli.command, &mut report));
-    // What a command said before it failed (a warning, what it did write) is printed too.
+    // A command that failed changed nothing: only its warnings and notes are printed.
+    if outcome.is_err() {
+        report.failed();
+    }
     report.print(
         style,
         &mut std::io::stdout().lock(),

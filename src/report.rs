@@ -85,6 +85,14 @@ impl Report {
         }
     }
 
+    /// After a command failed: drops its progress and success lines. Every change is committed
+    /// in one transaction at the end, so a failed command wrote nothing its lines could claim;
+    /// its warnings and notes stay.
+    pub fn failed(&mut self) {
+        self.lines
+            .retain(|l| matches!(l, Line::Warning(_) | Line::Note(_)));
+    }
+
     /// What was said, in order.
     pub fn lines(&self) -> &[Line] {
         &self.lines

@@ -513,7 +513,11 @@ pub enum Revoked {
     /// certificate of the old CA it replaced.
     Reissued(Vec<Revoke>),
     /// An extra user, removed; its certificate stays valid until it expires.
-    UserRemoved(Option<Unrevocable>),
+    UserRemoved {
+        /// Its files, deleted from `pki/` and `secrets/`.
+        deleted: Vec<String>,
+        outlived: Option<Unrevocable>,
+    },
 }
 
 /// Revokes `name` (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`, `users/bob`): a
@@ -604,10 +608,10 @@ fn remove_user(state: &State, user: &str, now: OffsetDateTime) -> Result<(Revoke
         state.delete(rel);
     }
     Ok((
-        Revoked::UserRemoved(outlived),
-        Applied {
-            written: files.to_vec(),
-            capped: Vec::new(),
+        Revoked::UserRemoved {
+            deleted: files.to_vec(),
+            outlived,
         },
+        Applied::default(),
     ))
 }

@@ -46,7 +46,7 @@ pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
                 why.unwrap_or_default()
             ),
             Some(
-                "pki/.gitignore must ignore *.pem, *.der, *.agekey and *.kubeconfig everywhere below pki/, with no '!' exceptions"
+                "pki/.gitignore must ignore *.pem, *.der, *.agekey, *.kubeconfig and .kpki/ everywhere below pki/, with no '!' exceptions"
                     .into(),
             ),
         )),

@@ -46,6 +46,10 @@ const ROOM_PER_FILE: u64 = 8 * 1024;
 /// The prefix of temporary files, which never end in `.pem`.
 const TEMP_PREFIX: &str = ".kpki-";
 
+/// Where every file of a change is written before it is renamed into place, under `pki/.kpki/`:
+/// git-ignored as a whole, so an interrupted run leaves no private key that `git add -A` stages.
+const TEMP_DIR: &str = "tmp";
+
 /// The cluster directory's lock, released when dropped.
 pub struct Lock {
     _dir: Option<fs::File>,
@@ -144,7 +148,7 @@ impl Store {
         fault::lock_taken();
         if exclusive {
             transaction::recover(self)?;
-            if self.state_path(transaction::WRITING).exists() {
+            if self.state_path(transaction::WRITING).exists() || self.interrupted() {
                 self.remove_temporary_files()?;
                 remove_optional(&self.state_path(transaction::WRITING))?;
             }
@@ -152,8 +156,26 @@ impl Store {
         Ok(Lock { _dir: Some(dir) })
     }
 
-    /// Removes `.kpki-*` files that an interrupted run left in `pki/` and `secrets/`.
+    /// `pki/.kpki/tmp/`, where the files of a change are written first.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.state_path(TEMP_DIR)
+    }
+
+    /// Whether an interrupted run left temporary files (for a reader, which may not remove
+    /// them: the next writer does).
+    pub fn interrupted(&self) -> bool {
+        fs::read_dir(self.temp_dir()).is_ok_and(|mut entries| entries.next().is_some())
+    }
+
+    /// Removes the temporary files an interrupted run left: everything in `pki/.kpki/tmp/`, and
+    /// `.kpki-*` files in `pki/` and `secrets/` (where an older kpki wrote them).
     fn remove_temporary_files(&self) -> Result<()> {
+        let temps = self.temp_dir();
+        if let Ok(entries) = fs::read_dir(&temps) {
+            for entry in entries.flatten() {
+                remove_optional(&entry.path())?;
+            }
+        }
         for dir in [self.pki_dir(), self.secrets_dir()] {
             for entry in walkdir::WalkDir::new(&dir)
                 .follow_links(false)
@@ -319,7 +341,7 @@ impl Store {
             .mode(PRIVATE_DIR_MODE)
             .create(dir)
             .map_err(|e| Error::io(dir, e))?;
-        transaction::replace(&path, contents, PUBLIC_MODE)
+        transaction::replace(self, &path, contents, PUBLIC_MODE)
     }
 
     /// A new transaction on this cluster directory.
@@ -497,7 +519,9 @@ pub fn write_outside(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
             format!("cannot be written: {} is not a directory", dir.display()),
         ));
     }
-    transaction::replace(&target, contents, mode).map_err(|e| e.at(path))?;
+    // Beside the target: outside the cluster directory, there is no kpki place on its
+    // filesystem. The temporary file is 0600 from the first byte all the same.
+    transaction::replace_via(&dir, &target, contents, mode).map_err(|e| e.at(path))?;
     for synced in [&target, &dir] {
         fs::File::open(synced)
             .and_then(|f| f.sync_all())

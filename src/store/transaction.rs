@@ -109,18 +109,24 @@ impl Transaction {
         }
         self.mark_writing()?;
         self.write_ignore_rules_first()?;
-        let plaintext: Vec<&Path> = self
+        let mut plaintext: Vec<&Path> = self
             .writes
             .iter()
             .map(|w| w.path.as_path())
             .filter(|p| is_plaintext(&self.store, p))
             .collect();
+        // Their temporary files hold the same plaintext first: that place must be ignored too.
+        let temp = self.store.temp_dir().join(format!("{TEMP_PREFIX}XXXXXX"));
+        if !plaintext.is_empty() {
+            plaintext.push(&temp);
+        }
         super::plaintext_ignored(&self.store, &plaintext)?;
         let bytes = self.writes.iter().map(|w| w.contents.len() as u64).sum();
         self.store.ensure_room(self.writes.len(), bytes)?;
         let mut stamps = HashMap::new();
         let mut failed = None;
-        for (w, t) in self.writes.iter().zip(write_temps(&self.writes)) {
+        let temps = write_temps(&self.store.temp_dir(), &self.writes);
+        for (w, t) in self.writes.iter().zip(temps) {
             match t {
                 Ok((temp, stamp)) => {
                     self.temps.push(temp);
@@ -168,12 +174,12 @@ impl Transaction {
     /// temporary files created after it.
     fn mark_writing(&mut self) -> Result<()> {
         let marker = self.store.state_path(WRITING);
-        let dir = parent(&marker);
+        let dir = self.store.temp_dir();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(super::PRIVATE_DIR_MODE)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
+            .create(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
         fs::File::create(&marker).map_err(|e| Error::io(&marker, e))?;
         self.marked = true;
         Ok(())
@@ -204,7 +210,7 @@ impl Transaction {
                 .mode(w.dir_mode)
                 .create(dir)
                 .map_err(|e| Error::io(dir, e))?;
-            replace(&w.path, &w.contents, w.mode)?;
+            replace(&self.store, &w.path, &w.contents, w.mode)?;
         }
         Ok(())
     }
@@ -234,9 +240,10 @@ fn parent(path: &Path) -> &Path {
     path.parent().expect("written paths have a parent")
 }
 
-/// Writes every file aside, in parallel by directory: a task creates a directory, then the
-/// temporary files of its files. One result per file, in order, while all goes well.
-fn write_temps(writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>> {
+/// Writes every file aside into `temps`, in parallel by directory: a task creates a file's
+/// directory, then the temporary files of its files. One result per file, in order, while all
+/// goes well.
+fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>> {
     let groups: Vec<&[Pending]> = writes
         .chunk_by(|a, b| parent(&a.path) == parent(&b.path))
         .collect();
@@ -253,27 +260,28 @@ fn write_temps(writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>> {
                 Err(e) => vec![Err(e)],
                 Ok(()) => group
                     .iter()
-                    .map(|w| write_temp(&w.path, &w.contents, w.mode))
+                    .map(|w| write_temp(temps, &w.path, &w.contents, w.mode))
                     .collect(),
             }
         })
         .collect()
 }
 
-/// Writes `contents` to a new temporary file beside `path`; returns the temporary file's path
+/// Writes `contents` for `path` to a new temporary file in `temps` (created 0600, so a key is
+/// never readable by others, and given `mode` once written); returns the temporary file's path
 /// and stamp (which the rename keeps).
-fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
-    let dir = parent(path);
+fn write_temp(temps: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
+    let dir = temps;
     let io = |e| Error::io(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
-        .permissions(fs::Permissions::from_mode(mode))
+        .permissions(fs::Permissions::from_mode(super::SECRET_MODE))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(contents).map_err(io)?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io)?;
-    tmp.write_all(contents).map_err(io)?;
     let stamp = Stamp::of(&tmp.as_file().metadata().map_err(io)?);
     let (_, temp) = tmp.keep().map_err(|e| io(e.error))?;
     fault::operation_done();
@@ -393,7 +401,7 @@ fn write_journal(store: &Store, renames: &[Rename], removals: &[PathBuf]) -> Res
         .mode(super::PRIVATE_DIR_MODE)
         .create(dir)
         .map_err(|e| Error::io(dir, e))?;
-    replace(&journal, text.as_bytes(), super::PUBLIC_MODE)?;
+    replace(store, &journal, text.as_bytes(), super::PUBLIC_MODE)?;
     Ok(journal)
 }
 
@@ -481,8 +489,19 @@ fn holds(path: &Path, hash: &str) -> Result<bool> {
 /// Replaces `path` with `contents` (mode `mode`, whatever the umask) in one rename. Durable
 /// only with the next `syncfs`: the journal and `.gitignore` files get it before any rename of
 /// their change, the cache record needs none (lost or torn, it costs the next run a full read).
-pub(super) fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let (temp, _) = write_temp(path, contents, mode)?;
+pub(super) fn replace(store: &Store, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let temps = store.temp_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(super::PRIVATE_DIR_MODE)
+        .create(&temps)
+        .map_err(|e| Error::io(&temps, e))?;
+    replace_via(&temps, path, contents, mode)
+}
+
+/// [`replace`] through a temporary file in `temps`, which must be on `path`'s filesystem.
+pub(super) fn replace_via(temps: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let (temp, _) = write_temp(temps, path, contents, mode)?;
     if let Err(e) = fs::rename(&temp, path) {
         let _ = fs::remove_file(&temp);
         return Err(Error::io(path, e));

@@ -365,6 +365,14 @@ fn a_read_only_cluster_directory_is_a_clear_error() {
         line.contains(s(&dir)) && line.contains("Read-only file system"),
         "{line}"
     );
+    // A command that failed claims no file: not one "wrote" line before the error.
+    let failed = kpki(&["rotate", "--all"]);
+    assert_eq!(failed.code(), Some(2));
+    assert_eq!(
+        failed.stdout(),
+        "",
+        "a failed rotate reported success lines"
+    );
     assert_eq!(kpki(&["status"]).code(), Some(0), "reading still works");
 }
 

@@ -146,7 +146,7 @@ pub fn kpki(args: &[&str]) -> Run {
 
 /// The kpki binary, hermetic: no identity from the environment, no ~/.ssh/id_ed25519 of the
 /// machine.
-fn kpki_command() -> Command {
+pub fn kpki_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpki"));
     cmd.env_remove("KPKI_IDENTITY").env("HOME", "/nonexistent");
     cmd

@@ -7,7 +7,7 @@ use crate::etcd::{Client, Etcd, MemberFiles, NODES, while_writing};
 use crate::harness::{Cluster, DEFAULT_CONFIG, run_ok, s};
 
 /// A kubeadm PKI for the default cluster's nodes, one directory per node under `DIR/kubeadm`.
-fn kubeadm_pki(dir: &Path, nodes: &[&str]) -> PathBuf {
+pub fn kubeadm_pki(dir: &Path, nodes: &[&str]) -> PathBuf {
     let out = dir.join("kubeadm");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/import/kubeadm-pki.sh");
     let mut args = vec![script.to_string(), s(&out).to_string()];

@@ -186,6 +186,16 @@ fn an_interrupted_reissue_is_all_or_nothing() {
         old,
         "cut before its journal, the reissue changed files"
     );
+    // Its files written aside are reported by a reader and cleared by the next writer.
+    let found = before.kpki(&["verify"]);
+    assert_eq!(found.code(), Some(1));
+    assert!(
+        found.stderr().contains("interrupted kpki run"),
+        "{}",
+        found.stderr()
+    );
+    before.kpki(&["init"]).success();
+    assert_eq!(files(&before), old);
     assert_eq!(before.kpki(&["verify"]).code(), Some(0));
     // The reader completes the change it finds journaled: a new key with its certificate.
     assert_eq!(after.kpki(&["verify"]).code(), Some(0));

@@ -12,6 +12,7 @@ mod hardening;
 mod harness;
 mod import;
 mod init;
+mod interrupt;
 mod issue;
 mod kube;
 mod lifecycle;

@@ -5,7 +5,7 @@ use crate::harness::{Cluster, DEFAULT_CONFIG, fixture, require, run, run_ok, s};
 use crate::revocation::without_node;
 
 /// A config of `n` nodes: three with every role, the rest workers.
-fn nodes(n: usize) -> String {
+pub fn nodes(n: usize) -> String {
     let mut config = String::from(
         "[cluster]\nservice_cidr = \"fd00:10:96::/112\"\napi_server = \"https://[2001:db8::1]:6443\"\n",
     );
@@ -261,4 +261,23 @@ fn bash_completes_the_profiles_nodes_users_and_cas_of_the_cluster_directory() {
     let elsewhere = tempfile::tempdir().unwrap();
     assert!(bash_completes(elsewhere.path(), "kpki issue kubelet ").is_empty());
     assert_eq!(bash_completes(elsewhere.path(), "kpki iss"), ["issue"]);
+}
+
+#[test]
+fn init_inside_pki_or_secrets_of_a_cluster_is_refused() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    for inner in ["pki", "secrets"] {
+        let before = cluster.snapshot();
+        let dir = cluster.path().join(inner);
+        let err = crate::harness::kpki(&["--dir", s(&dir), "init"]).fails_with(2);
+        assert!(
+            err.contains(&format!(
+                "is inside the pki/ or secrets/ of the cluster directory {}",
+                s(cluster.path())
+            )),
+            "{err}"
+        );
+        assert!(before == cluster.snapshot(), "{inner}: files changed");
+        assert!(!dir.join("pki").exists(), "a second cluster in {inner}/");
+    }
 }

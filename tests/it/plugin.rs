@@ -112,9 +112,16 @@ fn a_plugin_admin_signs_with_each_ca_key_decrypted_once_and_no_key_on_disk() {
     cluster.write_config(&config(&admin));
     let id = s(&identity);
 
-    kpki(&cluster, Some(&plugin), &["init"]).success();
+    let out = kpki(&cluster, Some(&plugin), &["init"]).success().stdout();
     assert_eq!(plugin.runs("identity-v1"), 0, "init decrypted something");
     assert_eq!(plaintext_keys(&cluster.pki("")), Vec::<String>::new());
+    // Only files that exist are said to be created: the keys were sealed, never written.
+    assert!(!out.contains("-key.pem\n"), "{out}");
+    let created = cluster.pem_files().len();
+    assert!(
+        out.contains(&format!("{created} files created in pki/")),
+        "{created} files exist: {out}"
+    );
     // Reading needs neither the token nor the plugin.
     assert_eq!(kpki(&cluster, None, &["status"]).code(), Some(0));
 

@@ -485,6 +485,15 @@ fn revoking_a_user_removes_it_and_says_what_stays_valid() {
         "{}",
         run.stderr()
     );
+    // It says what it did: files deleted; no list changed, so nothing about etcd reading one.
+    let out = run.stdout();
+    assert!(out.contains("deleted pki/users/bob.pem\n"), "{out}");
+    assert!(
+        out.contains("deleted secrets/users/bob-key.pem.age\n"),
+        "{out}"
+    );
+    assert!(!out.contains("wrote pki/users"), "{out}");
+    assert!(!out.contains("CRL"), "{out}");
     assert!(!cluster.pki("users/bob.pem").exists());
     assert!(!cluster.path().join("secrets/users/bob.pem.age").exists());
     assert!(!cluster.kpki(&["status"]).stdout().contains("users/bob"));
