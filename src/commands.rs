@@ -18,7 +18,7 @@ use crate::inspection::{self, status};
 use crate::issuing;
 use crate::kubeconfig;
 use crate::plan::{self, Applied, Target};
-use crate::report::{Report, abbreviate};
+use crate::report::{Report, abbreviate, did_you_mean};
 use crate::revocation;
 use crate::rotation;
 use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
@@ -344,6 +344,13 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let wrote_extras: Vec<String> = extras.iter().map(|e| shown(store, &e.path)).collect();
     let drifted = drifted(&state, &config)?;
     let sealing = secrets::commit(&state, &config, &recipients, extras)?;
+    let repairs = repair_key_modes(&state, &config)?;
+    let repaired = repairs.len();
+    for (rel, mode) in repairs {
+        report.say(format_args!(
+            "repaired pki/{rel}: mode {mode:04o}, now 0600 (a private key)"
+        ));
+    }
     for file in &wrote_extras {
         report.say(format_args!("created {file}"));
     }
@@ -378,7 +385,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         ));
     }
     if applied.written.is_empty() && sealing.is_empty() && wrote_extras.is_empty() {
-        if drifted.is_empty() {
+        if drifted.is_empty() && repaired == 0 {
             report.say("nothing to do: every CA, key, certificate and secret is up to date");
         }
     } else {
@@ -389,6 +396,29 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Makes every plaintext key in `pki/` readable by its owner only again (a hand's `cp` or
+/// `chmod` may have opened it); returns those it repaired, with the mode they had.
+fn repair_key_modes(state: &State, config: &Config) -> Result<Vec<(String, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut repaired = Vec::new();
+    for sealed in secrets::sealed_files(state, config)? {
+        if sealed.kind != crate::pem::Kind::PrivateKey {
+            continue;
+        }
+        let path = state.store().pki_path(&sealed.rel);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_file() && mode != store::SECRET_MODE {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(store::SECRET_MODE))
+                .map_err(|e| Error::io(&path, e))?;
+            repaired.push((sealed.rel, mode));
+        }
+    }
+    Ok(repaired)
 }
 
 /// A file written with a command's changes.
@@ -516,12 +546,14 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, &config, seal.unchecked())?;
-    let outdated = secrets::outdated_files(&state, &config, &recipients, &seal, Depth::Changed)?
-        .into_iter()
-        .map(|f| format!("secrets/{f}"))
-        .collect();
     let mut rows = status::report(&state, &config, &seal, at)?;
-    (rows.outdated_files, rows.rotations, rows.notes) = (outdated, rotations, notes);
+    for name in secrets::outdated_files(&state, &config, &recipients, &seal, Depth::Changed)? {
+        if secrets::output_as_written(&state, name)? {
+            rows.behind_config.push(format!("secrets/{name}"));
+        }
+        rows.outdated_files.push(format!("secrets/{name}"));
+    }
+    (rows.rotations, rows.notes) = (rotations, notes);
     report.output(match args.json {
         true => serde_json::to_string_pretty(&rows).expect("a report serializes") + "\n",
         false => status::table(&rows),
@@ -574,10 +606,11 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
     let now = issuing::now();
     let applied = match (ca, request.service_account) {
         (Some(ca), _) if request.dry_run => {
-            return dry_run(
-                report,
-                &format!("{} the {} CA", finishing(request.finish), ca.dir()),
-            );
+            let plan = rotation::plan_ca(&state, &config, ca, request.finish, request.keep_key)?;
+            for line in plan {
+                report.step(true, line);
+            }
+            return dry_run(report, "");
         }
         (None, true) if request.dry_run => {
             return dry_run(
@@ -887,22 +920,6 @@ fn dry_run(report: &mut Report, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `; did you mean "X"?` for the candidate closest to `word`, when one is close enough.
-fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    let mut scored: Vec<(f64, &str)> = candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(word, c), *c))
-        .filter(|(score, _)| *score > 0.8)
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    match scored.as_slice() {
-        // Two equally close candidates: naming one would be a guess.
-        [(best, _), (next, _), ..] if best == next => String::new(),
-        [(_, c), ..] => format!("; did you mean \"{c}\"?"),
-        [] => String::new(),
-    }
-}
-
 /// `kpki issue`.
 pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<()> {
     let validity = request.validity;
@@ -935,6 +952,13 @@ pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<
             .map(|item| Target::Item(Box::new(item)))
             .collect(),
     };
+    if let Some(span) = validity.filter(|v| v.0 <= config.keys.renew_before.0) {
+        report.warn(format_args!(
+            "--validity {} days is within keys.renew_before ({} days): kpki status will show it due for renewal at once, and kpki rotate will renew it",
+            span.0.whole_days(),
+            config.keys.renew_before.0.whole_days()
+        ));
+    }
     let actions = plan::issue(&state, targets, request.keep_key, validity)?;
     let applied = plan::apply(&state, &config, &actions, now)?;
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
@@ -1061,9 +1085,17 @@ fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Resul
 /// `kpki kubeconfig IDENTITY [NAME [NODE]] [--server URL] [-o FILE]`.
 pub fn kubeconfig(ctx: &Context, args: &KubeconfigArgs, report: &mut Report) -> Result<()> {
     let config = config(&ctx.store)?;
+    report_interrupted(&ctx.store, report);
     let server = match &args.server {
         Some(s) => {
-            kubeconfig::server_url(s).map_err(|e| Error::usage(format!("--server: {e}"), None))?
+            let (url, host) = kubeconfig::server_url(s)
+                .map_err(|e| Error::usage(format!("--server: {e}"), None))?;
+            if !apiserver_names(&config).contains(&host) {
+                report.warn(format_args!(
+                    "--server {url}: no apiserver certificate is valid for that host, so clients will refuse it (add it to cluster.api_sans and run kpki rotate)"
+                ));
+            }
+            url
         }
         None => config.cluster.api_server.clone(),
     };
@@ -1087,6 +1119,15 @@ pub fn kubeconfig(ctx: &Context, args: &KubeconfigArgs, report: &mut Report) -> 
         None => report.output(text),
     }
     Ok(())
+}
+
+/// Every name and address some apiserver certificate is valid for.
+fn apiserver_names(config: &Config) -> Vec<crate::config::San> {
+    catalogue::items(config)
+        .into_iter()
+        .filter(|i| i.entry().profile == "apiserver")
+        .flat_map(|i| i.subject(config).sans)
+        .collect()
 }
 
 /// The certificate, key and user name of a kubeconfig identity.

@@ -129,13 +129,32 @@ impl Kubeconfig<'_> {
 
 /// The API server URL for `--server`: a URL as [`config::api_server_url`] accepts it, or a
 /// bare IP address turned into `https://ADDR:6443` (IPv6 bracketed).
-pub fn server_url(input: &str) -> Result<String, String> {
+/// A bare IPv6 address whose last group reads as a port (`2001:db8::10:6443`) is refused as
+/// ambiguous: the brackets say which was meant. Returns the URL and its host.
+pub fn server_url(input: &str) -> Result<(String, config::San), String> {
     let url = match input.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => format!("https://[{ip}]:6443"),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            if let Some((address, port)) = port_suffix(input) {
+                return Err(format!(
+                    "{input:?} is ambiguous: write https://[{address}]:{port} for port {port} of {address}, or https://[{ip}]:6443 for that whole address"
+                ));
+            }
+            format!("https://[{ip}]:6443")
+        }
         Ok(std::net::IpAddr::V4(ip)) => format!("https://{ip}:6443"),
         Err(_) => input.to_string(),
     };
-    config::api_server_url(&url).map(|(url, _)| url)
+    config::api_server_url(&url)
+}
+
+/// `(ADDRESS, PORT)` when `input` is an IPv6 address followed by `:PORT`.
+fn port_suffix(input: &str) -> Option<(std::net::Ipv6Addr, u16)> {
+    let (address, port) = input.rsplit_once(':')?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0 && port.len() >= 3)?;
+    Some((address.parse().ok()?, port))
 }
 
 /// A kubeconfig for the client whose certificate and key are `cert` and `key` under `pki/`.
@@ -191,13 +210,18 @@ mod tests {
 
     #[test]
     fn bare_addresses_become_urls() {
-        assert_eq!(server_url("::1").unwrap(), "https://[::1]:6443");
+        assert_eq!(server_url("::1").unwrap().0, "https://[::1]:6443");
+        assert!(
+            server_url("2001:db8::10:6443")
+                .unwrap_err()
+                .contains("https://[2001:db8::10]:6443")
+        );
         assert_eq!(
-            server_url("2001:db8::1").unwrap(),
+            server_url("2001:db8::1").unwrap().0,
             "https://[2001:db8::1]:6443"
         );
         assert_eq!(
-            server_url("https://[::1]:7443").unwrap(),
+            server_url("https://[::1]:7443").unwrap().0,
             "https://[::1]:7443"
         );
         assert!(server_url("https://::1:7443").is_err());

@@ -22,7 +22,8 @@ pub enum Line {
     Output(Zeroizing<String>),
     /// Valid but probably not meant, or needing the user's action (stderr, even with `-q`).
     Warning(String),
-    /// What the user should know about how a check was made (stderr, even with `-q`).
+    /// What the user should know about how a check was made (stderr); `-q` silences it, so a
+    /// quiet check prints only its problems and warnings.
     Note(String),
 }
 
@@ -111,7 +112,7 @@ impl Report {
         };
         for line in &self.lines {
             match line {
-                Line::Said(_) | Line::Files { .. } if style.quiet => {}
+                Line::Said(_) | Line::Files { .. } | Line::Note(_) if style.quiet => {}
                 Line::Said(text) => to_out(&format!("{text}\n")),
                 Line::Files { verb, files } => {
                     for text in file_lines(style, verb, files) {
@@ -124,6 +125,22 @@ impl Report {
                 Line::Note(text) => drop(writeln!(err, "kpki: note: {text}")),
             }
         }
+    }
+}
+
+/// `; did you mean "X"?` for the candidate closest to `word`, when one is close enough.
+pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    let mut scored: Vec<(f64, &str)> = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    match scored.as_slice() {
+        // Two equally close candidates: naming one would be a guess.
+        [(best, _), (next, _), ..] if best == next => String::new(),
+        [(_, c), ..] => format!("; did you mean \"{c}\"?"),
+        [] => String::new(),
     }
 }
 

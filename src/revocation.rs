@@ -536,8 +536,13 @@ pub fn revoke(
     }
     let items = catalogue::items(config);
     let Some(item) = items.iter().find(|i| i.name() == name) else {
+        let names: Vec<String> = items.iter().map(|i| i.name()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         return Err(Error::usage(
-            format!("{name:?} is not a certificate of this cluster"),
+            format!(
+                "{name:?} is not a certificate of this cluster{}",
+                crate::report::did_you_mean(name, &names)
+            ),
             Some("name it as kpki status lists it: node-02/etcd-peer, etcd/apiserver-etcd-client, users/NAME".into()),
         ));
     };

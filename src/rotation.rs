@@ -195,6 +195,101 @@ fn leaf_files(state: &State, config: &Config, ca: CaName) -> Result<Vec<String>>
     Ok(files)
 }
 
+/// What `rotate --ca CA [--finish]` would do, one line per step and file, for `--dry-run`;
+/// refused as the rotation itself would be.
+pub fn plan_ca(
+    state: &State,
+    config: &Config,
+    ca: CaName,
+    finish: bool,
+    keep_key: bool,
+) -> Result<Vec<String>> {
+    let name = ca.dir();
+    let leaves = leaf_files(state, config, ca)?;
+    let ca_file = catalogue::ca_file(ca);
+    let (cross, previous) = (catalogue::cross_file(ca), catalogue::previous_key_file(ca));
+    let mut lines = Vec::new();
+    let mut resealed = vec![ca_file.clone()];
+    if finish {
+        if !rotating(state, ca)? {
+            return Err(not_rotating(ca));
+        }
+        let new_ca = certs_of(state, &ca_file)?;
+        if let Some(rel) = not_yet_reissued(state, config, ca, &new_ca[0])?.first() {
+            return Err(pending(ca, rel));
+        }
+        lines.push(format!("drop the old {name} CA from pki/{ca_file}"));
+        for rel in &leaves {
+            lines.push(format!("drop the cross-signed link from pki/{rel}"));
+        }
+        lines.push(format!(
+            "delete pki/{cross} and pki/{previous}, and their copies in secrets/"
+        ));
+        resealed.extend(leaves);
+    } else {
+        if rotating(state, ca)? {
+            return Err(in_progress_error(ca));
+        }
+        lines.push(format!(
+            "create a new {name} CA: pki/{ca_file} becomes the bundle new + old, pki/{previous} keeps the old key, pki/{cross} is the new CA cross-signed by the old"
+        ));
+        let key = if keep_key {
+            "its key kept"
+        } else {
+            "a new key"
+        };
+        for rel in &leaves {
+            lines.push(format!(
+                "reissue pki/{rel} under the new CA, with {key} and the cross-signed link"
+            ));
+            resealed.push(rel.replace(".pem", "-key.pem"));
+        }
+        resealed.extend(leaves);
+        resealed.extend([catalogue::ca_item(ca).file(Part::Key), cross, previous]);
+        if ca == crate::revocation::CA && state.exists(&catalogue::crl_file())? {
+            lines.push(format!(
+                "sign {} anew (by the new CA)",
+                catalogue::crl_file()
+            ));
+            resealed.extend(catalogue::crl_files());
+        }
+    }
+    if ca == CaName::Kubernetes {
+        resealed.push(crate::secrets::ADMIN_KUBECONFIG.to_string());
+    }
+    resealed.sort();
+    lines.extend(
+        resealed
+            .iter()
+            .map(|rel| format!("re-encrypt secrets/{rel}.age")),
+    );
+    Ok(lines)
+}
+
+fn not_rotating(ca: CaName) -> Error {
+    Error::usage(
+        format!("no rotation of the {} CA is in progress", ca.dir()),
+        Some(format!("start one with kpki rotate --ca {}", ca.dir())),
+    )
+}
+
+fn in_progress_error(ca: CaName) -> Error {
+    Error::usage(
+        format!("a rotation of the {} CA is already in progress", ca.dir()),
+        Some(format!(
+            "finish it first with kpki rotate --ca {} --finish",
+            ca.dir()
+        )),
+    )
+}
+
+fn pending(ca: CaName, rel: &str) -> Error {
+    Error::usage(
+        format!("{rel} is not yet issued by the new {} CA", ca.dir()),
+        Some("run kpki rotate (or kpki issue) for it first".into()),
+    )
+}
+
 /// Starts the rotation of `ca` on `state`; refused while one is in progress.
 pub fn start_ca(
     state: &State,
@@ -205,13 +300,7 @@ pub fn start_ca(
 ) -> Result<Applied> {
     let item = catalogue::ca_item(ca);
     if rotating(state, ca)? {
-        return Err(Error::usage(
-            format!("a rotation of the {} CA is already in progress", ca.dir()),
-            Some(format!(
-                "finish it first with kpki rotate --ca {} --finish",
-                ca.dir()
-            )),
-        ));
+        return Err(in_progress_error(ca));
     }
     let old_cert = state.require(&item.file(Part::Cert))?;
     let old_key = state.require(&item.file(Part::Key))?;
@@ -277,17 +366,11 @@ pub struct Finished {
 pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished> {
     let item = catalogue::ca_item(ca);
     if !rotating(state, ca)? {
-        return Err(Error::usage(
-            format!("no rotation of the {} CA is in progress", ca.dir()),
-            Some(format!("start one with kpki rotate --ca {}", ca.dir())),
-        ));
+        return Err(not_rotating(ca));
     }
     let new_ca = certs_of(state, &item.file(Part::Cert))?;
     if let Some(rel) = not_yet_reissued(state, config, ca, &new_ca[0])?.first() {
-        return Err(Error::usage(
-            format!("{rel} is not yet issued by the new {} CA", ca.dir()),
-            Some("run kpki rotate (or kpki issue) for it first".into()),
-        ));
+        return Err(pending(ca, rel));
     }
     let mut applied = Applied::default();
     let mut rewrite = vec![item.file(Part::Cert)];

@@ -488,7 +488,7 @@ fn validate_nodes(raw: Vec<RawNode>, service_ip: IpAddr) -> Result<Vec<Node>, St
         return Err("node: no [[node]] is configured; at least one is needed".into());
     }
     let mut names = HashSet::new();
-    let mut addresses = HashSet::new();
+    let mut addresses = std::collections::HashMap::new();
     let mut host_keys = std::collections::HashMap::new();
     raw.into_iter()
         .map(|n| {
@@ -504,8 +504,11 @@ fn validate_nodes(raw: Vec<RawNode>, service_ip: IpAddr) -> Result<Vec<Node>, St
                         format!("{a} is the kubernetes service IP (the first address of cluster.service_cidr)"),
                     ));
                 }
-                if !addresses.insert(a.to_canonical()) {
-                    return Err(at("addresses", format!("{a} is used by another node too")));
+                if let Some(other) = addresses.insert(a.to_canonical(), node.name.clone()) {
+                    return Err(at(
+                        "addresses",
+                        format!("{a} is node \"{other}\"'s address too"),
+                    ));
                 }
             }
             if let Some(key) = &node.host_key {

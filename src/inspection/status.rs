@@ -85,6 +85,9 @@ pub struct Report {
     pub orphaned_secrets: Vec<String>,
     /// Of the manifest, `secrets.nix` and `kpki.nix`, those missing or not as kpki writes them.
     pub outdated_files: Vec<String>,
+    /// Of those, the ones untouched since kpki wrote them: the config changed since (a node
+    /// added, renumbered, given a role), no hand edited them.
+    pub behind_config: Vec<String>,
     /// Rotations in progress.
     pub rotations: Vec<Rotation>,
     /// About the plaintext cache and checks not made; no action needed.
@@ -377,6 +380,7 @@ pub fn report(
         leftovers: seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect(),
         orphaned_secrets: seal.orphans(pki.store())?,
         outdated_files: Vec::new(),
+        behind_config: Vec::new(),
         rotations: Vec::new(),
         notes: Vec::new(),
     })
@@ -483,9 +487,14 @@ pub fn table(report: &Report) -> String {
         );
     }
     for file in &report.outdated_files {
-        out += &format!(
-            "secrets: {file} is missing or not as kpki writes it (edited by hand?): kpki init rewrites it\n"
-        );
+        out += &match report.behind_config.contains(file) {
+            true => format!(
+                "secrets: {file} is behind pki/kpki.toml (changed since kpki wrote it): kpki init rewrites it\n"
+            ),
+            false => format!(
+                "secrets: {file} is missing or not as kpki writes it (edited by hand?): kpki init rewrites it\n"
+            ),
+        };
     }
     for (dir, count) in by_directory(&report.leftovers) {
         out += &format!(
@@ -533,12 +542,33 @@ fn short_date(rfc: &str) -> String {
     }
 }
 
-/// Time left, the way kubeadm shows it: `9y`, `364d`, `23h`, or `expired`.
+/// Time left, the way kubeadm shows it: `10y`, `364d`, `23h`, or `expired`. Counted in whole
+/// days begun, so a CA made for 10 years a minute ago shows `10y`, not `9y`.
 fn residual(seconds: i64) -> String {
+    const DAY: i64 = 86_400;
+    let days = (seconds + DAY - 1) / DAY;
     match seconds {
         s if s <= 0 => "expired".into(),
-        s if s >= 365 * 86_400 => format!("{}y", s / (365 * 86_400)),
-        s if s >= 86_400 => format!("{}d", s / 86_400),
-        s => format!("{}h", s / 3600),
+        _ if days >= 365 => format!("{}y", days / 365),
+        s if s >= DAY => format!("{days}d"),
+        s => format!("{}h", (s + 3599) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::residual;
+
+    #[test]
+    fn residual_time_counts_whole_days_begun() {
+        const DAY: i64 = 86_400;
+        // A 10-year CA and a 1-year leaf made a minute ago.
+        assert_eq!(residual(3650 * DAY - 60), "10y");
+        assert_eq!(residual(365 * DAY - 60), "1y");
+        assert_eq!(residual(364 * DAY - 60), "364d");
+        assert_eq!(residual(DAY + 1), "2d");
+        assert_eq!(residual(DAY), "1d");
+        assert_eq!(residual(3 * 3600 - 1), "3h");
+        assert_eq!(residual(0), "expired");
     }
 }

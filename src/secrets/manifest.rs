@@ -73,6 +73,10 @@ impl Manifest {
         let path = store.secrets_path(FILE);
         match store.read_text(&path)? {
             None => Ok((Manifest::default(), None)),
+            Some(text) if has_conflict_markers(&text) => Err(Error::usage(
+                format!("{} has unresolved merge conflicts", path.display()),
+                Some("keep the side already pushed, whole, then redo your change: see README.md, \"Working as a team\"".into()),
+            )),
             Some(text) => {
                 let manifest = toml::from_str(&text).map_err(|e| {
                     Error::file(
@@ -90,6 +94,12 @@ impl Manifest {
         let body = toml::to_string(self).expect("a manifest always serializes");
         format!("{HEADER}{body}")
     }
+}
+
+/// Whether `text` holds git's conflict markers (a merge or rebase left it unresolved).
+fn has_conflict_markers(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with("<<<<<<< ") || l == "=======" || l.starts_with(">>>>>>> "))
 }
 
 /// Whether `rel` is a path kpki may use below `pki/` and `secrets/`: `/`-separated names of

@@ -814,6 +814,19 @@ fn outputs_current(state: &State, config: &Config, plan: &SealPlan<'_>) -> Resul
 }
 
 /// The stamps of the manifest, `secrets.nix` and `kpki.nix`.
+/// Whether `secrets/NAME` (one of the manifest and the Nix files) is exactly as kpki last
+/// wrote it: then it is out of date because the config or the state changed, not by a hand.
+pub fn output_as_written(state: &State, name: &str) -> Result<bool> {
+    let Some(recorded) = state.recorded_outputs() else {
+        return Ok(false);
+    };
+    let Some(i) = OUTPUTS.iter().position(|o| *o == name) else {
+        return Ok(false);
+    };
+    let now = state.store().stamp(&state.store().secrets_path(name))?;
+    Ok(now.is_some() && recorded.stamps.get(i) == Some(&now))
+}
+
 fn output_stamps(store: &Store) -> Result<Vec<Option<store::Stamp>>> {
     OUTPUTS
         .iter()

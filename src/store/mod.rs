@@ -138,6 +138,9 @@ impl Store {
         {
             return Err(Error::file(&self.root, "is not a directory"));
         }
+        // kpki's bookkeeping (journal, temporary files, cache record) through a link would be
+        // read and written elsewhere: refused like every other link in the cluster directory.
+        self.refuse_links(&self.temp_dir())?;
         let wait = lock_timeout();
         if !exclusive && self.journal_path().exists() {
             flock(&dir, &self.root, true, wait)?;

@@ -191,6 +191,18 @@ fn cases() -> Vec<Case> {
             needles: &["pki/etcd/ca-key.pem", "is a symbolic link"],
         },
         Case {
+            what: "kpki's own state directory that is a symlink out of the cluster",
+            damage: link_state_dir,
+            args: &["issue", "kubelet", "node-01"],
+            needles: &["pki/.kpki", "is a symbolic link"],
+        },
+        Case {
+            what: "kpki's own state directory that is a symlink, to a reader",
+            damage: link_state_dir,
+            args: &["status"],
+            needles: &["pki/.kpki", "is a symbolic link"],
+        },
+        Case {
             what: "a pki/.gitignore that would let keys into git",
             damage: |c| write(c, ".gitignore", b"# nothing ignored\n"),
             args: &["issue", "kubelet", "node-03"],
@@ -229,6 +241,13 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Moves kpki's state directory `pki/.kpki` out of the cluster and links it back.
+fn link_state_dir(c: &Cluster) {
+    let outside = c.path().with_extension("state");
+    std::fs::rename(c.pki(".kpki"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, c.pki(".kpki")).unwrap();
+}
+
 /// One snapshot per run, of the cluster directory and of anything a symlink led out to.
 fn state(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
     let mut all: Vec<(String, Vec<u8>)> = cluster
@@ -239,6 +258,7 @@ fn state(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
     for outside in [
         cluster.path().with_extension("outside"),
         cluster.path().with_extension("key"),
+        cluster.path().with_extension("state"),
     ] {
         for entry in walkdir::WalkDir::new(&outside)
             .into_iter()

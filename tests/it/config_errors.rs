@@ -77,7 +77,7 @@ fn cases() -> Vec<(&'static str, String, &'static [&'static str])> {
             edit("2001:db8::3\"", "2001:db8::2\""),
             &[
                 "node \"node-03\": addresses",
-                "2001:db8::2 is used by another node",
+                "2001:db8::2 is node \"node-02\"'s address too",
             ],
         ),
         (
@@ -266,7 +266,7 @@ fn cases() -> Vec<(&'static str, String, &'static [&'static str])> {
             ),
             &[
                 "node \"node-03\": addresses",
-                "::ffff:10.0.0.2 is used by another node",
+                "::ffff:10.0.0.2 is node \"node-02\"'s address too",
             ],
         ),
         (

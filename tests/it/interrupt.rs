@@ -16,8 +16,8 @@ const FLEET: usize = 300;
 /// How many kills per command at fractions of its whole run.
 const FRACTIONS: u32 = 6;
 
-/// Delays after the command starts committing (`pki/.kpki/writing` appears), in milliseconds.
-const IN_COMMIT: [u64; 3] = [0, 10, 40];
+/// Kills during the commit: once `pki/.kpki/tmp/` holds this many files written aside.
+const IN_COMMIT: [usize; 3] = [1, 100, 400];
 
 /// Runs kpki with `args` on `cluster` and kills it with SIGKILL once `when` says so.
 fn kill_when(cluster: &Cluster, args: &[&str], when: &dyn Fn(&Instant) -> bool) {
@@ -107,21 +107,14 @@ fn sweep(template: &Cluster, args: &[&str]) {
         kill_when(&copy, args, &|start| start.elapsed() >= at);
         interrupted += usize::from(check(&copy, &format!("{args:?} killed after {at:?}")));
     }
-    for ms in IN_COMMIT {
+    for files in IN_COMMIT {
         let copy = template.copy();
-        let marker = copy.pki(".kpki/writing");
-        let seen = std::cell::Cell::new(None::<Instant>);
+        let temps = copy.pki(".kpki/tmp");
         kill_when(&copy, args, &|_| {
-            if seen.get().is_none() && marker.exists() {
-                seen.set(Some(Instant::now()));
-            }
-            seen.get()
-                .is_some_and(|t| t.elapsed() >= Duration::from_millis(ms))
+            std::fs::read_dir(&temps).is_ok_and(|d| d.count() >= files)
         });
-        interrupted += usize::from(check(
-            &copy,
-            &format!("{args:?} killed {ms} ms into its commit"),
-        ));
+        let what = format!("{args:?} killed with {files} files written aside");
+        interrupted += usize::from(check(&copy, &what));
     }
     assert!(
         interrupted > 0,

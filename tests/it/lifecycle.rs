@@ -353,9 +353,16 @@ fn an_interrupted_ca_rotation_is_either_not_started_or_complete() {
     // Cut before its journal: nothing of the rotation is visible, and it can start again.
     assert_eq!(std::fs::read(before.pki("etcd/ca.pem")).unwrap(), bundle);
     assert!(!before.pki("etcd/ca-previous-key.pem").exists());
+    // Only the files written aside are left: a reader reports them, a writer clears them.
     let status = before.kpki(&["status"]);
-    assert_eq!(status.code(), Some(0), "{}", status.stdout());
+    assert_eq!(status.code(), Some(1), "{}", status.stdout());
+    assert!(
+        status.stderr().contains("interrupted kpki run"),
+        "{}",
+        status.stderr()
+    );
     before.kpki(&["rotate", "--ca", "etcd"]).success();
+    assert!(!before.kpki(&["status"]).stderr().contains("interrupted"));
     // Cut after it: the next command, even a reader, completes the start.
     let status = after.kpki(&["status"]).stdout();
     assert!(status.contains("the etcd CA is being rotated"), "{status}");

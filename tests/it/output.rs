@@ -281,3 +281,139 @@ fn init_inside_pki_or_secrets_of_a_cluster_is_refused() {
         assert!(!dir.join("pki").exists(), "a second cluster in {inner}/");
     }
 }
+
+#[test]
+fn kubeconfig_server_ambiguous_or_outside_every_apiserver_certificate() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let err = cluster
+        .kpki(&["kubeconfig", "admin", "--server", "2001:db8::10:6443"])
+        .fails_with(2);
+    assert!(
+        err.contains("is ambiguous: write https://[2001:db8::10]:6443"),
+        "{err}"
+    );
+    let elsewhere = cluster
+        .kpki(&[
+            "kubeconfig",
+            "admin",
+            "--server",
+            "https://[2001:db8::99]:6443",
+        ])
+        .success();
+    assert!(
+        elsewhere
+            .stderr()
+            .contains("no apiserver certificate is valid for that host"),
+        "{}",
+        elsewhere.stderr()
+    );
+    let node = cluster
+        .kpki(&["kubeconfig", "admin", "--server", "2001:db8::2"])
+        .success();
+    assert_eq!(
+        node.stderr(),
+        "",
+        "node-02's address is in its apiserver certificate"
+    );
+}
+
+#[test]
+fn a_misspelled_certificate_gets_a_suggestion() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let err = cluster.kpki(&["revoke", "node-2/etcd-peer"]).fails_with(2);
+    assert!(err.contains("did you mean \"node-02/etcd-peer\"?"), "{err}");
+}
+
+#[test]
+fn a_key_left_readable_is_reported_then_repaired_by_init() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let key = cluster.pki("node-01/kubelet-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // -q verify prints its problems and nothing else.
+    let quiet = cluster.kpki(&["-q", "verify"]);
+    assert_eq!(quiet.code(), Some(1));
+    assert_eq!(
+        quiet.stdout(),
+        "pki/node-01/kubelet-key.pem: mode 0644, but private keys must be 0600\n"
+    );
+    assert_eq!(quiet.stderr(), "");
+    let out = cluster.kpki(&["init"]).success().stdout();
+    assert!(
+        out.contains("repaired pki/node-01/kubelet-key.pem: mode 0644, now 0600"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to do"), "{out}");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+}
+
+#[test]
+fn a_validity_within_renew_before_is_warned_about() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let run = cluster
+        .kpki(&["issue", "kubelet", "node-02", "--validity", "10d"])
+        .success();
+    assert!(
+        run.stderr()
+            .contains("--validity 10 days is within keys.renew_before (30 days)"),
+        "{}",
+        run.stderr()
+    );
+    let run = cluster
+        .kpki(&["issue", "kubelet", "node-02", "--validity", "90d"])
+        .success();
+    assert!(!run.stderr().contains("renew_before"), "{}", run.stderr());
+}
+
+/// The files a dry run says it would re-encrypt, and those the real run did.
+fn resealed(out: &str, verb: &str) -> Vec<String> {
+    let mut files: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(verb))
+        .map(String::from)
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_ca_rotation_dry_run_shows_the_whole_plan_the_real_run_carries_out() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["revoke", "node-03/etcd-peer"]).success();
+    cluster
+        .kpki(&["issue", "client", "--cn", "carol"])
+        .success();
+    for (ca, leaves) in [("etcd", 7), ("kubernetes", 15)] {
+        for finish in [false, true] {
+            let mut args = vec!["rotate", "--ca", ca];
+            if finish {
+                args.push("--finish");
+            }
+            let before = cluster.snapshot();
+            let plan = cluster
+                .kpki(&[&args[..], &["--dry-run"]].concat())
+                .success()
+                .stdout();
+            assert!(
+                before == cluster.snapshot(),
+                "{args:?}: the dry run changed files"
+            );
+            let done = cluster.kpki(&args).success().stdout();
+            assert_eq!(
+                resealed(&plan, "re-encrypt "),
+                resealed(&done, "encrypted "),
+                "{args:?}: the plan and the run differ\n{plan}"
+            );
+            let steps = if finish {
+                "drop the cross-signed link from pki/"
+            } else {
+                "reissue pki/"
+            };
+            assert_eq!(plan.matches(steps).count(), leaves, "{args:?}: {plan}");
+        }
+    }
+}

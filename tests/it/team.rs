@@ -460,7 +460,7 @@ fn a_lost_config_is_restored_not_replaced() {
 #[test]
 fn init_inside_a_cluster_directory_warns() {
     let cluster = Cluster::initialized(&config_with_keys());
-    let nested = cluster.pki("sub");
+    let nested = cluster.path().join("sub");
     let run = crate::harness::kpki(&["--dir", s(&nested), "init", "-q"]).success();
     assert!(
         run.stderr().contains("is inside the cluster directory"),
@@ -495,4 +495,94 @@ fn hand_edited_or_missing_nix_files_are_reported_and_rewritten() {
     );
     assert_eq!(std::fs::read_to_string(&module).unwrap(), text);
     assert_eq!(cluster.kpki(&["status"]).code(), Some(0));
+}
+
+/// A and B both change the PKI from the same commit; B pushes first; A pulls with `how`
+/// (`merge` or `rebase`) and meets a conflict in the manifest. kpki names it; the README's
+/// recipe for that command keeps B's pushed state and lets A redo its change on top.
+fn conflict_resolved_by_the_readme_recipe(how: &str, keep: &str) {
+    let (a, b, _bare) = two_admins();
+    for node in ["node-01", "node-02"] {
+        b.kpki(&["issue", "kubelet", node, "-i", &admin()])
+            .success();
+    }
+    commit(&b, "B: kubelets of node-01 and node-02");
+    git(&b, &["push", "-q", "origin", "HEAD:main"]);
+    let b_kubelet = decrypt(&b, "node-01/kubelet.pem");
+
+    // A reissues node-02's kubelet too: the same lines of the manifest.
+    a.kpki(&["issue", "kubelet", "node-02"]).success();
+    commit(&a, "A: node-02's kubelet");
+    git(&a, &["fetch", "-q", "origin"]);
+    let mut pull = vec!["-c", "user.name=t", "-c", "user.email=t@t", how, "-q"];
+    if how == "merge" {
+        pull.push("--no-edit");
+    }
+    pull.push("origin/main");
+    let pulled = run("git", &[&["-C", s(a.path())][..], &pull].concat());
+    assert!(!pulled.status.success(), "{how}: no conflict");
+    for args in [&["status"][..], &["init"], &["verify"]] {
+        let err = a.kpki(args).fails_with(2);
+        assert!(
+            err.contains("secrets/manifest.toml has unresolved merge conflicts"),
+            "{how} {args:?}: {err}"
+        );
+    }
+    // The recipe: keep the pushed side of secrets/, finish, refresh, redo.
+    git(&a, &["checkout", keep, "--", "secrets/"]);
+    git(&a, &["add", "secrets/"]);
+    let user = [
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "core.editor=true",
+    ];
+    if how == "merge" {
+        git(&a, &[&user[..], &["commit", "-q", "--no-edit"]].concat());
+    } else {
+        // A's commit held only secrets/: once the pushed side is kept, nothing of it is left.
+        let cont = run(
+            "git",
+            &[&["-C", s(a.path())][..], &user, &["rebase", "--continue"]].concat(),
+        );
+        if !cont.status.success() {
+            git(&a, &["rebase", "--skip"]);
+        }
+    }
+    a.kpki(&["init", "-i", &admin()]).success();
+    assert_eq!(
+        decrypt(&a, "node-01/kubelet.pem"),
+        b_kubelet,
+        "{how}: B's change was lost"
+    );
+    a.kpki(&["issue", "kubelet", "node-02", "-i", &admin()])
+        .success();
+    assert_eq!(
+        decrypt(&a, "node-01/kubelet.pem"),
+        b_kubelet,
+        "{how}: redo lost B's change"
+    );
+    assert_eq!(a.kpki(&["verify", "-i", &admin()]).code(), Some(0), "{how}");
+}
+
+#[test]
+fn a_merge_conflict_is_named_and_the_readme_recipe_keeps_the_pushed_side() {
+    conflict_resolved_by_the_readme_recipe("merge", "--theirs");
+    conflict_resolved_by_the_readme_recipe("rebase", "--ours");
+}
+
+#[test]
+fn nix_files_behind_a_changed_config_are_not_called_hand_edited() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    // node-03 renumbered: its address is in kpki.nix, which kpki wrote and nobody touched.
+    let config = config_with_keys().replace("2001:db8::3\"", "2001:db8::33\"");
+    cluster.write_config(&config);
+    let status = cluster.kpki(&["status"]).stdout();
+    assert!(
+        status.contains("secrets/kpki.nix is behind pki/kpki.toml"),
+        "{status}"
+    );
+    assert!(!status.contains("edited by hand"), "{status}");
 }
