@@ -282,6 +282,9 @@ pub fn encrypt(plaintext: &[u8], recipients: &[&Recipient], what: &str) -> Resul
     Ok(out)
 }
 
+/// Said of a file that none of the identities at hand can decrypt.
+pub const NOT_A_RECIPIENT: &str = "none of the given identities can decrypt it";
+
 /// Decrypts the age file `ciphertext` (armored or binary) read from `path` with `identities`,
 /// which `source` describes in errors.
 pub fn decrypt(
@@ -298,7 +301,7 @@ pub fn decrypt(
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => Error::file(
                 path,
-                format!("{source} cannot decrypt it: none of the given identities can decrypt it"),
+                format!("{source} cannot decrypt it: {NOT_A_RECIPIENT}"),
             ),
             e => Error::file(path, format!("cannot be decrypted ({})", plain(&e))),
         })?;

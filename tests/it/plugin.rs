@@ -122,8 +122,19 @@ fn a_plugin_admin_signs_with_each_ca_key_decrypted_once_and_no_key_on_disk() {
         out.contains(&format!("{created} files created in pki/")),
         "{created} files exist: {out}"
     );
-    // Reading needs neither the token nor the plugin.
+    // Reading needs neither the token nor the plugin: verify checks what is public and says
+    // what it could not check.
     assert_eq!(kpki(&cluster, None, &["status"]).code(), Some(0));
+    let verified = kpki(&cluster, None, &["verify"]);
+    assert_eq!(verified.code(), Some(0), "{}", verified.stderr());
+    assert!(
+        verified
+            .stderr()
+            .contains("files kept only there (keys among them"),
+        "{}",
+        verified.stderr()
+    );
+    assert_eq!(plugin.runs("identity-v1"), 0, "verify decrypted something");
 
     for (args, touches) in [
         (&["issue", "kubelet", "node-02", "-i", id][..], 1),

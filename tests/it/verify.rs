@@ -256,3 +256,24 @@ fn plaintext_changed_outside_kpki() {
     std::fs::remove_file(cluster.pki("node-01/kubelet.pem")).unwrap();
     assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
 }
+
+#[test]
+fn an_identity_that_is_no_admin_gets_one_line() {
+    let cluster = clean(DEFAULT_CONFIG);
+    let stranger = cluster.path().join("stranger.key");
+    run_ok("age-keygen", &["-o", s(&stranger)]);
+    let recipient = run_ok("age-keygen", &["-y", s(&stranger)]);
+    let run = cluster.kpki(&["verify", "-i", s(&stranger)]);
+    assert_eq!(run.code(), Some(1));
+    let out = run.stdout();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains(&format!(
+            "its recipient {} is not one of the 1 in secrets.admins",
+            recipient.trim()
+        )),
+        "{}",
+        lines[0]
+    );
+}
