@@ -120,6 +120,9 @@ fn current_ca(state: &State, ca: CaName) -> Result<Option<Facts>> {
         .and_then(|certs| facts(&certs[0]).ok()))
 }
 
+/// A public file's content and, when it could be read, its private key's.
+type Pair = (Arc<Material>, Option<Arc<Material>>);
+
 /// The contents of a public file and of its private key, with the key's mode checked; `None`
 /// (and the problems) when the public file is missing, no key when it is missing or cannot be
 /// decrypted without an identity (a plugin admin keeps no plaintext key).
@@ -128,7 +131,7 @@ fn pair(
     public: &str,
     key: &str,
     problems: &mut Vec<String>,
-) -> Result<Option<(Arc<Material>, Option<Arc<Material>>)>> {
+) -> Result<Option<Pair>> {
     let (text, private) = (need(state, public, problems)?, need(state, key, problems)?);
     key_mode(state, key, problems);
     Ok(text.map(|t| (t, private)))
