@@ -80,6 +80,9 @@ pub struct Report {
     /// Files the manifest holds that the config no longer accounts for (a removed node or
     /// declaration), relative to `pki/`: `kpki rotate --prune` removes them.
     pub leftovers: Vec<String>,
+    /// The leftovers said by what they were: a removed node's files, or the same files on
+    /// several nodes (a removed declaration, a role a node lost).
+    pub leftover_groups: Vec<String>,
     /// Encrypted files that neither the manifest nor the config accounts for (relative to
     /// `secrets/`).
     pub orphaned_secrets: Vec<String>,
@@ -378,6 +381,7 @@ pub fn report(
         rows,
         stale_secrets,
         leftovers: seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect(),
+        leftover_groups: leftover_groups(config, seal.leftovers.iter().map(|(rel, _)| rel)),
         orphaned_secrets: seal.orphans(pki.store())?,
         outdated_files: Vec::new(),
         behind_config: Vec::new(),
@@ -496,9 +500,9 @@ pub fn table(report: &Report) -> String {
             ),
         };
     }
-    for (dir, count) in by_directory(&report.leftovers) {
+    for group in &report.leftover_groups {
         out += &format!(
-            "removed: {count} files under {dir}/ no longer belong to the config (a removed node or declaration): kpki rotate --prune deletes them, revokes their etcd certificates and reissues the shared keys they opened\n"
+            "removed: {group}: kpki rotate --prune deletes them, revokes their etcd certificates and reissues the shared keys they opened\n"
         );
     }
     if !report.orphaned_secrets.is_empty() {
@@ -525,13 +529,51 @@ pub fn table(report: &Report) -> String {
 }
 
 /// The directories of `files` (relative paths) with how many files each holds.
-fn by_directory(files: &[String]) -> std::collections::BTreeMap<&str, usize> {
-    let mut dirs = std::collections::BTreeMap::new();
-    for file in files {
-        let dir = file.split_once('/').map_or(file.as_str(), |(d, _)| d);
-        *dirs.entry(dir).or_insert(0) += 1;
+/// Leftover files (`DIR/FILE`) said by what they were: `node-03's 10 files (the node left the
+/// config)`; `node-exporter.pem, node-exporter-key.pem on node-01..node-04, 4 nodes (the
+/// declaration left the config)`; `etcd-peer.pem, ... on node-02 (the node lost the etcd role)`.
+fn leftover_groups<'a>(config: &Config, files: impl Iterator<Item = &'a String>) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let clusters = catalogue::cluster_dirs();
+    let mut removed_nodes: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut files_of: BTreeMap<(&str, String), Vec<&str>> = BTreeMap::new();
+    for rel in files {
+        let (dir, file) = rel.split_once('/').unwrap_or((rel, ""));
+        if config.node(dir).is_none() && !clusters.contains(dir) {
+            *removed_nodes.entry(dir).or_insert(0) += 1;
+            continue;
+        }
+        let why = match catalogue::role_of_node_file(file) {
+            Some(role) if !clusters.contains(dir) => {
+                format!("the node lost the {} role", role.name())
+            }
+            _ => "the declaration left the config".to_string(),
+        };
+        files_of.entry((dir, why)).or_default().push(file);
     }
-    dirs
+    let mut lines: Vec<String> = removed_nodes
+        .into_iter()
+        .map(|(dir, n)| format!("{dir}'s {n} files (the node left the config)"))
+        .collect();
+    let mut by_files: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for ((dir, why), mut names) in files_of {
+        names.sort_by_key(|f| (f.replace("-key.pem", ".pem"), f.ends_with("-key.pem")));
+        by_files
+            .entry((names.join(", "), why))
+            .or_default()
+            .push(dir);
+    }
+    for ((names, why), dirs) in by_files {
+        let on = match dirs.as_slice() {
+            [one] => one.to_string(),
+            [first, .., last] if dirs.len() > 2 => {
+                format!("{first}..{last}, {} nodes", dirs.len())
+            }
+            more => more.join(", "),
+        };
+        lines.push(format!("{names} on {on} ({why})"));
+    }
+    lines
 }
 
 /// `2027-11-26T05:08:21Z` as `2027-11-26 05:08 UTC`.

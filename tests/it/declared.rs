@@ -412,3 +412,31 @@ fn a_removed_declaration_is_reported_and_system_masters_on_nodes_is_marked() {
         "{status}"
     );
 }
+
+#[test]
+fn leftovers_are_named_by_what_they_were() {
+    let base = crate::secrets::config_with_keys();
+    let exporter = "\n[[certificate]]\nname = \"node-exporter\"\nca = \"kubernetes\"\nusages = [\"server\"]\nper_node = true\nroles = [\"worker\"]\n";
+    let cluster = Cluster::initialized(&format!("{base}{exporter}"));
+    // The declaration goes, node-04 goes, and node-02 loses the etcd role.
+    let config = crate::revocation::without_node(&base, "node-04");
+    let at = config.find("name = \"node-02\"").unwrap();
+    let roles = at + config[at..].find("roles = ").unwrap();
+    let end = roles + config[roles..].find('\n').unwrap();
+    let config = format!(
+        "{}roles = [\"control-plane\", \"worker\"]{}",
+        &config[..roles],
+        &config[end..]
+    );
+    cluster.write_config(&config);
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1));
+    let out = status.stdout();
+    for line in [
+        "removed: node-04's 6 files (the node left the config)",
+        "removed: node-exporter.pem, node-exporter-key.pem on node-01..node-03, 3 nodes (the declaration left the config)",
+        "removed: etcd-peer.pem, etcd-peer-key.pem, etcd-server.pem, etcd-server-key.pem on node-02 (the node lost the etcd role)",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+}
