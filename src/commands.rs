@@ -527,12 +527,26 @@ fn cache_notes(state: &State, config: &Config, unchecked: usize) -> Result<Vec<S
         }
     }
     notes.extend(shared_cas(state)?);
+    notes.extend(api_server_on_a_node(config));
     if unchecked > 0 {
         notes.push(format!(
             "{unchecked} encrypted files changed since kpki last saw them and were not decrypted to check them: pass -i with an admin identity"
         ));
     }
     Ok(notes)
+}
+
+/// A note when `cluster.api_server` is one node's own address: every apiserver certificate
+/// carries the API host, so any control-plane node's key can then pass for that node.
+fn api_server_on_a_node(config: &Config) -> Option<String> {
+    let crate::config::San::Ip(host) = &config.cluster.api_server_host else {
+        return None;
+    };
+    let node = config.nodes.iter().find(|n| n.addresses.contains(host))?;
+    Some(format!(
+        "cluster.api_server is {}'s own address: every apiserver certificate is valid for it, so any control-plane node's key can serve as {} (a VIP or DNS name in front of the apiservers avoids this; README: Configuration)",
+        node.name, node.name
+    ))
 }
 
 /// `kpki status`; anything that needs action sets `report.needs_action`.

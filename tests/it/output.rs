@@ -417,3 +417,20 @@ fn a_ca_rotation_dry_run_shows_the_whole_plan_the_real_run_carries_out() {
         }
     }
 }
+
+#[test]
+fn an_api_server_on_a_node_address_is_noted_once() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let status = cluster.kpki(&["status"]).stdout();
+    assert_eq!(
+        status
+            .matches("cluster.api_server is node-01's own address")
+            .count(),
+        1,
+        "{status}"
+    );
+    let vip = DEFAULT_CONFIG.replace("https://[2001:db8::1]:6443", "https://[2001:db8::100]:6443");
+    let cluster = Cluster::initialized(&vip);
+    let status = cluster.kpki(&["status"]).stdout();
+    assert!(!status.contains("own address"), "{status}");
+}
