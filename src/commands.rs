@@ -54,10 +54,12 @@ fn config_or_default(store: &Store) -> Result<(Config, bool)> {
 /// A config, checked also against the catalogue (declared certificates must not take its names).
 fn parse_config(text: &str, path: &Path) -> Result<Config> {
     let config = Config::parse(text, path)?;
-    catalogue::check_declared(&config).map_err(|message| Error::Config {
-        file: path.to_path_buf(),
-        message,
-    })?;
+    catalogue::check_declared(&config)
+        .and_then(|()| secrets::nix::check_unique_names(&config))
+        .map_err(|message| Error::Config {
+            file: path.to_path_buf(),
+            message,
+        })?;
     Ok(config)
 }
 

@@ -156,7 +156,7 @@ pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<
         if state.exists(&crl)? {
             sealed.push(Sealed {
                 kind: Kind::of(&crl),
-                name: format!("kpki-{}", crl.replace('/', "-")),
+                name: nix::file_secret_name(&crl),
                 rel: crl,
                 owner: "etcd",
                 readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),

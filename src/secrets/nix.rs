@@ -93,6 +93,53 @@ pub fn secret_name(item: &Item<'_>, part: Part) -> String {
     }
 }
 
+/// The `age.secrets` name of a file outside the catalogue's items (the revocation list).
+pub fn file_secret_name(rel: &str) -> String {
+    format!("kpki-{}", rel.replace('/', "-"))
+}
+
+/// Refuses a config in which two different files would get one `age.secrets` name on a host (a
+/// per-node declaration `etcd-crl` beside the cluster's `etcd/crl.pem`, say): the module's
+/// `listToAttrs` would silently keep one of them.
+pub fn check_unique_names(config: &Config) -> Result<(), String> {
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let crls = catalogue::crl_files().map(|rel| (file_secret_name(&rel), rel));
+    let items = catalogue::items(config).into_iter().flat_map(|item| {
+        [Part::Cert, Part::Key].map(|part| {
+            let file = item.file(part);
+            let file = match item.node() {
+                Some(_) => format!("NODE/{}", file.rsplit('/').next().unwrap_or_default()),
+                None => file,
+            };
+            (secret_name(&item, part), file)
+        })
+    });
+    for (name, file) in crls.into_iter().chain(items) {
+        match seen.insert(name.clone(), file.clone()) {
+            Some(other) if other != file => {
+                let stem = |f: &str| {
+                    let base = f.rsplit('/').next().unwrap_or_default();
+                    base.trim_end_matches(".pem")
+                        .trim_end_matches("-key")
+                        .to_string()
+                };
+                let declared = config
+                    .certificates
+                    .iter()
+                    .find(|d| d.name == stem(&file) || d.name == stem(&other));
+                let at = declared
+                    .map(|d| format!("line {}: certificate \"{}\": ", d.line, d.name))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "{at}{other} and {file} would both be age.secrets.\"{name}\" on a node: rename the certificate"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// `kpki.nix`: a NixOS module for every node. For the host it is evaluated on, it declares
 /// `age.secrets` for exactly the files that host may read, exposes their paths as `kpki.paths`,
 /// and with `kpki.wireServices` sets the TLS options of nixpkgs' etcd and Kubernetes services.

@@ -321,6 +321,16 @@ fn declarations_that_take_a_name_are_refused_by_line() {
         ("ca-previous", "", "kpki keeps its own ca-previous.pem"),
         ("client", "", "kpki issue and kpki kubeconfig use it"),
         ("Flannel", "", "must be a DNS label"),
+        (
+            "etcd-crl",
+            "per_node = true\nroles = [\"etcd\"]\n",
+            "would both be age.secrets.\"kpki-etcd-crl.pem\"",
+        ),
+        (
+            "kubernetes-admin",
+            "per_node = true\nroles = [\"worker\"]\n",
+            "kubernetes/admin.pem and NODE/kubernetes-admin.pem would both be age.secrets",
+        ),
         ("secret-key", "", "not ending in -key"),
     ] {
         let config = format!(
