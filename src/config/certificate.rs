@@ -116,6 +116,7 @@ impl RawCertificate {
             (false, true) => Usage::Client,
             (false, false) => return Err(at("usages", "name client, server or both".into())),
         };
+        super::within_certificate(&self.sans).map_err(|e| at("sans", e))?;
         let sans = self
             .sans
             .iter()

@@ -427,6 +427,7 @@ impl RawCluster {
             first_address(&self.service_cidr).map_err(|e| format!("cluster.service_cidr: {e}"))?;
         let (api_server, api_server_host) =
             api_server_url(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
+        within_certificate(&self.api_sans).map_err(|e| format!("cluster.api_sans: {e}"))?;
         let api_sans = self
             .api_sans
             .iter()
@@ -443,6 +444,26 @@ impl RawCluster {
             api_sans,
         })
     }
+}
+
+/// The most bytes of names and addresses one certificate may carry: kpki reads certificate
+/// files of at most 1 MiB back (`store::PEM_LIMIT`), and a chain holds two certificates, base64
+/// grown by a third; 256 KiB of names stays well inside that.
+const MAX_SAN_BYTES: usize = 256 << 10;
+
+/// Refuses a list of names that would make a certificate too large for kpki to read back.
+fn within_certificate(names: &[String]) -> Result<(), String> {
+    // Each entry also costs a few bytes of DER framing.
+    let bytes: usize = names.iter().map(|n| n.len() + 4).sum();
+    if bytes > MAX_SAN_BYTES {
+        return Err(format!(
+            "{} entries ({} KiB) would make a certificate larger than kpki reads back; at most {} KiB of names",
+            names.len(),
+            bytes >> 10,
+            MAX_SAN_BYTES >> 10
+        ));
+    }
+    Ok(())
 }
 
 impl RawKeys {
@@ -542,6 +563,7 @@ impl RawNode {
             ));
         }
         let at = |field: &str, e: String| format!("node \"{}\": {field}: {e}", self.name);
+        within_certificate(&self.addresses).map_err(|e| at("addresses", e))?;
         if self.addresses.is_empty() {
             return Err(at("addresses", "at least one address is needed".into()));
         }

@@ -177,6 +177,24 @@ fn cases() -> Vec<(&'static str, String, &'static [&'static str])> {
             &["cluster.api_sans[0]", "\"bad name!\""],
         ),
         (
+            "api_sans too many for a certificate kpki can read back",
+            edit(
+                "api_sans = []",
+                &format!(
+                    "api_sans = [{}]",
+                    (0..20_000)
+                        .map(|i| format!("\"host-{i:05}.example.org\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            &[
+                "cluster.api_sans",
+                "20000 entries",
+                "larger than kpki reads back",
+            ],
+        ),
+        (
             "bad domain",
             edit("\"cluster.local\"", "\"cluster..local\""),
             &["cluster.domain", "\"cluster..local\""],
