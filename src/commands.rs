@@ -390,7 +390,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         if drifted.is_empty() && repaired == 0 {
             report.say("nothing to do: every CA, key, certificate and secret is up to date");
         }
-    } else {
+    } else if !applied.written.is_empty() || !sealing.encrypted.is_empty() {
         report.say(format_args!(
             "{} files created in pki/, {} encrypted into secrets/",
             in_pki(&config, &applied).len(),
@@ -480,6 +480,11 @@ fn report_sealing(report: &mut Report, sealing: &Sealing) {
     for file in &sealing.refreshed {
         report.say(format_args!(
             "refreshed {file} from secrets/ (committed since this cache was made)"
+        ));
+    }
+    for file in &sealing.restored {
+        report.say(format_args!(
+            "restored {file} from secrets/ (deleted from the cache)"
         ));
     }
     report.files("encrypted", sealing.encrypted.clone());

@@ -515,12 +515,17 @@ pub struct Sealing {
     pub written: Vec<String>,
     /// Plaintext files refreshed from `secrets/` (a teammate committed since).
     pub refreshed: Vec<String>,
+    /// Plaintext files put back from `secrets/` (deleted from the cache by hand).
+    pub restored: Vec<String>,
 }
 
 impl Sealing {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
-        self.encrypted.is_empty() && self.written.is_empty() && self.refreshed.is_empty()
+        self.encrypted.is_empty()
+            && self.written.is_empty()
+            && self.refreshed.is_empty()
+            && self.restored.is_empty()
     }
 }
 
@@ -570,6 +575,24 @@ pub fn commit_planned(
             _ => txn.remove(store.pki_path(rel)),
         }
         sealing.refreshed.push(format!("pki/{rel}"));
+    }
+    // A file kpki had cached that a hand deleted: put back (one decryption per file, so a
+    // fresh clone, which never had a cache, is not filled wholesale).
+    for s in &plan.sealed {
+        let cached_before = state.known(&s.rel).is_some_and(|k| k.plain.is_some());
+        let cacheable = match s.kind {
+            Kind::Kubeconfig => false,
+            Kind::PrivateKey => config.plaintext_keys,
+            _ => true,
+        };
+        if cached_before
+            && cacheable
+            && !changes.contains_key(&s.rel)
+            && state.place(&s.rel)? == Place::Sealed
+        {
+            cache(&mut txn, store, config, &s.rel, &*state.require(&s.rel)?);
+            sealing.restored.push(format!("pki/{}", s.rel));
+        }
     }
     if !config.plaintext_keys {
         for s in plan.sealed.iter().filter(|s| s.kind == Kind::PrivateKey) {

@@ -270,7 +270,14 @@ impl State {
             .store
             .read(&path, PEM_LIMIT)?
             .ok_or_else(|| Error::file(&path, "is missing"))?;
-        let identities = self.identities.get()?;
+        let identities = self.identities.get().map_err(|e| match e {
+            // Name the file that made decryption necessary.
+            Error::Identity { message, hint } => Error::Identity {
+                message: format!("pki/{rel}: {message}"),
+                hint,
+            },
+            e => e,
+        })?;
         seal::decrypt(&ciphertext, identities, &path, self.identities.source())
     }
 

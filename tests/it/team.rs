@@ -586,3 +586,27 @@ fn nix_files_behind_a_changed_config_are_not_called_hand_edited() {
     );
     assert!(!status.contains("edited by hand"), "{status}");
 }
+
+#[test]
+fn a_cache_file_deleted_by_hand_is_named_by_readers_and_restored_by_writers() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    let kubelet = cluster.pki("node-02/kubelet.pem");
+    let before = std::fs::read(&kubelet).unwrap();
+    std::fs::remove_file(&kubelet).unwrap();
+    // Without an identity a reader cannot use secrets/: it names the file that sent it there.
+    let line = cluster.kpki(&["status"]).fails_with(2);
+    assert!(
+        line.contains("pki/node-02/kubelet.pem: secrets/ must be decrypted"),
+        "{line}"
+    );
+    let out = cluster.kpki(&["init", "-i", &admin()]).success().stdout();
+    assert!(
+        out.contains("restored pki/node-02/kubelet.pem from secrets/"),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to do"), "{out}");
+    assert_eq!(std::fs::read(&kubelet).unwrap(), before);
+    assert_eq!(cluster.kpki(&["status"]).code(), Some(0));
+    let again = cluster.kpki(&["init"]).success().stdout();
+    assert!(again.contains("nothing to do"), "{again}");
+}
