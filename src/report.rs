@@ -223,7 +223,16 @@ mod tests {
     }
 
     #[test]
-    fn quiet_keeps_output_plans_warnings_and_notes() {
+    fn a_failed_command_keeps_only_its_warnings_and_notes() {
+        let mut report = sample();
+        report.failed();
+        let (out, err) = printed(&report, PLAIN);
+        assert_eq!(out, "");
+        assert_eq!(err, "kpki: warning: careful\nkpki: note: unchecked\n");
+    }
+
+    #[test]
+    fn quiet_keeps_output_plans_and_warnings_only() {
         let (out, err) = printed(
             &sample(),
             Style {
@@ -232,9 +241,10 @@ mod tests {
             },
         );
         assert_eq!(out, "would renew node-01/kubelet\ntable\n");
-        assert_eq!(err, "kpki: warning: careful\nkpki: note: unchecked\n");
-        let (out, _) = printed(&sample(), PLAIN);
+        assert_eq!(err, "kpki: warning: careful\n");
+        let (out, err) = printed(&sample(), PLAIN);
         assert_eq!(out, "progress\nwould renew node-01/kubelet\ntable\n");
+        assert_eq!(err, "kpki: warning: careful\nkpki: note: unchecked\n");
     }
 
     #[test]
