@@ -98,9 +98,11 @@ impl Recipients {
     /// The canonical recipients of a file: the admins, then the host keys of its readers.
     fn of(&self, sealed: &Sealed<'_>) -> Vec<String> {
         let mut keys = self.admins.clone();
+        // A set for the duplicates: a file for every host has thousands of readers.
+        let mut seen: HashSet<String> = keys.iter().cloned().collect();
         for node in &sealed.readers {
             if let Some(key) = node.host_key.as_deref().map(seal::canonical)
-                && !keys.contains(&key)
+                && seen.insert(key.clone())
             {
                 keys.push(key);
             }
