@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: kpki init against the openssl + age workflow it replaces (baseline.sh), on this
-# machine in this run, with medians of several runs; plus a no-op rotate, status and verify at
-# 1,000 nodes, kpki's peak memory, and the per-file floor (criterion). Writes
-# target/bench/results.md.
+# machine in this run, with medians of several runs; plus a no-op rotate, status, verify and a
+# fresh clone's refresh at 1,000 nodes and at 5,000 (FLEET, on the disk), kpki's peak memory,
+# and the per-file floor (criterion). Writes target/bench/results.md.
 #
 # Every case runs twice: in a tmpfs (BENCH_DIR, default /dev/shm/kpki-bench, which also holds
 # the keys) and on the repository's own filesystem (BENCH_DISK_DIR, default target/bench-disk),
@@ -25,9 +25,10 @@ rm -rf "$work" && mkdir -p "$work/keys" "$out"
 
 age-keygen -o "$work/admin.txt" 2>/dev/null
 admin=$(grep -o 'age1[0-9a-z]*' "$work/admin.txt" | head -1)
-for i in $(seq 1 1000); do
-  ssh-keygen -q -t ed25519 -N "" -C "root@node-$i" -f "$work/keys/$(printf 'node-%04d' "$i")" </dev/null
-done
+# Host keys for up to 5,000 nodes (Kubernetes' limit), made here, outside any timing.
+fleet=${FLEET:-5000}
+seq 1 "$fleet" | xargs -P "$(nproc)" -I{} sh -c \
+  'ssh-keygen -q -t ed25519 -N "" -C "root@node-$1" -f "$2/keys/$(printf node-%04d "$1")" </dev/null' _ {} "$work"
 
 # A cluster of N nodes in DIR: 3 with every role, N-3 workers, each with its own host key.
 cluster() {
@@ -117,6 +118,32 @@ suite() {
   rotate_rss[$label]=$(peak "$kpki" --dir "$big" rotate -q)
   status_rss[$label]=$(peak "$kpki" --dir "$big" status)
   verify_rss[$label]=$(peak "$kpki" --dir "$big" -i "$work/admin.txt" verify -q)
+  refresh[$label-1000]=$(fresh_refresh "$big" "$dir/fresh-1000")
+}
+
+# Seconds a fresh clone's first writer takes (`init -i`: it reads every committed file from
+# secrets/), on a copy of cluster $1 without plaintext or kpki's record, made in $2.
+fresh_refresh() {
+  rm -rf "$2" && cp -a "$1" "$2"
+  find "$2/pki" -name '*.pem' -delete
+  rm -rf "$2/pki/.kpki"
+  seconds "$kpki" --dir "$2" -i "$work/admin.txt" init -q | median
+}
+
+# Kubernetes' limit, on the disk: init, status, no-op rotate, verify -i and a fresh clone's
+# refresh at $fleet nodes, beside the same at 1,000 so that growth shows as a ratio.
+declare -A refresh
+fleet_suite() {
+  local dir=$1 big
+  big=$(run_dir "$dir" kpki-$fleet 1)
+  cluster "$fleet" "$big"
+  init5k=$(seconds "$kpki" --dir "$big" init -q | median)
+  cluster "$fleet" "$(run_dir "$dir" rss-$fleet 1)"
+  init5k_rss=$(peak "$kpki" --dir "$(run_dir "$dir" rss-$fleet 1)" init -q)
+  rotate5k=$(for r in 1 2 3; do seconds "$kpki" --dir "$big" rotate -q; done | median)
+  status5k=$(for r in 1 2 3; do seconds "$kpki" --dir "$big" status; done | median)
+  verify5k=$(seconds "$kpki" --dir "$big" -i "$work/admin.txt" verify -q | median)
+  refresh[disk-$fleet]=$(fresh_refresh "$big" "$dir/fresh-$fleet")
 }
 
 # A directory of its own on the disk. ext4 without a journal makes a new inode skip those
@@ -133,6 +160,7 @@ suite tmpfs "$work/tmpfs"
 # Under target/, git would take the disk clusters for part of kpki's own repository (whose test
 # fixtures hold keys that verify would report); kpki still pays for asking git, as in a repo.
 GIT_CEILING_DIRECTORIES=$disk suite disk "$disk"
+GIT_CEILING_DIRECTORIES=$disk fleet_suite "$disk"
 
 # The crypto floor and the per-file cost (criterion): name, then its median time.
 floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
@@ -168,6 +196,18 @@ declare -A dirs=([tmpfs]="$work/tmpfs" [disk]="$disk")
   echo "| no-op \`kpki rotate\` | ${rotate[tmpfs]} | ${rotate[disk]} | ${rotate_rss[disk]} |"
   echo "| \`kpki status\` | ${status[tmpfs]} | ${status[disk]} | ${status_rss[disk]} |"
   echo "| \`kpki verify -i\` (decrypts and checks every secret) | ${verify[tmpfs]} | ${verify[disk]} | ${verify_rss[disk]} |"
+  echo "| a fresh clone's first \`kpki init -i\` (reads every file from secrets/) | ${refresh[tmpfs-1000]} | ${refresh[disk-1000]} | - |"
+  echo
+  echo "At $fleet nodes (Kubernetes' limit is 5,000), on the disk, beside 1,000: a ratio near $(echo "$fleet / 1000" | bc -l | xargs printf '%.1f') is linear."
+  echo
+  echo "| command | 1,000 nodes (s) | $fleet nodes (s) | ratio |"
+  echo "|---|---:|---:|---:|"
+  ratio() { echo "$2 / $1" | bc -l | xargs printf '%.1f'; }
+  echo "| \`kpki init\` (peak RSS $init5k_rss MiB) | ${kp[disk-1000]} | $init5k | $(ratio "${kp[disk-1000]}" "$init5k") |"
+  echo "| \`kpki status\` | ${status[disk]} | $status5k | $(ratio "${status[disk]}" "$status5k") |"
+  echo "| no-op \`kpki rotate\` | ${rotate[disk]} | $rotate5k | $(ratio "${rotate[disk]}" "$rotate5k") |"
+  echo "| \`kpki verify -i\` | ${verify[disk]} | $verify5k | $(ratio "${verify[disk]}" "$verify5k") |"
+  echo "| a fresh clone's first \`kpki init -i\` | ${refresh[disk-1000]} | ${refresh[disk-$fleet]} | $(ratio "${refresh[disk-1000]}" "${refresh[disk-$fleet]}") |"
   echo
   echo "| the floor, per operation (criterion, median) | time |"
   echo "|---|---:|"
