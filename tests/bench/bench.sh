@@ -198,7 +198,7 @@ declare -A dirs=([tmpfs]="$work/tmpfs" [disk]="$disk")
   echo "| \`kpki verify -i\` (decrypts and checks every secret) | ${verify[tmpfs]} | ${verify[disk]} | ${verify_rss[disk]} |"
   echo "| a fresh clone's first \`kpki init -i\` (reads every file from secrets/) | ${refresh[tmpfs-1000]} | ${refresh[disk-1000]} | - |"
   echo
-  echo "At $fleet nodes (Kubernetes' limit is 5,000), on the disk, beside 1,000: a ratio near $(echo "$fleet / 1000" | bc -l | xargs printf '%.1f') is linear."
+  echo "At $fleet nodes (Kubernetes supports 5,000), on the disk, beside 1,000 nodes: a ratio near $(echo "$fleet / 1000" | bc -l | xargs printf '%.1f') is linear."
   echo
   echo "| command | 1,000 nodes (s) | $fleet nodes (s) | ratio |"
   echo "|---|---:|---:|---:|"
