@@ -108,7 +108,13 @@ struct Cluster {
 
 /// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
 fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster> {
-    let config = config(&ctx.store)?;
+    // The config and the committed state are read at once: at thousands of nodes each is a
+    // parse of megabytes of TOML.
+    let (config, state) = rayon::join(
+        || config(&ctx.store),
+        || State::open(ctx.store.clone(), ctx.identity.clone(), access),
+    );
+    let config = config?;
     warn_config(report, &config);
     let admins = secrets::admins(&ctx.store, &config)?;
     if admins.generated.is_some() {
@@ -118,7 +124,7 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
         ));
     }
     let recipients = Recipients::new(&config, admins.recipients)?;
-    let state = State::open(ctx.store.clone(), ctx.identity.clone(), access)?;
+    let state = state?;
     match access {
         Access::Write => {
             state.audit()?;

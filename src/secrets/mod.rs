@@ -82,12 +82,18 @@ impl Recipients {
                 seal::parse_recipient(admin, &format!("secrets.admins[{i}]"))?,
             );
         }
-        for node in &config.nodes {
-            if let Some(key) = &node.host_key {
+        // Thousands of host keys: parsed on every core.
+        let hosts = config
+            .nodes
+            .par_iter()
+            .filter_map(|node| {
+                let key = node.host_key.as_ref()?;
                 let what = format!("node \"{}\": host_key", node.name);
-                parsed.insert(seal::canonical(key), seal::parse_recipient(key, &what)?);
-            }
-        }
+                Some(seal::parse_recipient(key, &what).map(|r| (seal::canonical(key), r)))
+            })
+            .collect::<Vec<_>>()
+            .in_order()?;
+        parsed.extend(hosts);
         Ok(Recipients { admins, parsed })
     }
 
