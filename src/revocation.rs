@@ -267,16 +267,23 @@ fn ending(state: &State, rel: &str, reason: &'static str, now: OffsetDateTime) -
 
 /// The certificates of `pki/REL` that an etcd CA rotation in progress superseded and that are
 /// still valid: members that still trust the old CA accept them, so they are revoked with it.
+/// The ledger is in the manifest, which anyone who can push may edit: it counts only while a
+/// rotation is in progress, and never puts a certificate in use (of any file) on the list.
 fn superseded_of(
     state: &State,
+    config: &Config,
     rel: &str,
     reason: &'static str,
     now: OffsetDateTime,
-) -> Vec<Revoke> {
-    state
+) -> Result<Vec<Revoke>> {
+    if !crate::rotation::rotating(state, CA)? {
+        return Ok(Vec::new());
+    }
+    let in_use = serials_in_use(state, config)?;
+    Ok(state
         .superseded()
         .into_iter()
-        .filter(|(_, s)| s.file == rel)
+        .filter(|(serial, s)| s.file == rel && !in_use.contains(serial))
         .filter_map(|(serial, s)| {
             let not_after = parse_time(&s.not_after).filter(|t| *t > now)?;
             Some(Revoke {
@@ -286,7 +293,27 @@ fn superseded_of(
                 reason,
             })
         })
-        .collect()
+        .collect())
+}
+
+/// The serials of the etcd CA's certificates in use now, in this run's view.
+fn serials_in_use(state: &State, config: &Config) -> Result<BTreeSet<String>> {
+    let mut serials = BTreeSet::new();
+    for item in catalogue::items(config) {
+        if !matches!(item.entry().kind, Kind::Leaf { ca, .. } if ca == CA) {
+            continue;
+        }
+        let rel = item.file(Part::Cert);
+        if let Some(m) = state.read(&rel)? {
+            let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
+            serials.insert(
+                facts(&pem_certs(&m.text).map_err(bad)?[0])
+                    .map_err(bad)?
+                    .serial,
+            );
+        }
+    }
+    Ok(serials)
 }
 
 /// Before a rotation of the etcd CA reissues its leaves: records the certificates they replace,
@@ -388,7 +415,7 @@ pub fn plan_prune<'c>(
             Ending::Outlive(u) => outlived.push(u),
             Ending::Expired => {}
         }
-        revoked.extend(superseded_of(state, rel, reason, now));
+        revoked.extend(superseded_of(state, config, rel, reason, now)?);
         Ok(())
     };
     for rel in &deleted {
@@ -588,7 +615,7 @@ pub fn revoke(
     let action = Action::item(*item, false);
     let mut applied = plan::apply(state, config, &[action], now)?;
     let mut revoked = vec![revoke];
-    revoked.extend(superseded_of(state, &rel, COMPROMISED, now));
+    revoked.extend(superseded_of(state, config, &rel, COMPROMISED, now)?);
     record(state, &revoked, now);
     applied.written.extend(issue_crl(state, config, now)?);
     applied.written.sort();

@@ -430,15 +430,7 @@ fn leftovers_are_named_by_what_they_were() {
     let cluster = Cluster::initialized(&format!("{base}{exporter}"));
     // The declaration goes, node-04 goes, and node-02 loses the etcd role.
     let config = crate::revocation::without_node(&base, "node-04");
-    let at = config.find("name = \"node-02\"").unwrap();
-    let roles = at + config[at..].find("roles = ").unwrap();
-    let end = roles + config[roles..].find('\n').unwrap();
-    let config = format!(
-        "{}roles = [\"control-plane\", \"worker\"]{}",
-        &config[..roles],
-        &config[end..]
-    );
-    cluster.write_config(&config);
+    cluster.write_config(&crate::revocation::without_etcd(&config, "node-02"));
     let status = cluster.kpki(&["status"]);
     assert_eq!(status.code(), Some(1));
     let out = status.stdout();

@@ -26,6 +26,18 @@ fn inform(crl: &Path) -> &'static str {
     }
 }
 
+/// `config` with node `name` holding the control-plane and worker roles, not etcd.
+pub fn without_etcd(config: &str, name: &str) -> String {
+    let at = config.find(&format!("name = \"{name}\"")).unwrap();
+    let roles = at + config[at..].find("roles = ").unwrap();
+    let end = roles + config[roles..].find('\n').unwrap();
+    format!(
+        "{}roles = [\"control-plane\", \"worker\"]{}",
+        &config[..roles],
+        &config[end..]
+    )
+}
+
 /// The serial numbers a CRL lists, as openssl prints them (uppercase hex).
 fn crl_serials(crl: &Path) -> Vec<String> {
     let form = inform(crl);
@@ -582,16 +594,7 @@ fn later(days: i64) -> String {
 fn a_node_that_loses_the_etcd_role_has_its_etcd_certificates_revoked() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let peer = serial(&cluster.pki("node-02/etcd-peer.pem"));
-    let config = DEFAULT_CONFIG;
-    let at = config.find("name = \"node-02\"").unwrap();
-    let roles = at + config[at..].find("roles = ").unwrap();
-    let end = roles + config[roles..].find('\n').unwrap();
-    let config = format!(
-        "{}roles = [\"control-plane\", \"worker\"]{}",
-        &config[..roles],
-        &config[end..]
-    );
-    cluster.write_config(&config);
+    cluster.write_config(&without_etcd(DEFAULT_CONFIG, "node-02"));
     let out = cluster.kpki(&["rotate", "--prune"]).success().stdout();
     assert!(out.contains("the etcd role"), "{out}");
     assert!(
@@ -710,4 +713,30 @@ fn a_cluster_from_before_the_der_list_moves_over_with_the_next_init_or_rotate() 
     assert!(out.contains(&format!("sign {CRL} anew")), "{out}");
     assert_eq!(crl_serials(&rotated.pki(CRL)), listed);
     assert_eq!(rotated.kpki(&["verify"]).code(), Some(0));
+}
+
+#[test]
+fn a_pushed_superseded_entry_never_revokes_a_certificate_in_use() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["rotate", "--ca", "etcd"]).success();
+    // A pusher with no key adds the apiserver's etcd client to the superseded ledger, under
+    // node-03's peer certificate, hoping the admin's next revoke takes the apiservers down.
+    let live = serial(&cluster.pki("etcd/apiserver-etcd-client.pem")).to_lowercase();
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!(
+        "\n[superseded.{live}]\nfile = \"node-03/etcd-peer.pem\"\nnot_after = \"2099-01-01T00:00:00Z\"\n"
+    ));
+    std::fs::write(&manifest, text).unwrap();
+    cluster.kpki(&["revoke", "node-03/etcd-peer"]).success();
+    let listed = crl_serials(&cluster.pki(CRL));
+    assert!(
+        !listed.contains(&live.to_uppercase()),
+        "a certificate in use was revoked: {listed:?}"
+    );
+    assert_eq!(
+        listed.len(),
+        2,
+        "node-03's new-CA and old-CA peer certificates: {listed:?}"
+    );
 }
