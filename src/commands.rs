@@ -186,18 +186,17 @@ fn refuse_nested(ctx: &Context, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// The files a cluster directory's first write brings besides the PKI and `pki/.gitignore`
+/// The file a cluster directory's first write brings besides the PKI and `pki/.gitignore`
 /// (which every commit keeps current): a generated admin identity.
-fn first_run_files(store: &Store, admins: &secrets::Admins) -> Result<Vec<Extra>> {
-    let mut extras = Vec::new();
-    if let Some(identity) = &admins.generated {
-        extras.push(extra(
+fn first_run_files(store: &Store, admins: &secrets::Admins) -> Vec<Extra> {
+    let identity = admins.generated.as_ref().map(|identity| {
+        extra(
             store.pki_path(ADMIN_IDENTITY),
             identity.as_bytes(),
             store::SECRET_MODE,
-        ));
-    }
-    Ok(extras)
+        )
+    });
+    identity.into_iter().collect()
 }
 
 /// Warns that a generated admin identity must be backed up.
@@ -240,7 +239,7 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
         return Ok(());
     }
     let adopted = importing::apply(&state, plan.adopted);
-    let extras = first_run_files(store, &admins)?;
+    let extras = first_run_files(store, &admins);
     let sealing = secrets::commit(&state, &config, &recipients, extras)?;
     for (rel, from) in &adopted {
         report.say(format_args!("adopted pki/{rel} from {}", from.display()));
@@ -341,7 +340,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let actions = plan::missing(&state, &config)?;
     let mut applied = plan::apply(&state, &config, &actions, issuing::now())?;
     applied.written.extend(revocation::complete_crl(&state)?);
-    let mut extras = first_run_files(store, &admins)?;
+    let mut extras = first_run_files(store, &admins);
     if default {
         extras.push(extra(
             store.config_path(),
