@@ -156,6 +156,7 @@ impl Transaction {
             .collect();
         let journal = write_journal(&self.store, &renames, &self.removals)?;
         dirs.insert(parent(&journal).to_path_buf());
+        dirs.insert(self.store.temp_dir());
         let mut written = self.temps.clone();
         written.push(journal);
         sync(&written, &dirs)?;
@@ -267,11 +268,10 @@ fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>
         .collect()
 }
 
-/// Writes `contents` for `path` to a new temporary file in `temps` (created 0600, so a key is
+/// Writes `contents` for `path` to a new temporary file in `dir` (created 0600, so a key is
 /// never readable by others, and given `mode` once written); returns the temporary file's path
 /// and stamp (which the rename keeps).
-fn write_temp(temps: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
-    let dir = temps;
+fn write_temp(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
     let io = |e| Error::io(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
