@@ -141,8 +141,13 @@ fn forms_differ(state: &State) -> Result<Option<String>> {
 
 /// Writes the file of the list that is missing from the one that is there (a cluster from
 /// before etcd's DER file has only `crl.pem`): the same signed list, so nothing is signed and
-/// etcd gets a list it parses with the next deploy. Returns the file written.
+/// etcd gets a list it parses with the next deploy. Returns the file written. Only a list the
+/// current etcd CA signed is copied: etcd checks no signature, so a list someone with push
+/// access made would otherwise refuse whatever serials they chose (`rotate` signs anew).
 pub fn complete_crl(state: &State) -> Result<Option<String>> {
+    if !crl(state)?.is_some_and(|c| c.signed) {
+        return Ok(None);
+    }
     let [der, pem] = catalogue::crl_files();
     Ok(match (state.read(&der)?, state.read(&pem)?) {
         (None, Some(listed)) => {
@@ -296,14 +301,18 @@ fn superseded_of(
         .collect())
 }
 
+/// The certificate files the etcd CA signs.
+fn etcd_leaves(config: &Config) -> impl Iterator<Item = String> + '_ {
+    catalogue::items(config)
+        .into_iter()
+        .filter(|i| matches!(i.entry().kind, Kind::Leaf { ca, .. } if ca == CA))
+        .map(|i| i.file(Part::Cert))
+}
+
 /// The serials of the etcd CA's certificates in use now, in this run's view.
 fn serials_in_use(state: &State, config: &Config) -> Result<BTreeSet<String>> {
     let mut serials = BTreeSet::new();
-    for item in catalogue::items(config) {
-        if !matches!(item.entry().kind, Kind::Leaf { ca, .. } if ca == CA) {
-            continue;
-        }
-        let rel = item.file(Part::Cert);
+    for rel in etcd_leaves(config) {
         if let Some(m) = state.read(&rel)? {
             let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
             serials.insert(
@@ -321,11 +330,7 @@ fn serials_in_use(state: &State, config: &Config) -> Result<BTreeSet<String>> {
 /// them too.
 pub fn note_superseded(state: &State, config: &Config, now: OffsetDateTime) -> Result<()> {
     let mut superseded = state.superseded();
-    for item in catalogue::items(config) {
-        if !matches!(item.entry().kind, Kind::Leaf { ca, .. } if ca == CA) {
-            continue;
-        }
-        let rel = item.file(Part::Cert);
+    for rel in etcd_leaves(config) {
         if let Ending::Revoke(r) = ending(state, &rel, SUPERSEDED, now)? {
             superseded.insert(
                 r.serial,

@@ -430,6 +430,16 @@ pub fn while_running(
     (succeeded.into_inner(), failures.into_inner().unwrap())
 }
 
+/// Polls `done` every 300 ms until it holds; after `seconds` fails with `why()` (called then, so
+/// it can show the logs of that moment).
+pub fn eventually(seconds: u64, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Sets its flag when dropped.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
