@@ -347,14 +347,23 @@ pub const NOT_A_RECIPIENT: &str = "none of the given identities can decrypt it";
 
 /// Decrypts the age file `ciphertext` (armored or binary) read from `path` with `identities`,
 /// which `source` describes in errors.
+/// Why a file is not age, on one line (age's own messages may span several).
+fn invalid_age(e: &dyn std::fmt::Display) -> String {
+    let why: Vec<String> = e
+        .to_string()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    format!("is not a valid age file ({})", why.join(" "))
+}
+
 pub fn decrypt(
     ciphertext: &[u8],
     identities: &[Identity],
     path: &Path,
     source: &str,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let invalid =
-        |e: &dyn std::fmt::Display| Error::file(path, format!("is not a valid age file ({e})"));
+    let invalid = |e: &dyn std::fmt::Display| Error::file(path, invalid_age(e));
     let mut binary = Zeroizing::new(Vec::new());
     age::armor::ArmoredReader::new(ciphertext)
         .read_to_end(&mut binary)
@@ -489,7 +498,7 @@ pub fn header_stanzas(
     let mut binary = Vec::new();
     age::armor::ArmoredReader::new(ciphertext)
         .read_to_end(&mut binary)
-        .map_err(|e| format!("is not a valid age file ({e})"))?;
+        .map_err(|e| invalid_age(&e))?;
     let text = String::from_utf8_lossy(&binary);
     let header = text
         .split("\n--- ")

@@ -19,6 +19,15 @@ pub struct Cli {
     /// default: $KPKI_IDENTITY when set and not empty, else pki/admin.agekey and ~/.ssh/id_ed25519.
     #[arg(short = 'i', long, global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// Trust secrets/manifest.toml only if it is signed by this Kubernetes CA key (or one it
+    /// handed over to by a rotation): sha256:HEX of its SubjectPublicKeyInfo, as kpki status
+    /// shows it. Default: $KPKI_TRUST, else what this clone last verified.
+    #[arg(long, global = true, value_name = "FINGERPRINT")]
+    pub trust: Option<String>,
+    /// Accept a manifest older than one this clone has verified (after dropping your own
+    /// unpushed work); revocations are kept all the same.
+    #[arg(long, global = true)]
+    pub allow_rollback: bool,
     /// Print nothing but errors, warnings and requested output.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,

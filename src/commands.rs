@@ -24,12 +24,15 @@ use crate::rotation;
 use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
 use crate::state::{ADMIN_IDENTITY, Access, Place, State};
 use crate::store::{self, Store};
+use crate::trust;
 
 /// What every command works on.
 pub struct Context {
     pub store: Store,
     /// The admin identity from `-i` or `KPKI_IDENTITY`.
     pub identity: Option<std::path::PathBuf>,
+    /// Whom to trust for the committed state (`--trust`, `KPKI_TRUST`, `--allow-rollback`).
+    pub trust: trust::Policy,
 }
 
 /// Prints the config's warnings (valid, but probably not meant).
@@ -125,6 +128,7 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
     }
     let recipients = Recipients::new(&config, admins.recipients)?;
     let state = state?;
+    authenticate(ctx, &state, access, report)?;
     match access {
         Access::Write => {
             state.audit()?;
@@ -136,6 +140,39 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
         recipients,
         state,
     })
+}
+
+/// Checks the committed manifest's signature and generation against this clone's pin: a
+/// writer refuses a state it cannot trust, a reader reports it. A writer's commit pins what
+/// was verified; a reader changes no file.
+fn authenticate(ctx: &Context, state: &State, access: Access, report: &mut Report) -> Result<()> {
+    if let Some(given) = &ctx.trust.given
+        && !trust::valid_fingerprint(given)
+    {
+        return Err(Error::usage(
+            format!("--trust {given}: not a key fingerprint (sha256: and 64 lowercase hex digits)"),
+            Some(
+                "kpki status shows the fingerprint of the Kubernetes CA that signs the manifest"
+                    .into(),
+            ),
+        ));
+    }
+    let pin = trust::Pin::load(&ctx.store)?;
+    match trust::check(state.loaded(), pin.as_ref(), &ctx.trust) {
+        Ok(verdict) => {
+            for note in &verdict.notes {
+                report.note(note);
+            }
+            state.set_verified(verdict.pin);
+            Ok(())
+        }
+        Err(problem) if access == Access::Write => Err(problem.into_error()),
+        Err(problem) => {
+            report.warn(format_args!("{} ({})", problem.message, problem.hint));
+            report.needs_action = true;
+            Ok(())
+        }
+    }
 }
 
 /// For a reader: says that an interrupted run left temporary files, which only a writer may
@@ -221,6 +258,7 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
+    authenticate(ctx, &state, Access::Write, report)?;
     state.audit()?;
     let plan = importing::plan(&state, &config, dir, layout)?;
     for rel in &plan.kept {
@@ -336,6 +374,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     let admins = secrets::admins(store, &config)?;
     let recipients = Recipients::new(&config, admins.recipients.clone())?;
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
+    authenticate(ctx, &state, Access::Write, report)?;
     state.audit()?;
     let actions = plan::missing(&state, &config)?;
     let mut applied = plan::apply(&state, &config, &actions, issuing::now())?;
@@ -580,6 +619,10 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
         rows.outdated_files.push(format!("secrets/{name}"));
     }
     (rows.rotations, rows.notes) = (rotations, notes);
+    rows.manifest = trust::signer(state.signature()).map(|signer| status::Signed {
+        signer,
+        generation: state.manifest().generation,
+    });
     report.output(match args.json {
         true => serde_json::to_string_pretty(&rows).expect("a report serializes") + "\n",
         false => status::table(&rows),

@@ -25,4 +25,5 @@ pub mod rotation;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod wiring;

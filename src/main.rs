@@ -26,9 +26,17 @@ fn main() -> ExitCode {
             .filter(|v| !v.is_empty())
             .map(Into::into)
     });
+    let trust = cli
+        .trust
+        .clone()
+        .or_else(|| std::env::var("KPKI_TRUST").ok().filter(|v| !v.is_empty()));
     let ctx = Context {
         store: Store::new(&cli.dir),
         identity,
+        trust: kpki::trust::Policy {
+            given: trust,
+            allow_rollback: cli.allow_rollback,
+        },
     };
     let style = Style {
         quiet: cli.quiet,

@@ -106,7 +106,7 @@ fn parse_time(s: &str) -> Option<OffsetDateTime> {
 /// listing exactly the revocations in force, or not in both its files alike (the DER file etcd
 /// reads is missing in a cluster from before it existed).
 pub fn crl_due(state: &State, at: OffsetDateTime, window: Span) -> Result<Option<String>> {
-    let ledger = state.revocations();
+    let ledger = ledger(state)?;
     let Some(crl) = crl(state)? else {
         return Ok((!ledger.is_empty()).then(|| "missing, while certificates are revoked".into()));
     };
@@ -165,10 +165,10 @@ pub fn complete_crl(state: &State) -> Result<Option<String>> {
 /// Signs a new CRL of the revocations in force at `now` (dropping expired ones from the ledger)
 /// into `pki/etcd/crl.der` and its PEM copy, numbered one past the current one.
 pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<[String; 2]> {
-    let mut ledger = state.revocations();
+    let authority = plan::load_authority(state, CA)?;
+    let mut ledger = ledger(state)?;
     let live = in_force(&ledger, now);
     ledger.retain(|serial, _| live.contains(serial));
-    let authority = plan::load_authority(state, CA)?;
     let number = crl(state).ok().flatten().map_or(0, |c| c.number) + 1;
     let revoked = ledger
         .iter()
@@ -189,6 +189,79 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
     state.put(&pem, listed);
     state.set_revocations(ledger);
     Ok([der, pem])
+}
+
+/// The revocation ledger of this run, with what [`carry_over`] puts back: what a new list names.
+pub fn ledger(state: &State) -> Result<BTreeMap<String, Revocation>> {
+    let mut ledger = state.revocations();
+    if state.exists(&catalogue::ca_file(CA))? {
+        carry_over(&mut ledger, state)?;
+    }
+    Ok(ledger)
+}
+
+/// Puts back into `ledger` every revocation of the last valid lists (the committed one and
+/// the one cached in `pki/`, each signed by an etcd CA of the bundle) that the ledger lacks: a
+/// list only grows by the ledger, and loses an entry only when the ledger says the certificate
+/// it names expired. So a lost, rolled back or edited ledger never un-revokes. An entry put
+/// back stays until the etcd CA expires (no leaf outlives it).
+fn carry_over(ledger: &mut BTreeMap<String, Revocation>, state: &State) -> Result<()> {
+    let bundle = inspection::ca_bundle(state, CA)?.blocks();
+    let ca_expiry = facts(&bundle[0])
+        .map_err(|m| Error::file(&state.store().pki_path(&catalogue::ca_file(CA)), m))?
+        .not_after;
+    for list in last_lists(state) {
+        let Ok((_, list)) = CertificateRevocationList::from_der(&list) else {
+            continue;
+        };
+        let signed = bundle.iter().any(|ca| {
+            x509_parser::certificate::X509Certificate::from_der(ca)
+                .is_ok_and(|(_, ca)| list.verify_signature(ca.public_key()).is_ok())
+        });
+        if !signed {
+            continue;
+        }
+        for entry in list.iter_revoked_certificates() {
+            let serial = inspection::hex(entry.raw_serial());
+            ledger.entry(serial).or_insert_with(|| Revocation {
+                file: "(kept from the last signed revocation list)".into(),
+                reason: reason_name(entry.reason_code().map(|(_, r)| r.0)).into(),
+                revoked: rfc3339(
+                    OffsetDateTime::from_unix_timestamp(entry.revocation_date.timestamp())
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                ),
+                not_after: rfc3339(ca_expiry),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The DER of every revocation list at hand: the committed ones and the ones in `pki/`
+/// (which may be newer than a rolled-back state), unchecked.
+fn last_lists(state: &State) -> Vec<Vec<u8>> {
+    let mut lists = Vec::new();
+    for rel in catalogue::crl_files() {
+        if let Ok(Some(committed)) = state.read(&rel) {
+            lists.extend(committed.blocks().into_iter().map(|b| b.to_vec()));
+        }
+        let path = state.store().pki_path(&rel);
+        if let Ok(Some(bytes)) = state.store().read(&path, crate::store::PEM_LIMIT)
+            && let Ok(cached) = pem::parse(pem::Kind::of(&rel), &bytes)
+        {
+            lists.extend(cached.blocks().into_iter().map(|b| b.to_vec()));
+        }
+    }
+    lists
+}
+
+/// The ledger's reason for a CRL reason code (RFC 5280 numbering).
+fn reason_name(code: Option<u8>) -> &'static str {
+    match code {
+        Some(4) => SUPERSEDED,
+        Some(5) => REMOVED,
+        _ => COMPROMISED,
+    }
 }
 
 fn damaged_ledger(state: &State, serial: &str) -> Error {

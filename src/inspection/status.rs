@@ -93,6 +93,8 @@ pub struct Report {
     pub behind_config: Vec<String>,
     /// Rotations in progress.
     pub rotations: Vec<Rotation>,
+    /// Who signed the manifest, and its generation; `None` when it is not signed.
+    pub manifest: Option<Signed>,
     /// About the plaintext cache and checks not made; no action needed.
     pub notes: Vec<String>,
 }
@@ -107,6 +109,13 @@ impl Report {
             || !self.outdated_files.is_empty()
             || !self.rotations.is_empty()
     }
+}
+
+/// The committed manifest's signer (the fingerprint `--trust` takes) and generation.
+#[derive(Debug, Serialize)]
+pub struct Signed {
+    pub signer: String,
+    pub generation: u64,
 }
 
 /// The files of `seal` whose encrypted copy must be written again, with why.
@@ -128,6 +137,7 @@ pub fn assess<'c>(
         pki,
         config,
         cas: current_cas(pki)?,
+        revoked: crate::revocation::ledger(pki)?,
         stale,
         at,
     };
@@ -149,6 +159,8 @@ struct Survey<'a> {
     pki: &'a Pki,
     config: &'a Config,
     cas: HashMap<CaName, Facts>,
+    /// The revocation ledger: a live certificate on it (a rolled-back state) is reissued.
+    revoked: std::collections::BTreeMap<String, crate::secrets::manifest::Revocation>,
     stale: &'a HashMap<&'a str, &'a Stale>,
     at: OffsetDateTime,
 }
@@ -178,6 +190,12 @@ impl Survey<'_> {
         };
         let (mut row, leaf) = self.files(&files, item.entry().kind)?;
         let why = match (&leaf, item.entry().kind) {
+            (Some(leaf), Kind::Leaf { .. }) if self.revoked.contains_key(&leaf.serial) => {
+                Some(format!(
+                    "revoked (serial {} is on the etcd CA's revocation list)",
+                    leaf.serial
+                ))
+            }
             (Some(leaf), Kind::Leaf { .. }) => {
                 drift(item, config, leaf, ca.and_then(|c| cas.get(&c)))
             }
@@ -386,6 +404,7 @@ pub fn report(
         outdated_files: Vec::new(),
         behind_config: Vec::new(),
         rotations: Vec::new(),
+        manifest: None,
         notes: Vec::new(),
     })
 }
@@ -467,6 +486,13 @@ pub fn table(report: &Report) -> String {
         }
     }
     out += "\n";
+    out += &match &report.manifest {
+        Some(m) => format!(
+            "manifest: generation {}, signed by the Kubernetes CA {}\n",
+            m.generation, m.signer
+        ),
+        None => "manifest: not signed\n".to_string(),
+    };
     let stale_rows = report
         .rows
         .iter()

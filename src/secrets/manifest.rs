@@ -1,6 +1,10 @@
 //! The committed manifest, `secrets/manifest.toml`: per encrypted file, a fingerprint of the
 //! public material it holds and the recipients it is encrypted to. age output is never the same
 //! twice, so this (not the ciphertext) decides whether a file must be encrypted again.
+//!
+//! The manifest is the cluster's authenticated state: its body (everything before the
+//! `[signature]` table, byte for byte) is signed by the Kubernetes CA, and carries a generation
+//! that every write increases (see `trust`).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +34,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Increased by every write: a clone refuses a state older than one it has verified.
+    #[serde(default)]
+    pub generation: u64,
     #[serde(default)]
     pub files: BTreeMap<String, Entry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -66,34 +73,96 @@ pub struct Revocation {
     pub not_after: String,
 }
 
+/// The signature table that ends a signed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// `ecdsa-p256-sha256`, `ecdsa-p384-sha384`, `ed25519` or `rsa-pkcs1-sha256`.
+    pub algorithm: String,
+    /// The signing Kubernetes CA's certificate (base64 DER).
+    pub certificate: String,
+    /// The signature over the body (base64).
+    pub value: String,
+    /// How trust passed from each earlier signer to its successor, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// One CA rotation of the signer: the old CA's certificate and the new CA cross-signed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// The earlier signer's certificate (base64 DER).
+    pub from: String,
+    /// Its successor, cross-signed by it (base64 DER).
+    pub to: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tail {
+    signature: Signature,
+}
+
+/// The line that starts the signature table; the body ends just before it.
+const SIGNATURE_TABLE: &str = "\n[signature]\n";
+
+/// The manifest as read from disk.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    /// The fingerprint of the whole text; `None` when there is no manifest.
+    pub fingerprint: Option<String>,
+    /// The signed bytes and their signature; `None` when the manifest is unsigned.
+    pub signed: Option<(String, Signature)>,
+}
+
 impl Manifest {
-    /// The manifest on disk and the fingerprint of its text; empty and `None` when there is
-    /// none yet.
-    pub fn load(store: &Store) -> Result<(Manifest, Option<String>)> {
+    /// The manifest on disk; empty when there is none yet.
+    pub fn load(store: &Store) -> Result<Loaded> {
         let path = store.secrets_path(FILE);
-        match store.read_text(&path)? {
-            None => Ok((Manifest::default(), None)),
-            Some(text) if has_conflict_markers(&text) => Err(Error::usage(
+        let Some(text) = store.read_text(&path)? else {
+            return Ok(Loaded::default());
+        };
+        if has_conflict_markers(&text) {
+            return Err(Error::usage(
                 format!("{} has unresolved merge conflicts", path.display()),
                 Some("keep the side already pushed, whole, then redo your change: see README.md, \"Working as a team\"".into()),
-            )),
-            Some(text) => {
-                let manifest = toml::from_str(&text).map_err(|e| {
-                    Error::file(
-                        &path,
-                        format!("is not a kpki manifest ({})", e.message().trim()),
-                    )
-                })?;
-                Ok((manifest, Some(fingerprint(text.as_bytes()))))
-            }
+            ));
         }
+        let not_a_manifest = |e: toml::de::Error| {
+            Error::file(
+                &path,
+                format!("is not a kpki manifest ({})", e.message().trim()),
+            )
+        };
+        let (body, signed) = match text.find(SIGNATURE_TABLE) {
+            Some(at) => {
+                let (body, tail) = text.split_at(at + 1);
+                let tail: Tail = toml::from_str(tail).map_err(not_a_manifest)?;
+                (body, Some((body.to_string(), tail.signature)))
+            }
+            None => (text.as_str(), None),
+        };
+        Ok(Loaded {
+            manifest: toml::from_str(body).map_err(not_a_manifest)?,
+            fingerprint: Some(fingerprint(text.as_bytes())),
+            signed,
+        })
     }
 
-    /// The manifest as written to disk.
+    /// The body, the bytes the signature covers: the header, the manifest's tables and a
+    /// blank line before the signature table.
     pub fn render(&self) -> String {
         let body = toml::to_string(self).expect("a manifest always serializes");
-        format!("{HEADER}{body}")
+        format!("{HEADER}{body}\n")
     }
+}
+
+/// The whole file: `body` (as [`Manifest::render`] made it) followed by its signature.
+pub fn signed_text(body: &str, signature: Signature) -> String {
+    let tail = toml::to_string(&Tail { signature }).expect("a signature always serializes");
+    format!("{body}{tail}")
 }
 
 /// Whether `text` holds git's conflict markers (a merge or rebase left it unresolved).

@@ -17,12 +17,13 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::agefile::{self as seal, Recipient};
-use crate::catalogue::{self, Part};
+use crate::catalogue::{self, CaName, Part};
 use crate::config::{Config, Node, Role};
 use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
+use crate::trust;
 use manifest::{Entry, Manifest};
 
 /// The admin recipients in effect, and a new identity to write when one must be generated.
@@ -263,6 +264,8 @@ pub struct SealPlan<'c> {
     pub revoked: std::collections::BTreeMap<String, manifest::Revocation>,
     /// The certificates superseded by an etcd CA rotation in progress, to commit.
     pub superseded: std::collections::BTreeMap<String, manifest::Superseded>,
+    /// The committed manifest's generation (a write increases it when signing).
+    pub generation: u64,
 }
 
 impl SealPlan<'_> {
@@ -296,6 +299,7 @@ impl SealPlan<'_> {
             .zip(&self.standings)
             .filter_map(|(s, st)| Some((s.rel.clone(), st.due.clone()?)));
         Manifest {
+            generation: self.generation,
             files: due.chain(self.leftovers.iter().cloned()).collect(),
             revoked: self.revoked.clone(),
             superseded: self.superseded.clone(),
@@ -366,6 +370,7 @@ pub fn plan<'c>(
         leftovers,
         revoked: state.revocations(),
         superseded: state.superseded(),
+        generation: state.manifest().generation,
     })
 }
 
@@ -657,15 +662,33 @@ pub fn commit_planned(
         );
     }
     sealing.encrypted.sort();
-    let manifest = plan.manifest();
+    let mut signed = None;
+    if manifest_outdated(state, &plan) {
+        let (text, pin) = signed_manifest(state, &plan)?;
+        txn.write(
+            store.secrets_path(manifest::FILE),
+            Zeroizing::new(text.clone().into_bytes()),
+            store::PUBLIC_MODE,
+            store::PUBLIC_DIR_MODE,
+        );
+        sealing.written.push(format!("secrets/{}", manifest::FILE));
+        signed = Some((pem::fingerprint(text.as_bytes()), pin));
+    }
+    let manifest_fp = match &signed {
+        Some((fp, _)) => Some(fp.clone()),
+        None => state.manifest_fingerprint().map(str::to_string),
+    };
     if txn.is_empty() {
         // Nothing to write, but the record may be missing or behind (a pull, an older kpki):
         // bring it up to date, so the next command need not read everything again.
-        let record = record(state, config, &plan, &manifest, &hashes, |p| state.stamp(p))?;
+        let record = record(state, config, &plan, manifest_fp, &hashes, |p| {
+            state.stamp(p)
+        })?;
         let path = store.state_path(crate::state::record::FILE);
         if store.read_text(&path).ok().flatten().as_deref() != Some(record.as_str()) {
             store.write_state(crate::state::record::FILE, record.as_bytes())?;
         }
+        trust::pin(store, state.verified())?;
         return Ok(sealing);
     }
     txn.commit(|written| {
@@ -673,9 +696,10 @@ pub fn commit_planned(
             Some(stamp) => Ok(Some(*stamp)),
             None => store.stamp(p),
         };
-        let record = record(state, config, &plan, &manifest, &hashes, stamp)?;
+        let record = record(state, config, &plan, manifest_fp, &hashes, stamp)?;
         store.write_state(crate::state::record::FILE, record.as_bytes())
     })?;
+    trust::pin(store, signed.map(|(_, pin)| pin).or(state.verified()))?;
     Ok(sealing)
 }
 
@@ -738,17 +762,13 @@ fn record(
     state: &State,
     config: &Config,
     plan: &SealPlan<'_>,
-    manifest: &Manifest,
+    manifest: Option<String>,
     hashes: &HashMap<String, String>,
     stamp: impl Fn(&std::path::Path) -> Result<Option<store::Stamp>>,
 ) -> Result<String> {
     let store = state.store();
-    let manifest = match state.manifest_fingerprint() {
-        Some(fp) if manifest == state.manifest() => fp.to_string(),
-        _ => pem::fingerprint(manifest.render().as_bytes()),
-    };
     let mut record = Record {
-        manifest: Some(manifest),
+        manifest,
         outputs: Some(crate::state::record::Outputs {
             config: config.fingerprint.clone(),
             stamps: OUTPUTS
@@ -778,14 +798,13 @@ fn record(
     Ok(record.render())
 }
 
-/// The manifest, `secrets.nix` and `kpki.nix` as they must read after `plan`.
+/// `secrets.nix` and `kpki.nix` as they must read after `plan`.
 pub fn nix_files(
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
-) -> [(&'static str, String); 3] {
+) -> [(&'static str, String); 2] {
     [
-        (manifest::FILE, plan.manifest().render()),
         (
             "secrets.nix",
             nix::secrets_nix(config, recipients.admins(), plan),
@@ -808,10 +827,20 @@ pub fn outdated_files(
     depth: Depth,
 ) -> Result<Vec<&'static str>> {
     let outdated = outdated_outputs(state, config, recipients, plan, depth)?;
-    Ok(outdated.into_iter().map(|(name, _)| name).collect())
+    let manifest = manifest_outdated(state, plan).then_some(manifest::FILE);
+    Ok(manifest
+        .into_iter()
+        .chain(outdated.into_iter().map(|(name, _)| name))
+        .collect())
 }
 
-/// [`outdated_files`], each with the text it must have.
+/// Whether the manifest must be written (and signed) anew: its entries change, or it is not
+/// signed yet.
+fn manifest_outdated(state: &State, plan: &SealPlan<'_>) -> bool {
+    plan.manifest() != *state.manifest() || state.signature().is_none()
+}
+
+/// The Nix files among [`outdated_files`], each with the text it must have.
 fn outdated_outputs(
     state: &State,
     config: &Config,
@@ -838,10 +867,37 @@ fn outputs_current(state: &State, config: &Config, plan: &SealPlan<'_>) -> Resul
     let Some(recorded) = state.recorded_outputs() else {
         return Ok(false);
     };
-    if recorded.config != config.fingerprint || plan.manifest() != *state.manifest() {
+    if recorded.config != config.fingerprint || manifest_outdated(state, plan) {
         return Ok(false);
     }
     Ok(output_stamps(state.store())? == recorded.stamps)
+}
+
+/// The manifest for `plan`, at the next generation, signed by the Kubernetes CA of this run's
+/// view (the new one during a rotation, linked to the last signer by its cross-signature).
+fn signed_manifest(state: &State, plan: &SealPlan<'_>) -> Result<(String, trust::Pin)> {
+    let ca = catalogue::ca_item(CaName::Kubernetes);
+    let cert = state.require(&ca.file(Part::Cert))?;
+    let key_file = ca.file(Part::Key);
+    let key = pem::parse_key(&state.require(&key_file)?.text)
+        .map_err(|m| Error::file(&state.store().pki_path(&key_file), m))?;
+    let cross = state.read(&catalogue::cross_file(CaName::Kubernetes))?;
+    let first = |m: &pem::Material| m.blocks().into_iter().next().map(|b| b.to_vec());
+    let cert_der = first(&cert).unwrap_or_default();
+    let cross_der = cross.as_deref().and_then(first);
+    let mut manifest = plan.manifest();
+    manifest.generation = trust::next_generation(state)?;
+    let signer = trust::Signer {
+        cert_der: &cert_der,
+        key: &key,
+        cross_der: cross_der.as_deref(),
+    };
+    let text = trust::sign(&manifest, &signer, state.signature())?;
+    let pin = trust::Pin {
+        signer: trust::key_fingerprint(&cert_der).unwrap_or_default(),
+        generation: manifest.generation,
+    };
+    Ok((text, pin))
 }
 
 /// The stamps of the manifest, `secrets.nix` and `kpki.nix`.

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::agefile::{self as seal, Identity};
 use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind, Material};
-use crate::secrets::manifest::{Manifest, Revocation, Superseded};
+use crate::secrets::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
 use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
@@ -57,9 +57,8 @@ pub enum Place {
 pub struct State {
     store: Store,
     access: Access,
-    manifest: Manifest,
-    /// The fingerprint of the manifest's text; `None` when there is no committed state yet.
-    manifest_fp: Option<String>,
+    /// The committed manifest, its fingerprint and signature.
+    loaded: Loaded,
     record: Record,
     identities: Identities,
     places: Mutex<HashMap<String, Place>>,
@@ -74,20 +73,21 @@ pub struct State {
     revoked: Mutex<Option<BTreeMap<String, Revocation>>>,
     /// The certificates a CA rotation superseded, as this run changed them.
     superseded: Mutex<Option<BTreeMap<String, Superseded>>>,
+    /// The signer and generation this run verified, for the commit to pin.
+    verified: Mutex<Option<crate::trust::Pin>>,
 }
 
 impl State {
     /// Opens the cluster directory's state; `identity` is the admin identity of `-i` or
     /// `KPKI_IDENTITY`.
     pub fn open(store: Store, identity: Option<PathBuf>, access: Access) -> Result<State> {
-        let (manifest, manifest_fp) = Manifest::load(&store)?;
+        let loaded = Manifest::load(&store)?;
         let record = Record::load(&store);
         Ok(State {
             identities: Identities::new(&store, identity),
             store,
             access,
-            manifest,
-            manifest_fp,
+            loaded,
             record,
             places: Mutex::default(),
             stamps: Mutex::default(),
@@ -96,6 +96,7 @@ impl State {
             changes: Mutex::default(),
             revoked: Mutex::default(),
             superseded: Mutex::default(),
+            verified: Mutex::default(),
         })
     }
 
@@ -105,17 +106,37 @@ impl State {
 
     /// The committed manifest.
     pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+        &self.loaded.manifest
+    }
+
+    /// The committed manifest as read, with its signature (for `trust`).
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// The committed manifest's signature, if it has one.
+    pub fn signature(&self) -> Option<&Signature> {
+        self.loaded.signed.as_ref().map(|(_, s)| s)
+    }
+
+    /// Records what this run verified of the manifest (`trust::check`).
+    pub fn set_verified(&self, pin: Option<crate::trust::Pin>) {
+        *lock(&self.verified) = pin;
+    }
+
+    /// What this run verified of the manifest, if anything.
+    pub fn verified(&self) -> Option<crate::trust::Pin> {
+        lock(&self.verified).clone()
     }
 
     /// The fingerprint of the committed manifest, if there is one.
     pub fn manifest_fingerprint(&self) -> Option<&str> {
-        self.manifest_fp.as_deref()
+        self.loaded.fingerprint.as_deref()
     }
 
     /// Whether a committed state exists (secrets were sealed before).
     pub fn is_committed(&self) -> bool {
-        self.manifest_fp.is_some()
+        self.loaded.fingerprint.is_some()
     }
 
     /// What the Nix files were last written from, per the cache record.
@@ -149,7 +170,7 @@ impl State {
     }
 
     fn resolve(&self, rel: &str) -> Result<Place> {
-        let committed = self.manifest.files.get(rel);
+        let committed = self.loaded.manifest.files.get(rel);
         let sealed = committed.is_some() && self.stamp(&self.store.secret_path(rel))?.is_some();
         let Some(stamp) = self.stamp(&self.store.pki_path(rel))? else {
             return Ok(if sealed { Place::Sealed } else { Place::Absent });
@@ -251,7 +272,12 @@ impl State {
         let plaintext = self.decrypt(rel)?;
         let material = pem::parse(Kind::of(rel), &plaintext)
             .map_err(|m| Error::file(&path, format!("decrypted, it {m}")))?;
-        let expected = self.manifest.files.get(rel).map(|e| e.public.as_str());
+        let expected = self
+            .loaded
+            .manifest
+            .files
+            .get(rel)
+            .map(|e| e.public.as_str());
         if expected != Some(material.fingerprint.as_str()) {
             return Err(Error::file(
                 &path,
@@ -309,7 +335,13 @@ impl State {
         if let Some(change) = lock(&self.changes).get(rel) {
             return Ok(change.as_ref().map(|m| m.fingerprint.clone()));
         }
-        let committed = || self.manifest.files.get(rel).map(|e| e.public.clone());
+        let committed = || {
+            self.loaded
+                .manifest
+                .files
+                .get(rel)
+                .map(|e| e.public.clone())
+        };
         Ok(match self.place(rel)? {
             Place::Plain { fingerprint } => Some(fingerprint),
             Place::Sealed => committed(),
@@ -334,7 +366,7 @@ impl State {
     pub fn revocations(&self) -> BTreeMap<String, Revocation> {
         lock(&self.revoked)
             .clone()
-            .unwrap_or_else(|| self.manifest.revoked.clone())
+            .unwrap_or_else(|| self.loaded.manifest.revoked.clone())
     }
 
     /// Replaces the revocation ledger for the rest of the run and the commit.
@@ -345,7 +377,7 @@ impl State {
     /// The certificates an etcd CA rotation in progress superseded, by serial.
     pub fn superseded(&self) -> BTreeMap<String, Superseded> {
         let changed = lock(&self.superseded).clone();
-        changed.unwrap_or_else(|| self.manifest.superseded.clone())
+        changed.unwrap_or_else(|| self.loaded.manifest.superseded.clone())
     }
 
     /// Replaces the superseded certificates for the rest of the run and the commit.
@@ -363,7 +395,7 @@ impl State {
     pub fn listed(&self, dir: &str) -> Result<Vec<String>> {
         let prefix = format!("{dir}/");
         let mut found: BTreeSet<String> = self
-            .manifest
+            .manifest()
             .files
             .keys()
             .filter(|rel| rel.starts_with(&prefix))
@@ -393,7 +425,7 @@ impl State {
     /// The plaintext files of `pki/` that are not what the committed state says, each with its
     /// place: stale or removed (a teammate committed since) and changed outside kpki.
     pub fn divergent(&self) -> Result<Vec<(String, Place)>> {
-        let mut rels: BTreeSet<&String> = self.manifest.files.keys().collect();
+        let mut rels: BTreeSet<&String> = self.loaded.manifest.files.keys().collect();
         rels.extend(self.record.files.keys());
         let places = rels
             .into_par_iter()
@@ -426,7 +458,7 @@ impl State {
         }
         let files: Vec<String> = changed.iter().map(|r| format!("pki/{r}")).collect();
         let moved = self.record.manifest.is_some()
-            && self.record.manifest.as_deref() != self.manifest_fp.as_deref();
+            && self.record.manifest.as_deref() != self.manifest_fingerprint();
         let message = if moved {
             format!(
                 "{}: changed in pki/ but never sealed, and secrets/ has moved on since (another admin committed); refusing to mix the two",
@@ -461,7 +493,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Identities as loaded, or why not (message, hint).
-type Loaded = std::result::Result<Vec<Identity>, (String, Option<String>)>;
+type IdentitiesLoaded = std::result::Result<Vec<Identity>, (String, Option<String>)>;
 
 /// The admin identities, loaded once, and where they came from (for errors).
 struct Identities {
@@ -470,7 +502,7 @@ struct Identities {
     given: bool,
     /// How the identity files were chosen, for errors: given, or picked by default.
     source: String,
-    loaded: OnceLock<Loaded>,
+    loaded: OnceLock<IdentitiesLoaded>,
 }
 
 impl Identities {

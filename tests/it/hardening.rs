@@ -6,7 +6,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Command, Stdio};
 
 use crate::harness::{
-    Cluster, DEFAULT_CONFIG, commit_all, commit_by_hand, fixture, git, kpki, run, run_ok, s,
+    Cluster, DEFAULT_CONFIG, commit_all, commit_by_hand, fixture, git, kpki, openssl_self_signed,
+    run, run_ok, s,
 };
 use crate::secrets::config_with_keys;
 
@@ -69,27 +70,12 @@ fn what_is_sealed_is_re_encoded_from_what_was_parsed() {
     let dir = cluster.pki("etcd");
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=etcd-ca",
-            "-days",
-            "3650",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-keyout",
-            s(&key),
-            "-out",
-            s(&cert),
-        ],
+    openssl_self_signed(
+        &cert,
+        &key,
+        "/CN=etcd-ca",
+        3650,
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
     );
     for file in [&cert, &key] {
         let text = std::fs::read_to_string(file).unwrap();
@@ -574,26 +560,8 @@ fn a_ca_bundle_without_a_recorded_rotation_is_not_trusted() {
     // A commit that appends a CA to the Kubernetes CA file and vouches for it in the manifest.
     let cluster = Cluster::initialized(&config_with_keys());
     let evil = cluster.path().join("evil.pem");
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=kubernetes-ca",
-            "-days",
-            "30",
-            "-keyout",
-            s(&cluster.path().join("evil-key.pem")),
-            "-out",
-            s(&evil),
-        ],
-    );
+    let evil_key = cluster.path().join("evil-key.pem");
+    openssl_self_signed(&evil, &evil_key, "/CN=kubernetes-ca", 30, &[]);
     let mut bundle = std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap();
     bundle.extend(std::fs::read(&evil).unwrap());
     std::fs::write(cluster.pki("kubernetes/ca.pem"), bundle).unwrap();

@@ -261,6 +261,11 @@ pub fn git(cluster: &Cluster, args: &[&str]) -> String {
 /// A git repository in the cluster directory with everything committed.
 pub fn commit_all(cluster: &Cluster) {
     git(cluster, &["init", "-q"]);
+    commit_all_as(cluster, "pki");
+}
+
+/// Commits everything in the cluster's repository with `message`.
+pub fn commit_all_as(cluster: &Cluster, message: &str) {
     git(cluster, &["add", "-A"]);
     git(
         cluster,
@@ -271,7 +276,7 @@ pub fn commit_all(cluster: &Cluster) {
             "user.email=t@t",
             "commit",
             "-qm",
-            "pki",
+            message,
         ],
     );
 }
@@ -318,6 +323,31 @@ pub fn crash_around_journal(template: &Cluster, args: &[&str]) -> (Cluster, Clus
         before = Some(copy);
     }
     unreachable!()
+}
+
+/// A self-signed P-256 certificate by openssl, into `cert` with its key (PKCS#8) in `key`;
+/// `extra` adds options such as `-addext`.
+pub fn openssl_self_signed(cert: &Path, key: &Path, subject: &str, days: u32, extra: &[&str]) {
+    let days = days.to_string();
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        subject,
+        "-days",
+        &days,
+        "-keyout",
+        s(key),
+        "-out",
+        s(cert),
+    ];
+    args.extend(extra);
+    run_ok("openssl", &args);
 }
 
 /// The recipients and fingerprint the manifest records for `pki/REL`.
@@ -389,6 +419,94 @@ pub fn commit_by_hand(cluster: &Cluster, rel: &str) {
         "{rel}: fingerprint not unique"
     );
     std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
+    if text.contains("\n[signature]\n") {
+        resign(cluster);
+    }
+}
+
+/// Edits the manifest's body (what its signature covers) as someone with an editor would: the
+/// signature no longer holds until [`resign`].
+pub fn edit_manifest(cluster: &Cluster, edit: impl FnOnce(&str) -> String) {
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let at = text.find("\n[signature]\n").map_or(text.len(), |at| at + 1);
+    let (body, tail) = text.split_at(at);
+    std::fs::write(&manifest, format!("{}{tail}", edit(body))).unwrap();
+}
+
+/// The manifest and this clone as a kpki from before signed manifests left them: no
+/// signature table, no generation, no pin.
+pub fn as_written_by_an_unsigning_kpki(cluster: &Cluster) {
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let at = text.find("\n[signature]\n").unwrap() + 1;
+    let body = text[..at].trim_end().to_string() + "\n";
+    let body: String = body
+        .lines()
+        .filter(|l| !l.starts_with("generation = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&manifest, body).unwrap();
+    let _ = std::fs::remove_file(cluster.pki(".kpki/trust"));
+}
+
+/// Signs the manifest's body again with openssl and the Kubernetes CA key in `pki/`, as an
+/// admin who edited it by hand would (kpki's signature is a plain `openssl dgst -sign` over
+/// the bytes before the `[signature]` table).
+pub fn resign(cluster: &Cluster) {
+    sign_manifest_with(cluster, &cluster.pki("kubernetes/ca-key.pem"), None);
+}
+
+/// Signs the manifest's body with openssl and `key`; with `cert` (PEM), names that
+/// certificate as the signer instead of the one the manifest names.
+pub fn sign_manifest_with(cluster: &Cluster, key: &Path, cert: Option<&Path>) {
+    let manifest = cluster.path().join("secrets/manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let at = text.find("\n[signature]\n").expect("a signed manifest") + 1;
+    let (body, tail) = text.split_at(at);
+    let body_file = cluster_tmp(&manifest, "body");
+    let sig_file = cluster_tmp(&manifest, "sig");
+    std::fs::write(&body_file, body).unwrap();
+    run_ok(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            s(key),
+            "-out",
+            s(&sig_file),
+            s(&body_file),
+        ],
+    );
+    let base64 = |path: &Path| {
+        run_ok("openssl", &["base64", "-A", "-in", s(path)])
+            .trim()
+            .to_string()
+    };
+    let sig = base64(&sig_file);
+    let cert = cert.map(|pem| {
+        let der = cluster_tmp(&manifest, "der");
+        run_ok(
+            "openssl",
+            &["x509", "-in", s(pem), "-outform", "DER", "-out", s(&der)],
+        );
+        let b64 = base64(&der);
+        std::fs::remove_file(der).unwrap();
+        b64
+    });
+    let tail: String = tail
+        .lines()
+        .map(|l| match (l.split_once(" = "), &cert) {
+            (Some(("value", _)), _) => format!("value = \"{sig}\"\n"),
+            (Some(("certificate", _)), Some(cert)) => format!("certificate = \"{cert}\"\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&manifest, format!("{body}{tail}")).unwrap();
+    for f in [body_file, sig_file] {
+        std::fs::remove_file(f).unwrap();
+    }
 }
 
 /// Runs `steps` while another thread calls `attempt(n)` for n = 1, 2, ... every 100 ms (one

@@ -298,26 +298,8 @@ fn an_edited_file_is_found_and_repaired() {
 fn a_foreign_ca_appended_to_a_ca_file_is_found_and_repaired() {
     let cluster = Cluster::initialized(&config_with_keys());
     let dir = cluster.path();
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=kubernetes-ca",
-            "-days",
-            "30",
-            "-keyout",
-            s(&dir.join("evil-key.pem")),
-            "-out",
-            s(&dir.join("evil.pem")),
-        ],
-    );
+    let (evil, evil_key) = (dir.join("evil.pem"), dir.join("evil-key.pem"));
+    crate::harness::openssl_self_signed(&evil, &evil_key, "/CN=kubernetes-ca", 30, &[]);
     let mut bundle = std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap();
     bundle.extend(std::fs::read(dir.join("evil.pem")).unwrap());
     reseal(&cluster, "kubernetes/ca.pem", &bundle, None);

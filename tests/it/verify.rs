@@ -75,23 +75,7 @@ fn a_certificate_signed_by_another_ca() {
     let cluster = clean(DEFAULT_CONFIG);
     let dir = cluster.path();
     let (ca, ca_key) = (dir.join("other-ca.pem"), dir.join("other-ca-key.pem"));
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=kubernetes-ca",
-        ]
-        .into_iter()
-        .chain(["-keyout", s(&ca_key), "-out", s(&ca), "-days", "30"])
-        .collect::<Vec<_>>(),
-    );
+    crate::harness::openssl_self_signed(&ca, &ca_key, "/CN=kubernetes-ca", 30, &[]);
     openssl_sign(
         &cluster,
         "node-01/kubelet",
