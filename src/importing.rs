@@ -182,10 +182,20 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
         Layout::EasyCerts { node } => (EASYCERTS, node),
         Layout::Map(maps) => return mapped(config, dir, maps),
     };
-    if !config.nodes.iter().any(|n| n.name == node) {
+    let Some(found) = config.nodes.iter().find(|n| n.name == node) else {
         return Err(Error::usage(
             format!("--node {node}: no such node in pki/kpki.toml"),
             Some("add the node to the config first (its name, addresses and roles)".into()),
+        ));
+    };
+    // A worker never holds the CA keys or the service-account key: any found in its files were
+    // put there by someone, and adopting them would hand that someone the cluster.
+    if !found.has(crate::config::Role::ControlPlane) {
+        return Err(Error::usage(
+            format!(
+                "--node {node} is not a control-plane node: the CA keys and the service-account key are adopted only from a control-plane node's files"
+            ),
+            Some("import a control-plane node's files, or map files one by one with kpki import dir --map".into()),
         ));
     }
     let files = catalogue_files(config);
@@ -274,7 +284,15 @@ fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
     {
         let public_rel = rel.replace("-key.pem", ".pem");
         let Some((public_from, public)) = read.get(&public_rel) else {
-            continue;
+            if pem::Kind::of(&public_rel) == pem::Kind::PublicKeys {
+                continue;
+            }
+            return Err(Error::file(
+                from,
+                format!(
+                    "is a key without its certificate (pki/{public_rel}): kpki adopts a key only with the certificate that vouches for it"
+                ),
+            ));
         };
         let spki = pem::key_spki(&key.text).map_err(|m| Error::file(from, m))?;
         let blocks = public.blocks();
@@ -317,6 +335,9 @@ fn check_cas(
         if blocks.len() != 1 || !ca_facts.is_ca {
             return Err(Error::file(from, "is not one CA certificate"));
         }
+        if let Some(why) = unfit_ca(&blocks[0]) {
+            return Err(Error::file(from, why));
+        }
         if let Some(held) = held
             && held.fingerprint != imported.fingerprint
         {
@@ -334,7 +355,34 @@ fn check_cas(
     Ok(cas)
 }
 
-/// Every imported leaf is signed by the CA of its catalogue entry.
+/// Why kpki could not go on with an imported CA, or `None`: it must sign certificates
+/// (`keyCertSign`) and revocation lists of its own, take a cross-signed successor below it
+/// during a rotation (a path length of at least 1), and name any host kpki issues for (no name
+/// constraints).
+fn unfit_ca(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let usage = cert.key_usage().ok().flatten().map(|u| u.value);
+    if usage.is_some_and(|u| !u.key_cert_sign()) {
+        return Some(
+            "is a CA certificate without keyCertSign: it cannot sign kpki's certificates".into(),
+        );
+    }
+    let path_len = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|b| b.value.path_len_constraint);
+    if path_len == Some(0) {
+        return Some("is a CA with path length 0: a CA rotation's cross-signed successor could not sit below it (kpki's CAs have path length 1)".into());
+    }
+    if cert.name_constraints().ok().flatten().is_some() {
+        return Some("is a CA with name constraints: certificates kpki issues for other names would fail verification".into());
+    }
+    None
+}
+
+/// Every imported leaf is signed by the CA of its catalogue entry, and is no CA.
 fn check_leaves(
     config: &Config,
     read: &BTreeMap<String, (PathBuf, Material)>,
@@ -358,6 +406,17 @@ fn check_leaves(
             ));
         };
         let certs = pem_certs(&material.text).map_err(|m| Error::file(from, m))?;
+        let leaf = facts(&certs[0]).map_err(|m| Error::file(from, m))?;
+        if leaf.is_ca
+            || cas
+                .values()
+                .any(|ca| facts(ca).is_ok_and(|c| c.spki == leaf.spki))
+        {
+            return Err(Error::file(
+                from,
+                "is a CA certificate, or holds a CA's key, in the place of a leaf: refused",
+            ));
+        }
         if !signed_by(&certs[0], ca_der) {
             return Err(Error::file(
                 from,

@@ -105,8 +105,10 @@ impl Applied {
     }
 }
 
-/// The items whose certificate or key exists nowhere, to be created (reusing a key that
-/// exists). A CA certificate without its key is an error: kpki never replaces a CA.
+/// The items whose certificate or key exists nowhere, to be created. A key is kept only with
+/// its certificate (or, for the service-account pair, its public key): kpki never certifies a
+/// key it holds no certificate for, which could be anyone's. A CA missing either half is an
+/// error: kpki never replaces a CA.
 pub fn missing<'c>(state: &State, config: &'c Config) -> Result<Vec<Action<'c>>> {
     let items = catalogue::items(config);
     let present = items
@@ -132,7 +134,19 @@ pub fn missing<'c>(state: &State, config: &'c Config) -> Result<Vec<Action<'c>>>
                     ),
                 ));
             }
-            (_, keep_key) => actions.push(Action::item(item, keep_key)),
+            (false, true) if matches!(item.entry().kind, Kind::Ca(_)) => {
+                return Err(Error::file(
+                    &state.store().pki_path(&item.file(Part::Cert)),
+                    format!(
+                        "is missing while {} exists; kpki never certifies a key it holds no certificate for (restore the certificate from git, or delete both to start a new CA)",
+                        item.file(Part::Key)
+                    ),
+                ));
+            }
+            (false, true) if item.entry().kind == Kind::KeyPair => {
+                actions.push(Action::item(item, true))
+            }
+            _ => actions.push(Action::item(item, false)),
         }
     }
     Ok(actions)

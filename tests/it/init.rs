@@ -73,6 +73,7 @@ fn a_new_node_gets_exactly_its_certificates() {
     let rewritten = [
         "pki/kpki.toml",
         "pki/.kpki/cache",
+        "pki/.kpki/trust",
         "secrets/manifest.toml",
         "secrets/secrets.nix",
         "secrets/kpki.nix",
@@ -87,7 +88,9 @@ fn a_new_node_gets_exactly_its_certificates() {
 }
 
 #[test]
-fn an_interrupted_leaf_is_completed_with_its_existing_key() {
+fn a_key_without_its_certificate_is_never_certified() {
+    // Whoever left the key (a pusher, a lost file), kpki holds no certificate vouching for it:
+    // the leaf is issued for a new key.
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let key = std::fs::read(cluster.pki("node-02/etcd-peer-key.pem")).unwrap();
     let ca = std::fs::read(cluster.pki("etcd/ca.pem")).unwrap();
@@ -95,7 +98,11 @@ fn an_interrupted_leaf_is_completed_with_its_existing_key() {
     std::fs::remove_file(cluster.path().join("secrets/node-02/etcd-peer.pem.age")).unwrap();
     let out = cluster.kpki(&["init"]).success().stdout();
     assert!(out.contains("created pki/node-02/etcd-peer.pem"), "{out}");
-    assert_eq!(
+    assert!(
+        out.contains("created pki/node-02/etcd-peer-key.pem"),
+        "{out}"
+    );
+    assert_ne!(
         std::fs::read(cluster.pki("node-02/etcd-peer-key.pem")).unwrap(),
         key
     );
@@ -108,6 +115,13 @@ fn an_interrupted_leaf_is_completed_with_its_existing_key() {
             crate::harness::s(&cluster.pki("etcd/ca.pem")),
             crate::harness::s(&cluster.pki("node-02/etcd-peer.pem")),
         ],
+    );
+    // openssl: the certificate holds the new key.
+    let key = crate::harness::s(&cluster.pki("node-02/etcd-peer-key.pem")).to_string();
+    let cert = crate::harness::s(&cluster.pki("node-02/etcd-peer.pem")).to_string();
+    assert_eq!(
+        crate::harness::run_ok("openssl", &["pkey", "-in", &key, "-pubout"]),
+        crate::harness::run_ok("openssl", &["x509", "-in", &cert, "-noout", "-pubkey"]),
     );
 }
 
