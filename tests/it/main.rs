@@ -1,6 +1,7 @@
 //! kpki's integration tests: one binary sharing one harness. Certificates are checked by real
 //! programs (openssl, etcd) and by a second parser (rustls-webpki), never by kpki's own code.
 
+mod attack;
 mod bad_input;
 mod config_errors;
 mod controlplane;

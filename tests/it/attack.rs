@@ -1,0 +1,483 @@
+//! A pusher with write access to the repository and no private key (the age CLI, openssl and
+//! an editor; everything public: the recipients, the certificates) tries to turn the admin's
+//! routine commands against the cluster. Each test then runs what the README and kpki's own
+//! hints suggest, and checks with openssl that no CA signed anything of the attacker's, no
+//! bundle gained the attacker's CA, no revoked serial left the list, and the tampering was
+//! named.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::{
+    Cluster, DEFAULT_CONFIG, age_seal, commit_all_as, edit_manifest, manifest_entry,
+    openssl_fingerprint, openssl_self_signed, resign, run, run_ok, s, sign_manifest_with,
+};
+
+const MANIFEST: &str = "secrets/manifest.toml";
+
+/// A P-256 key of the attacker's, in PKCS#8 PEM, beside the cluster.
+fn attacker_key(cluster: &Cluster, name: &str) -> PathBuf {
+    let key = cluster.path().with_extension(format!("{name}-key.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            s(&key),
+        ],
+    );
+    key
+}
+
+/// A self-signed CA of the attacker's: (certificate, key).
+fn attacker_ca(cluster: &Cluster, subject: &str) -> (PathBuf, PathBuf) {
+    let key = cluster.path().with_extension("evil-ca-key.pem");
+    let cert = cluster.path().with_extension("evil-ca.pem");
+    let ca = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
+    openssl_self_signed(&cert, &key, subject, 30, &ca);
+    (cert, key)
+}
+
+/// The public key of a key or certificate file, as openssl prints it.
+fn public_key(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    match text.contains("PRIVATE KEY") {
+        true => run_ok("openssl", &["pkey", "-in", s(path), "-pubout"]),
+        false => run_ok("openssl", &["x509", "-in", s(path), "-noout", "-pubkey"]),
+    }
+}
+
+/// Whether openssl verifies `cert` under the CA bundle `ca`.
+fn verifies(ca: &Path, cert: &Path) -> bool {
+    run("openssl", &["verify", "-CAfile", s(ca), s(cert)])
+        .status
+        .success()
+}
+
+/// Replaces `pki/REL`'s manifest fingerprint with that of `file`, as the pusher's editor does.
+fn record_as(cluster: &Cluster, rel: &str, file: &Path) {
+    let (_, old) = manifest_entry(cluster, rel);
+    let new = openssl_fingerprint(file);
+    edit_manifest(cluster, |body| body.replace(&old, &new));
+}
+
+/// The admin's clone after pulling the push: its pin kept, its plaintext cache gone (a fresh
+/// checkout on the admin's machine, which has run kpki before).
+fn pulled_into_a_pinned_clone(cluster: &Cluster) {
+    let pin = std::fs::read(cluster.pki(".kpki/trust")).unwrap();
+    cluster.fresh_clone();
+    std::fs::create_dir_all(cluster.pki(".kpki")).unwrap();
+    std::fs::write(cluster.pki(".kpki/trust"), pin).unwrap();
+}
+
+/// The pinned signer's fingerprint.
+fn pinned(cluster: &Cluster) -> String {
+    let pin = std::fs::read_to_string(cluster.pki(".kpki/trust")).unwrap();
+    pin.lines()
+        .find_map(|l| l.strip_prefix("signer "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_pushed_key_is_never_certified() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let (key, cert) = ("node-02/etcd-peer-key.pem", "node-02/etcd-peer.pem");
+    let evil = attacker_key(&cluster, "evil");
+    let (recipients, _) = manifest_entry(&cluster, key);
+    age_seal(&cluster, key, &evil, &recipients);
+    std::fs::remove_file(cluster.path().join(format!("secrets/{cert}.age"))).unwrap();
+    let untouched = cluster.copy();
+    // The pusher records its key and drops the certificate from the manifest.
+    record_as(&cluster, key, &evil);
+    edit_manifest(&cluster, |body| {
+        let table = format!("[files.\"{cert}\"]\n");
+        let at = body.find(&table).unwrap();
+        let end = at + body[at..].find("\n\n").unwrap() + 2;
+        format!("{}{}", &body[..at], &body[end..])
+    });
+    pulled_into_a_pinned_clone(&cluster);
+    let line = cluster.kpki(&["init"]).fails_with(2);
+    assert!(
+        line.contains(MANIFEST) && line.contains("signature"),
+        "{line}"
+    );
+    assert!(!cluster.pki(cert).exists(), "a certificate was issued");
+
+    // With the signed manifest left alone, the pushed key does not match what it vouches for:
+    // the certificate is issued for a new key of kpki's.
+    pulled_into_a_pinned_clone(&untouched);
+    untouched.kpki(&["init"]).success();
+    assert_ne!(public_key(&untouched.pki(cert)), public_key(&evil));
+    assert!(verifies(
+        &sealed_ca(&untouched, "etcd"),
+        &untouched.pki(cert)
+    ));
+}
+
+/// The CA bundle `secrets/CA/ca.pem.age`, decrypted by the age CLI with the admin's key.
+fn sealed_ca(cluster: &Cluster, ca: &str) -> PathBuf {
+    let sealed = cluster.path().join(format!("secrets/{ca}/ca.pem.age"));
+    let text = run_ok(
+        "age",
+        &["-d", "-i", s(&cluster.pki("admin.agekey")), s(&sealed)],
+    );
+    let out = cluster.path().with_extension(format!("{ca}-ca.pem"));
+    std::fs::write(&out, text).unwrap();
+    out
+}
+
+#[test]
+fn a_pushed_user_is_never_renewed() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let dir = cluster.path().with_extension("evil");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("mallory.pem"), dir.join("mallory-key.pem"));
+    openssl_self_signed(&cert, &key, "/O=system:masters/CN=mallory", 1, &[]);
+    let (admins, _) = manifest_entry(&cluster, "kubernetes/ca-key.pem");
+    std::fs::create_dir_all(cluster.path().join("secrets/users")).unwrap();
+    let quoted: Vec<String> = admins.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut tables = String::new();
+    for (rel, file) in [
+        ("users/mallory.pem", &cert),
+        ("users/mallory-key.pem", &key),
+    ] {
+        age_seal(&cluster, rel, file, &admins);
+        tables += &format!(
+            "[files.\"{rel}\"]\npublic = \"{}\"\nrecipients = [{}]\n\n",
+            openssl_fingerprint(file),
+            quoted.join(", ")
+        );
+    }
+    edit_manifest(&cluster, |body| format!("{body}{tables}"));
+    pulled_into_a_pinned_clone(&cluster);
+    for args in [&["rotate"][..], &["rotate", "--all"], &["init"]] {
+        let line = cluster.kpki(args).fails_with(2);
+        assert!(line.contains(MANIFEST), "{args:?}: {line}");
+    }
+    let renewed = cluster.pki("users/mallory.pem");
+    assert!(
+        !renewed.exists() || !verifies(&cluster.pki("kubernetes/ca.pem"), &renewed),
+        "the Kubernetes CA signed the pusher's subject"
+    );
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(status.stderr().contains(MANIFEST), "{}", status.stderr());
+}
+
+#[test]
+fn a_replaced_ca_is_refused_by_a_pinned_clone_and_by_the_fingerprint() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let real = pinned(&cluster);
+    let ca_before = std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap();
+    // The pusher runs kpki itself, with the admins' public key, and pushes its whole secrets/:
+    // its own CAs, its own keys, a manifest its own Kubernetes CA signed.
+    let (admins, _) = manifest_entry(&cluster, "kubernetes/ca-key.pem");
+    let config = DEFAULT_CONFIG.replace("admins = []", &format!("admins = [\"{}\"]", admins[0]));
+    let attacker = Cluster::initialized(&config);
+    std::fs::remove_dir_all(cluster.path().join("secrets")).unwrap();
+    run_ok(
+        "cp",
+        &["-a", s(&attacker.path().join("secrets")), s(cluster.path())],
+    );
+    let clone = cluster.copy();
+    for args in [&["init"][..], &["rotate"], &["issue", "kubelet", "node-01"]] {
+        let line = cluster.kpki(args).fails_with(2);
+        assert!(
+            line.contains("not by the Kubernetes CA this clone trusts"),
+            "{args:?}: {line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(cluster.pki("kubernetes/ca.pem")).unwrap(),
+        ca_before
+    );
+    let status = cluster.kpki(&["status"]);
+    assert_eq!(status.code(), Some(1), "{}", status.stderr());
+    assert!(status.stderr().contains(&real), "{}", status.stderr());
+
+    // A fresh clone pinned out of band refuses it too; one that is not says whom it trusts.
+    clone.fresh_clone();
+    let line = clone.kpki(&["init", "--trust", &real]).fails_with(2);
+    assert!(line.contains("no cross-signature"), "{line}");
+    let env = clone
+        .kpki_env(&["init"], &[("KPKI_TRUST", &real)])
+        .fails_with(2);
+    assert!(env.contains("no cross-signature"), "{env}");
+    assert!(!clone.pki("kubernetes/ca.pem").exists());
+    let status = clone.kpki(&["status"]);
+    assert!(
+        status.stderr().contains("on first use"),
+        "{}",
+        status.stderr()
+    );
+    assert!(!status.stderr().contains(&real));
+}
+
+#[test]
+fn a_ca_pushed_into_the_bundle_is_refused_even_when_signed_by_it() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let (evil_cert, evil_key) = attacker_ca(&cluster, "/CN=kubernetes-ca");
+    let bundle = cluster.pki("kubernetes/ca.pem");
+    let before = std::fs::read(&bundle).unwrap();
+    // A rotation in appearance: the pusher's CA first, the real one second, sealed for every
+    // node, recorded, and the manifest signed by the pusher's CA.
+    let mut pushed = std::fs::read(&evil_cert).unwrap();
+    pushed.extend(&before);
+    let pushed_file = cluster.path().with_extension("bundle.pem");
+    std::fs::write(&pushed_file, &pushed).unwrap();
+    let (recipients, _) = manifest_entry(&cluster, "kubernetes/ca.pem");
+    age_seal(&cluster, "kubernetes/ca.pem", &pushed_file, &recipients);
+    record_as(&cluster, "kubernetes/ca.pem", &pushed_file);
+    let unsigned = cluster.copy();
+    sign_manifest_with(&cluster, &evil_key, Some(&evil_cert));
+    for c in [&cluster, &unsigned] {
+        pulled_into_a_pinned_clone(c);
+        for args in [
+            &["rotate", "--ca", "kubernetes", "--finish"][..],
+            &["init"],
+            &["rotate"],
+        ] {
+            let line = c.kpki(args).fails_with(2);
+            assert!(line.contains(MANIFEST), "{args:?}: {line}");
+        }
+        let kept = c.pki("kubernetes/ca.pem");
+        assert!(
+            !kept.exists() || std::fs::read(&kept).unwrap() == before,
+            "the bundle gained the pusher's CA"
+        );
+    }
+}
+
+#[test]
+fn a_revocation_survives_edits_losses_and_rollbacks_of_the_manifest() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    cluster.kpki(&["revoke", "node-02/etcd-peer"]).success();
+    let crl = cluster.pki("etcd/crl.der");
+    let listed = crl_serials(&crl);
+    assert_eq!(listed.len(), 1);
+    let pristine = cluster.copy();
+
+    // The pusher moves the revocation's expiry into the past, or deletes the manifest.
+    edit_manifest(&cluster, |body| {
+        let at = body.find("not_after = \"").unwrap() + "not_after = \"".len();
+        format!("{}2020-01-01T00:00:00Z{}", &body[..at], &body[at + 20..])
+    });
+    let line = cluster.kpki(&["rotate"]).fails_with(2);
+    assert!(line.contains("signature"), "{line}");
+    std::fs::remove_file(cluster.path().join(MANIFEST)).unwrap();
+    let line = cluster.kpki(&["rotate"]).fails_with(2);
+    assert!(
+        line.contains("is missing, but this clone has verified"),
+        "{line}"
+    );
+    assert_eq!(crl_serials(&crl), listed);
+
+    // An admin's own mistake (the ledger emptied and signed): the list still keeps it.
+    let signed = pristine.copy();
+    edit_manifest(&signed, |body| {
+        let at = body.find("[revoked.").unwrap();
+        let end = at + body[at..].find("\n\n").unwrap() + 2;
+        format!("{}{}", &body[..at], &body[end..])
+    });
+    resign(&signed);
+    signed.kpki(&["rotate"]).success();
+    let crl = signed.pki("etcd/crl.der");
+    assert_eq!(crl_serials(&crl), listed, "the revocation left the list");
+    assert!(verifies_crl(&signed, &crl));
+}
+
+#[test]
+fn a_reverted_revocation_is_refused_and_allowed_back_only_with_its_revocation() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    crate::harness::commit_all(&cluster);
+    cluster.kpki(&["revoke", "node-02/etcd-peer"]).success();
+    let listed = crl_serials(&cluster.pki("etcd/crl.der"));
+    commit_all_as(&cluster, "revoke node-02/etcd-peer");
+    // The pusher reverts the revocation.
+    crate::harness::git(&cluster, &["revert", "--no-edit", "HEAD"]);
+    for args in [&["rotate"][..], &["init"]] {
+        let line = cluster.kpki(args).fails_with(2);
+        assert!(
+            line.contains("older than generation") && line.contains("rollback"),
+            "{args:?}: {line}"
+        );
+    }
+    assert_eq!(cluster.kpki(&["status"]).code(), Some(1));
+    // An admin who means it: the state rolls back, the revocation does not, and the revoked
+    // certificate the old state holds is reissued.
+    let out = cluster
+        .kpki(&["rotate", "--allow-rollback"])
+        .success()
+        .stdout();
+    assert!(out.contains("node-02/etcd-peer.pem"), "{out}");
+    let crl = cluster.pki("etcd/crl.der");
+    assert_eq!(crl_serials(&crl), listed);
+    assert!(verifies_crl(&cluster, &crl));
+    let peer = serial(&cluster.pki("node-02/etcd-peer.pem"));
+    assert!(
+        !listed.contains(&peer),
+        "node-02 runs on a revoked certificate"
+    );
+    assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
+}
+
+#[test]
+fn trust_is_pinned_on_first_use_or_given_and_a_bad_fingerprint_is_one_line() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let real = pinned(&cluster);
+    let status = cluster.kpki(&["status"]).success().stdout();
+    assert!(
+        status.contains(&format!("signed by the Kubernetes CA {real}")),
+        "{status}"
+    );
+    // openssl: the fingerprint is SHA-256 of the CA's SubjectPublicKeyInfo.
+    let der = cluster.path().with_extension("spki.der");
+    let pem = public_key(&cluster.pki("kubernetes/ca.pem"));
+    let pem_file = cluster.path().with_extension("spki.pem");
+    std::fs::write(&pem_file, pem).unwrap();
+    run_ok(
+        "openssl",
+        &[
+            "pkey",
+            "-pubin",
+            "-in",
+            s(&pem_file),
+            "-outform",
+            "DER",
+            "-out",
+            s(&der),
+        ],
+    );
+    let digest = run_ok("openssl", &["dgst", "-sha256", "-r", s(&der)]);
+    assert_eq!(
+        format!("sha256:{}", digest.split_whitespace().next().unwrap()),
+        real
+    );
+
+    cluster.fresh_clone();
+    let first = cluster.kpki(&["status"]).stderr();
+    assert!(first.contains(&format!("--trust {real}")), "{first}");
+    assert!(!cluster.pki(".kpki/trust").exists(), "a reader pinned");
+    let other = format!("sha256:{}", "0".repeat(64));
+    let line = cluster.kpki(&["init", "--trust", &other]).fails_with(2);
+    assert!(line.contains(&other) && line.contains(&real), "{line}");
+    assert_eq!(cluster.kpki(&["status", "--trust", &other]).code(), Some(1));
+    let bad = cluster.kpki(&["status", "--trust", "abc"]).fails_with(2);
+    assert!(bad.contains("--trust abc: not a key fingerprint"), "{bad}");
+    cluster.kpki(&["init", "--trust", &real]).success();
+    assert_eq!(pinned(&cluster), real);
+}
+
+/// The serials a DER list names, by openssl.
+fn crl_serials(crl: &Path) -> Vec<String> {
+    let text = run_ok(
+        "openssl",
+        &["crl", "-inform", "DER", "-in", s(crl), "-noout", "-text"],
+    );
+    let mut serials: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(str::to_string)
+        .collect();
+    serials.sort();
+    serials
+}
+
+/// Whether openssl verifies the DER list under the etcd CA bundle.
+fn verifies_crl(cluster: &Cluster, crl: &Path) -> bool {
+    run(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            s(crl),
+            "-noout",
+            "-CAfile",
+            s(&cluster.pki("etcd/ca.pem")),
+        ],
+    )
+    .status
+    .success()
+}
+
+fn serial(cert: &Path) -> String {
+    run_ok("openssl", &["x509", "-in", s(cert), "-noout", "-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_string()
+}
+
+#[test]
+fn an_import_adopts_nothing_a_worker_or_a_leaf_could_smuggle_in() {
+    let worker = DEFAULT_CONFIG.to_string()
+        + "\n[[node]]\nname = \"node-04\"\naddresses = [\"2001:db8::4\"]\nroles = [\"worker\"]\n";
+    let cluster = Cluster::with_config(&worker);
+    let kubeadm = crate::import::kubeadm_pki(cluster.path(), &["node-01"]);
+    let node = kubeadm.join("node-01");
+    let copy = |name: &str| {
+        let to = cluster.path().join(name);
+        run_ok("cp", &["-r", s(&node), s(&to)]);
+        to
+    };
+    // A compromised worker's files, with CA keys planted in them.
+    let from_worker = copy("worker");
+    // A key whose certificate is withheld; a CA certificate and key in a leaf's place.
+    let keyless = copy("keyless");
+    std::fs::remove_file(keyless.join("apiserver-kubelet-client.crt")).unwrap();
+    let ca_as_leaf = copy("ca-as-leaf");
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            ca_as_leaf.join(format!("ca.{ext}")),
+            ca_as_leaf.join(format!("apiserver.{ext}")),
+        )
+        .unwrap();
+    }
+    // A CA that cannot take a rotation's successor below it (path length 0).
+    let narrow = copy("narrow");
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-key",
+            s(&narrow.join("ca.key")),
+            "-subj",
+            "/CN=kubernetes",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            s(&narrow.join("ca.crt")),
+        ],
+    );
+    let before = cluster.snapshot();
+    for (dir, node, needle) in [
+        (&from_worker, "node-04", "not a control-plane node"),
+        (&keyless, "node-01", "is a key without its certificate"),
+        (&ca_as_leaf, "node-01", "in the place of a leaf"),
+        (&narrow, "node-01", "path length 0"),
+    ] {
+        let line = cluster
+            .kpki(&["import", "kubeadm", s(dir), "--node", node])
+            .fails_with(2);
+        assert!(line.contains(needle), "{needle}: {line}");
+        assert!(
+            before == cluster.snapshot(),
+            "a refused import wrote: {line}"
+        );
+    }
+}
