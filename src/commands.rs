@@ -618,7 +618,9 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
         }
         rows.outdated_files.push(format!("secrets/{name}"));
     }
-    (rows.rotations, rows.notes) = (rotations, notes);
+    rows.rotations = rotations;
+    rows.notes.extend(notes);
+    rows.unread = rows.unread.max(seal.unchecked());
     rows.manifest = trust::signer(state.signature()).map(|signer| status::Signed {
         signer,
         generation: state.manifest().generation,

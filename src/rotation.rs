@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
-use crate::inspection::status::{Assessed, State as RowState, rfc3339};
+use crate::inspection::status::{Assessed, State as RowState, readable, rfc3339};
 use crate::inspection::{facts, pem_certs, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
@@ -98,9 +98,11 @@ fn certs_of(state: &State, rel: &str) -> Result<Vec<rustls_pki_types::Certificat
     pem_certs(&text.text).map_err(|m| Error::file(&state.store().pki_path(rel), m))
 }
 
-/// Whether a rotation of `ca` is in progress: its `ca.pem` is a bundle.
+/// Whether a rotation of `ca` is in progress: the old CA's key is kept beside the new one (and
+/// `ca.pem` is the bundle new + old, which `inspection::ca_bundle` holds it to). Known from
+/// the manifest alone, without decrypting anything.
 pub fn rotating(state: &State, ca: CaName) -> Result<bool> {
-    Ok(certs_of(state, &catalogue::ca_file(ca))?.len() > 1)
+    state.exists(&catalogue::previous_key_file(ca))
 }
 
 /// A rotation in progress, for `status`.
@@ -134,12 +136,27 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
         if !state.exists(&rel)? || !rotating(state, ca)? {
             continue;
         }
-        let new = &certs_of(state, &rel)?[0];
+        let name = ca.dir();
+        let Some(certs) = readable(certs_of(state, &rel))? else {
+            // No identity: when it started is on record; what is pending is not.
+            let recorded = state.manifest().files.get(&rel);
+            let started = recorded
+                .and_then(|e| e.certificate.as_ref())
+                .and_then(|f| crate::inspection::status::parse_rfc3339(&f.not_before))
+                .map(|t| rfc3339(t + issuing::BACKDATE));
+            found.push(Rotation {
+                what: name,
+                started,
+                pending: Vec::new(),
+                next: "pass -i to see which leaves the new CA has yet to reissue".into(),
+            });
+            continue;
+        };
+        let new = &certs[0];
         let started = facts(new)
             .ok()
             .map(|f| rfc3339(f.not_before + issuing::BACKDATE));
         let pending = not_yet_reissued(state, config, ca, new)?;
-        let name = ca.dir();
         let next = if pending.is_empty() {
             format!(
                 "deploy, restart every node on the new certificates, then run kpki rotate --ca {name} --finish"
@@ -154,7 +171,8 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
             next,
         });
     }
-    if sa_keys(state)? > 1 {
+    // Without an identity the service-account public keys are not read: said by status.
+    if readable(sa_keys(state))?.unwrap_or(0) > 1 {
         found.push(Rotation {
             what: "service-account",
             started: None,

@@ -133,6 +133,37 @@ pub fn facts(der: &[u8]) -> Result<Facts, String> {
     })
 }
 
+/// The public facts the manifest records of the certificate `der`.
+pub fn public_facts(der: &[u8]) -> Result<crate::secrets::manifest::Facts, String> {
+    let facts = facts(der)?;
+    let issuer = X509Certificate::from_der(der)
+        .map(|(_, c)| c.issuer().to_string())
+        .unwrap_or_default();
+    Ok(crate::secrets::manifest::Facts {
+        serial: facts.serial,
+        issuer,
+        subject: subject_line(&facts.subject),
+        sans: sans_digest(&facts.subject.sans),
+        not_before: status::rfc3339(facts.not_before),
+        not_after: status::rfc3339(facts.not_after),
+    })
+}
+
+/// A subject's names as the manifest records them: `CN=...` and one `O=...` per group.
+pub fn subject_line(subject: &Subject) -> String {
+    std::iter::once(format!("CN={}", subject.common_name))
+        .chain(subject.organizations.iter().map(|o| format!("O={o}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The digest of a set of SANs, whatever their order.
+pub fn sans_digest(sans: &[San]) -> String {
+    let mut lines: Vec<String> = sans.iter().map(san_text).collect();
+    lines.sort();
+    crate::pem::fingerprint(lines.join("\n").as_bytes())
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

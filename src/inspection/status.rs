@@ -68,6 +68,8 @@ pub struct Assessed<'c> {
     pub item: Option<Item<'c>>,
     pub user: Option<Subject>,
     pub row: Row,
+    /// Assessed from the signed manifest's public facts: no identity to read the certificate.
+    pub recorded: bool,
 }
 
 /// The whole report.
@@ -93,6 +95,9 @@ pub struct Report {
     pub behind_config: Vec<String>,
     /// Rotations in progress.
     pub rotations: Vec<Rotation>,
+    /// Certificates assessed from the manifest's record and encrypted files not decrypted:
+    /// no identity was at hand, so their content went unchecked.
+    pub unread: usize,
     /// Who signed the manifest, and its generation; `None` when it is not signed.
     pub manifest: Option<Signed>,
     /// About the plaintext cache and checks not made; no action needed.
@@ -137,7 +142,7 @@ pub fn assess<'c>(
         pki,
         config,
         cas: current_cas(pki)?,
-        revoked: crate::revocation::ledger(pki)?,
+        revoked: readable(crate::revocation::ledger(pki))?.unwrap_or_else(|| pki.revocations()),
         stale,
         at,
     };
@@ -188,18 +193,19 @@ impl Survey<'_> {
             Kind::Leaf { ca, .. } => Some(ca),
             _ => None,
         };
-        let (mut row, leaf) = self.files(&files, item.entry().kind)?;
-        let why = match (&leaf, item.entry().kind) {
-            (Some(leaf), Kind::Leaf { .. }) if self.revoked.contains_key(&leaf.serial) => {
+        let (mut row, seen) = self.files(&files, item.entry().kind)?;
+        let why = match (&seen, item.entry().kind) {
+            (Some(seen), Kind::Leaf { .. }) if self.revoked.contains_key(seen.serial()) => {
                 Some(format!(
                     "revoked (serial {} is on the etcd CA's revocation list)",
-                    leaf.serial
+                    seen.serial()
                 ))
             }
-            (Some(leaf), Kind::Leaf { .. }) => {
+            (Some(Seen::Read(leaf)), Kind::Leaf { .. }) => {
                 drift(item, config, leaf, ca.and_then(|c| cas.get(&c)))
             }
-            (Some(cert), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
+            (Some(Seen::Recorded(leaf)), Kind::Leaf { .. }) => recorded_drift(item, config, leaf),
+            (Some(Seen::Read(cert)), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
             _ => None,
         };
         if let Some(why) = why
@@ -208,16 +214,16 @@ impl Survey<'_> {
             row.state = State::Drift;
             row.detail = Some(why);
         }
-        if item.entry().kind == Kind::KeyPair && row.state == State::Ok {
-            let public = pki.require(&files[0])?;
-            if let Some(why) = public
+        if item.entry().kind == Kind::KeyPair
+            && row.state == State::Ok
+            && let Some(public) = readable(pki.require(&files[0]))?
+            && let Some(why) = public
                 .blocks()
                 .first()
                 .and_then(|k| key_pair_drift(k, config))
-            {
-                row.state = State::Drift;
-                row.detail = Some(why);
-            }
+        {
+            row.state = State::Drift;
+            row.detail = Some(why);
         }
         row.name = item.name();
         row.node = item.node().map(|n| n.name.clone());
@@ -226,6 +232,7 @@ impl Survey<'_> {
             item: Some(*item),
             user: None,
             row,
+            recorded: matches!(seen, Some(Seen::Recorded(_))),
         })
     }
 
@@ -233,23 +240,30 @@ impl Survey<'_> {
     fn user<'c>(&self, user: &str) -> Result<Assessed<'c>> {
         let cas = &self.cas;
         let files = [Part::Cert, Part::Key].map(|p| catalogue::user_file(user, p));
-        let (mut row, cert) = self.files(&files, catalogue::USER_KIND)?;
-        let organizations = cert
-            .as_ref()
-            .map(|c| c.subject.organizations.clone())
-            .unwrap_or_default();
-        if let Some(cert) = &cert
+        let (mut row, seen) = self.files(&files, catalogue::USER_KIND)?;
+        let (common_name, organizations) = match &seen {
+            Some(Seen::Read(c)) => (
+                c.subject.common_name.clone(),
+                c.subject.organizations.clone(),
+            ),
+            Some(Seen::Recorded(c)) => names(&c.subject),
+            None => (String::new(), Vec::new()),
+        };
+        if let Some(seen) = &seen
             && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
         {
-            let why = if cert.subject.common_name != user {
+            let authority = match seen {
+                Seen::Read(cert) => cert.authority_key_id.as_ref(),
+                Seen::Recorded(_) => None,
+            };
+            let why = if common_name != user {
                 Some(format!(
-                    "its CN is {:?}, but the file is named for {user:?}",
-                    cert.subject.common_name
+                    "its CN is {common_name:?}, but the file is named for {user:?}"
                 ))
             } else if cas
                 .get(&CaName::Kubernetes)
                 .and_then(|ca| ca.subject_key_id.as_ref())
-                .is_some_and(|id| cert.authority_key_id.as_ref() != Some(id))
+                .is_some_and(|id| authority.is_some_and(|a| a != id))
             {
                 Some("issued by another CA than the current one".into())
             } else {
@@ -270,12 +284,15 @@ impl Survey<'_> {
                 sans: Vec::new(),
             }),
             row,
+            recorded: matches!(seen, Some(Seen::Recorded(_))),
         })
     }
 
-    /// The row of a certificate (or public key) file and its key file, and the certificate's facts.
-    fn files(&self, [cert, key]: &[String; 2], kind: Kind) -> Result<(Row, Option<Facts>)> {
-        let (pki, config, stale, at) = (self.pki, self.config, self.stale, self.at);
+    /// The row of a certificate (or public key) file and its key file, and what was seen of
+    /// the certificate: read, or (without an identity to decrypt it) as the signed manifest
+    /// records it.
+    fn files(&self, [cert, key]: &[String; 2], kind: Kind) -> Result<(Row, Option<Seen>)> {
+        let (pki, stale) = (self.pki, self.stale);
         let mut row = Row {
             name: String::new(),
             node: None,
@@ -308,6 +325,7 @@ impl Survey<'_> {
                 row.detail = Some(format!("{}: {message}", shown(pki, &path)));
                 return Ok((row, None));
             }
+            Err(Error::Identity { .. }) => return Ok(self.recorded(row, cert, key)),
             Err(e) => return Err(e),
         };
         if kind == Kind::KeyPair {
@@ -316,12 +334,40 @@ impl Survey<'_> {
         }
         let bad = |m: String| Error::file(&pki.store().pki_path(cert), m);
         let leaf = facts(&pem_certs(&text.text).map_err(bad)?[0]).map_err(bad)?;
-        let left = leaf.not_after - at;
-        row.expires = Some(rfc3339(leaf.not_after));
+        self.dated(&mut row, leaf.not_before, leaf.not_after);
+        mark_stale(&mut row, [cert, key], stale);
+        Ok((row, Some(Seen::Read(leaf))))
+    }
+
+    /// The row of a certificate kpki cannot decrypt, from the manifest's public facts.
+    fn recorded(&self, mut row: Row, cert: &str, key: &str) -> (Row, Option<Seen>) {
+        let facts = self
+            .pki
+            .manifest()
+            .files
+            .get(cert)
+            .and_then(|e| e.certificate.clone());
+        let dates = facts
+            .as_ref()
+            .and_then(|f| Some((parse_rfc3339(&f.not_before)?, parse_rfc3339(&f.not_after)?)));
+        let Some((not_before, not_after)) = dates else {
+            row.detail = Some(format!("{cert}: not read (no identity)"));
+            return (row, None);
+        };
+        self.dated(&mut row, not_before, not_after);
+        mark_stale(&mut row, [&cert.to_string(), &key.to_string()], self.stale);
+        (row, facts.map(Seen::Recorded))
+    }
+
+    /// Sets a row's expiry and state from a certificate's validity.
+    fn dated(&self, row: &mut Row, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+        let (config, at) = (self.config, self.at);
+        let left = not_after - at;
+        row.expires = Some(rfc3339(not_after));
         row.residual_seconds = Some(left.whole_seconds());
         row.state = if left <= time::Duration::ZERO {
             State::Expired
-        } else if leaf.not_before > at {
+        } else if not_before > at {
             State::NotYetValid
         } else if left <= config.keys.renew_before.0 {
             State::Renew
@@ -329,11 +375,73 @@ impl Survey<'_> {
             State::Ok
         };
         if row.state == State::NotYetValid {
-            row.detail = Some(format!("valid from {}", rfc3339(leaf.not_before)));
+            row.detail = Some(format!("valid from {}", rfc3339(not_before)));
         }
-        mark_stale(&mut row, [cert, key], stale);
-        Ok((row, Some(leaf)))
     }
+}
+
+/// What a row saw of its certificate.
+enum Seen {
+    /// The certificate itself.
+    Read(Facts),
+    /// The signed manifest's record of it (no identity to decrypt it).
+    Recorded(crate::secrets::manifest::Facts),
+}
+
+impl Seen {
+    fn serial(&self) -> &str {
+        match self {
+            Seen::Read(f) => &f.serial,
+            Seen::Recorded(f) => &f.serial,
+        }
+    }
+}
+
+/// `Ok(None)` for what needs an identity that is not at hand; other errors stand.
+pub fn readable<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(Error::Identity { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An RFC 3339 time, as the manifest records them.
+pub fn parse_rfc3339(rfc3339: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The CN and groups of a subject as the manifest records it.
+fn names(subject: &str) -> (String, Vec<String>) {
+    let mut cn = String::new();
+    let mut groups = Vec::new();
+    for part in subject.split(", ") {
+        if let Some(v) = part.strip_prefix("CN=") {
+            cn = v.to_string();
+        } else if let Some(v) = part.strip_prefix("O=") {
+            groups.push(v.to_string());
+        }
+    }
+    (cn, groups)
+}
+
+/// Why a leaf the manifest records no longer matches the catalogue (subject or SANs), or
+/// `None`: what can be checked without reading it.
+fn recorded_drift(
+    item: &Item<'_>,
+    config: &Config,
+    leaf: &crate::secrets::manifest::Facts,
+) -> Option<String> {
+    let want = item.subject(config);
+    let subject = super::subject_line(&want);
+    if leaf.subject != subject {
+        return Some(format!(
+            "subject is {}, the catalogue says {subject}",
+            leaf.subject
+        ));
+    }
+    (leaf.sans != super::sans_digest(&want.sans))
+        .then(|| "SANs differ from the catalogue's (per the manifest's record)".to_string())
 }
 
 /// A path relative to the cluster directory, for a row's detail.
@@ -392,8 +500,19 @@ pub fn report(
         .filter(|(s, _)| !covered.contains(&s.rel))
         .map(|(s, why)| format!("secrets/{}.age ({})", s.rel, why.describe()))
         .collect();
+    let recorded = assessed.iter().filter(|a| a.recorded).count();
+    let mut notes = Vec::new();
+    if recorded > 0 {
+        notes.push(format!(
+            "no identity: {recorded} certificates were checked from the signed manifest's record (expiry, subject, SANs, revocation), not read; kpki verify -i checks their content"
+        ));
+    }
     let mut rows: Vec<Row> = assessed.into_iter().map(|a| a.row).collect();
-    rows.extend(crl_row(pki, config, at)?);
+    let crl = crl_row(pki, config, at)?;
+    if crl.is_none() && pki.exists(&catalogue::crl_file())? {
+        notes.push("no identity: the etcd revocation list was not read".into());
+    }
+    rows.extend(crl);
     Ok(Report {
         at: rfc3339(at),
         rows,
@@ -405,14 +524,15 @@ pub fn report(
         behind_config: Vec::new(),
         rotations: Vec::new(),
         manifest: None,
-        notes: Vec::new(),
+        unread: recorded,
+        notes,
     })
 }
 
 /// The row of the etcd CA's revocation list, when there is one: its next update is its
 /// expiry; it drifts when it is not what the manifest's revocations and the current CA make.
 fn crl_row(pki: &Pki, config: &Config, at: OffsetDateTime) -> Result<Option<Row>> {
-    let Some(crl) = crate::revocation::crl(pki)? else {
+    let Some(Some(crl)) = readable(crate::revocation::crl(pki))? else {
         return Ok(None);
     };
     let left = crl.next_update.map(|t| t - at);
@@ -502,7 +622,12 @@ pub fn table(report: &Report) -> String {
         && report.leftovers.is_empty()
         && report.orphaned_secrets.is_empty();
     if report.stale_secrets.is_empty() && stale_rows == 0 {
-        if nothing_else {
+        if nothing_else && report.unread > 0 {
+            out += &format!(
+                "secrets: recipients as they must be; {} files not decrypted (no identity), their content unchecked\n",
+                report.unread
+            );
+        } else if nothing_else {
             out += "secrets: up to date\n";
         }
     } else {

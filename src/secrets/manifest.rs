@@ -27,6 +27,26 @@ pub struct Entry {
     pub public: String,
     /// Canonical recipients, admins first.
     pub recipients: Vec<String>,
+    /// For a certificate file, what anyone may know of its (first) certificate: expiry and
+    /// names can be checked from the signed manifest without decrypting anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Facts>,
+}
+
+/// A certificate's public facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facts {
+    /// Lowercase hex.
+    pub serial: String,
+    pub issuer: String,
+    /// `CN=...` and one `O=...` per group, as the catalogue names them.
+    pub subject: String,
+    /// `sha256:HEX` of the sorted subject alternative names, one `DNS:`/`IP:` per line.
+    pub sans: String,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
 }
 
 /// Every encrypted file, by its path relative to `pki/` (and, with `.age`, to `secrets/`), and

@@ -355,10 +355,14 @@ pub fn plan<'c>(
                 Kind::Kubeconfig => admin_kubeconfig_fingerprint(config, &by_rel),
                 _ => fp.clone(),
             };
-            let due = fp.map(|public| Entry {
-                public,
-                recipients: recipients.of(s),
-            });
+            let due = match fp {
+                Some(public) => Some(Entry {
+                    certificate: certificate_facts(state, s, &public, depth)?,
+                    public,
+                    recipients: recipients.of(s),
+                }),
+                None => None,
+            };
             standing(state, config, s, due, depth, deep)
         })
         .collect::<Vec<_>>()
@@ -372,6 +376,42 @@ pub fn plan<'c>(
         superseded: state.superseded(),
         generation: state.manifest().generation,
     })
+}
+
+/// What the manifest records of a certificate file's certificate: carried over from the
+/// committed entry while the content is the same, else read from the file (always, for a deep
+/// check, so that `verify` finds facts that do not match). `None` for other files, and where
+/// the content cannot be read (no identity): the committed facts stand.
+fn certificate_facts(
+    state: &State,
+    sealed: &Sealed<'_>,
+    public: &str,
+    depth: Depth,
+) -> Result<Option<manifest::Facts>> {
+    if sealed.kind != Kind::Certificates {
+        return Ok(None);
+    }
+    let committed = state
+        .manifest()
+        .files
+        .get(&sealed.rel)
+        .filter(|c| c.public == public)
+        .and_then(|c| c.certificate.clone());
+    if depth == Depth::Changed && committed.is_some() {
+        return Ok(committed);
+    }
+    // Content that cannot be read (no identity) or used (found and reported by the checks of
+    // the content itself) leaves the committed facts standing.
+    let material = match state.read(&sealed.rel) {
+        Ok(Some(m)) => m,
+        Ok(None) | Err(Error::Identity { .. } | Error::File { .. }) => return Ok(committed),
+        Err(e) => return Err(e),
+    };
+    let path = state.store().pki_path(&sealed.rel);
+    let first = material.blocks().into_iter().next().unwrap_or_default();
+    crate::inspection::public_facts(&first)
+        .map(Some)
+        .map_err(|m| Error::file(&path, m))
 }
 
 /// The manifest's files that `sealed` lacks and whose encrypted copy still exists (one deleted

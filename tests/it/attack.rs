@@ -99,9 +99,12 @@ fn a_pushed_key_is_never_certified() {
     // The pusher records its key and drops the certificate from the manifest.
     record_as(&cluster, key, &evil);
     edit_manifest(&cluster, |body| {
+        // The entry and its certificate's facts, two tables.
         let table = format!("[files.\"{cert}\"]\n");
         let at = body.find(&table).unwrap();
-        let end = at + body[at..].find("\n\n").unwrap() + 2;
+        let facts = at + body[at..].find("\n\n").unwrap() + 2;
+        let end = facts + body[facts..].find("\n\n").unwrap() + 2;
+        assert!(body[facts..].starts_with(&format!("[files.\"{cert}\".certificate]")));
         format!("{}{}", &body[..at], &body[end..])
     });
     pulled_into_a_pinned_clone(&cluster);

@@ -546,12 +546,13 @@ fn identities_and_keys_get_clear_errors() {
             .unwrap_or_default();
         assert!(!hint.trim().is_empty(), "an empty hint: {stderr}");
     }
-    // KPKI_IDENTITY set but empty means unset: pki/ has nothing to decrypt for status with the
-    // cache gone, so the error is the missing identity, not an empty path.
-    let run = cluster.kpki_env(&["status"], &[("KPKI_IDENTITY", "")]);
+    // KPKI_IDENTITY set but empty means unset: pki/ has nothing to decrypt for a kubeconfig
+    // with the cache gone, so the error is the missing identity, not an empty path.
+    let args = ["kubeconfig", "kube-proxy"];
+    let run = cluster.kpki_env(&args, &[("KPKI_IDENTITY", "")]);
     let line = run.fails_with(2);
     assert!(line.contains("no identity was given"), "{line}");
-    let run = cluster.kpki_env(&["status"], &[("KPKI_IDENTITY", &admin())]);
+    let run = cluster.kpki_env(&args, &[("KPKI_IDENTITY", &admin())]);
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
 }
 

@@ -23,6 +23,7 @@ mod nixos;
 mod openssl;
 mod output;
 mod plugin;
+mod public;
 mod revocation;
 mod secrets;
 mod team;

@@ -94,12 +94,21 @@ fn a_stale_cache_never_overwrites_what_a_teammate_committed() {
 
     git(&a, &["pull", "-q", "--ff-only"]);
     let pulled = a.snapshot();
-    // Without an identity, A's stale plaintext cannot be refreshed: every command refuses.
-    for args in [&["status"][..], &["init"], &["rotate"], &["issue", "admin"]] {
+    // Without an identity, A's stale plaintext cannot be refreshed: every writer refuses;
+    // status reads the committed record instead and says it decrypted nothing.
+    for args in [&["init"][..], &["rotate"], &["issue", "admin"]] {
         let line = a.kpki(args).fails_with(2);
         assert!(line.contains("no identity"), "{args:?}: {line}");
         assert!(pulled == a.snapshot(), "{args:?} changed files");
     }
+    let status = a.kpki(&["status"]);
+    assert_ne!(status.code(), Some(2), "{}", status.stderr());
+    assert!(
+        status.stdout().contains("no identity"),
+        "{}",
+        status.stdout()
+    );
+    assert!(pulled == a.snapshot(), "status changed files");
     // With one, status reads the committed state: B's rotation, not an interrupted one.
     let status = a.kpki(&["status", "-i", &admin()]);
     assert_eq!(status.code(), Some(1));
@@ -575,8 +584,16 @@ fn a_cache_file_deleted_by_hand_is_named_by_readers_and_restored_by_writers() {
     let kubelet = cluster.pki("node-02/kubelet.pem");
     let before = std::fs::read(&kubelet).unwrap();
     std::fs::remove_file(&kubelet).unwrap();
-    // Without an identity a reader cannot use secrets/: it names the file that sent it there.
-    let line = cluster.kpki(&["status"]).fails_with(2);
+    // Without an identity a reader cannot use secrets/: status goes by the signed record, and
+    // a command that needs the file names it.
+    let status = cluster.kpki(&["status"]).success().stdout();
+    assert!(
+        status.contains("1 certificates were checked from the signed manifest's record"),
+        "{status}"
+    );
+    let line = cluster
+        .kpki(&["kubeconfig", "kubelet", "node-02"])
+        .fails_with(2);
     assert!(
         line.contains("pki/node-02/kubelet.pem: secrets/ must be decrypted"),
         "{line}"
