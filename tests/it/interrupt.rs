@@ -88,6 +88,22 @@ fn check(cluster: &Cluster, what: &str) -> bool {
         assert!(!left_temporaries(cluster), "{what}: init left them");
         assert!(staged_keys(cluster).is_empty(), "{what}: after init");
     }
+    // The signing step is part of the commit: whatever the kill left is a manifest this clone
+    // trusts, the old one or the new one, never a torn or unsigned one.
+    let status = cluster.kpki(&["status"]);
+    assert_ne!(status.code(), Some(2), "{what}: {}", status.stderr());
+    for problem in [
+        "signature",
+        "not signed",
+        "older than generation",
+        "is missing, but",
+    ] {
+        assert!(
+            !status.stderr().contains(problem),
+            "{what}: {}",
+            status.stderr()
+        );
+    }
     left
 }
 

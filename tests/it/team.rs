@@ -138,7 +138,34 @@ fn a_stale_cache_never_overwrites_what_a_teammate_committed() {
         verify.stdout(),
         verify.stderr()
     );
-    assert_eq!(b.kpki(&["status", "-i", &admin()]).code(), Some(0));
+    // Two admins at work raise no alarm: the signer is the same Kubernetes CA, and each
+    // clone's generation only went up (B's pin is of its own writes; A's commit is newer).
+    let status = b.kpki(&["status", "-i", &admin()]);
+    assert_eq!(status.code(), Some(0), "{}", status.stderr());
+    for alarm in [
+        "signature",
+        "older than generation",
+        "moved on",
+        "first use",
+    ] {
+        assert!(!status.stderr().contains(alarm), "{}", status.stderr());
+    }
+    let generation = |c: &Cluster| {
+        let text = std::fs::read_to_string(c.path().join("secrets/manifest.toml")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("generation = "))
+            .unwrap();
+        line["generation = ".len()..].parse::<u64>().unwrap()
+    };
+    let pinned = std::fs::read_to_string(b.pki(".kpki/trust")).unwrap();
+    let b_generation: u64 = pinned
+        .lines()
+        .find_map(|l| l.strip_prefix("generation "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(generation(&b) > b_generation, "{pinned}");
     // openssl: A's and B's kubelets verify under the one etcd CA that is left.
     let ca = b.path().join("etcd-ca.pem");
     std::fs::write(&ca, decrypt(&b, "etcd/ca.pem")).unwrap();
