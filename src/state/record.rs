@@ -10,7 +10,7 @@ use crate::store::{Stamp, Store};
 /// The record's name under `pki/.kpki/`.
 pub const FILE: &str = "cache";
 
-const HEADER: &str = "kpki cache 2";
+const HEADER: &str = "kpki cache 3";
 
 /// What kpki knew of one file when it last synced `pki/` with `secrets/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,6 +131,7 @@ mod tests {
             ino: 7,
             len: 512,
             mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_001_123_456_789,
         };
         let mut record = Record {
             manifest: Some("sha256:ab".into()),
@@ -160,6 +161,6 @@ mod tests {
         assert_eq!(again.manifest, record.manifest);
         assert_eq!(again.outputs, record.outputs);
         assert_eq!(again.files, record.files);
-        assert!(Record::parse("kpki cache 1\n").is_none());
+        assert!(Record::parse("kpki cache 2\n").is_none());
     }
 }

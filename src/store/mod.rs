@@ -55,27 +55,35 @@ pub struct Lock {
     _dir: Option<fs::File>,
 }
 
-/// What identifies a file's version without reading it: inode, size and modification time.
-/// Replacing a file (kpki's writes, git checkout, an editor) changes it.
+/// What identifies a file's version without reading it: inode, size, modification time and
+/// change time. Replacing a file (kpki's writes, git checkout, an editor) changes it; so does
+/// an edit in place with its mtime set back (`touch -r`), since no one can set the ctime (as
+/// git's index knows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stamp {
     pub ino: u64,
     pub len: u64,
     pub mtime_ns: i128,
+    pub ctime_ns: i128,
 }
 
 impl Stamp {
     fn of(meta: &fs::Metadata) -> Stamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Stamp {
             ino: meta.ino(),
             len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         }
     }
 
-    /// `INO.LEN.MTIME`, as the cache record keeps it.
+    /// `INO.LEN.MTIME.CTIME`, as the cache record keeps it.
     pub fn render(&self) -> String {
-        format!("{}.{}.{}", self.ino, self.len, self.mtime_ns)
+        format!(
+            "{}.{}.{}.{}",
+            self.ino, self.len, self.mtime_ns, self.ctime_ns
+        )
     }
 
     /// The inverse of [`Stamp::render`].
@@ -85,6 +93,7 @@ impl Stamp {
             ino: parts.next()?.parse().ok()?,
             len: parts.next()?.parse().ok()?,
             mtime_ns: parts.next()?.parse().ok()?,
+            ctime_ns: parts.next()?.parse().ok()?,
         };
         parts.next().is_none().then_some(stamp)
     }

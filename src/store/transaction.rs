@@ -123,15 +123,10 @@ impl Transaction {
         super::plaintext_ignored(&self.store, &plaintext)?;
         let bytes = self.writes.iter().map(|w| w.contents.len() as u64).sum();
         self.store.ensure_room(self.writes.len(), bytes)?;
-        let mut stamps = HashMap::new();
         let mut failed = None;
-        let temps = write_temps(&self.store.temp_dir(), &self.writes);
-        for (w, t) in self.writes.iter().zip(temps) {
+        for t in write_temps(&self.store.temp_dir(), &self.writes) {
             match t {
-                Ok((temp, stamp)) => {
-                    self.temps.push(temp);
-                    stamps.insert(w.path.clone(), stamp);
-                }
+                Ok(temp) => self.temps.push(temp),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
@@ -163,6 +158,8 @@ impl Transaction {
         apply(&self.store, &renames, &self.removals)?;
         self.temps.clear();
         sync(&[], &dirs)?;
+        // A rename changes a file's ctime: the stamps are those of the files in place.
+        let stamps = stamps_in_place(&self.writes)?;
         then(&stamps)?;
         remove_optional(&self.store.journal_path())?;
         self.unmark_writing()
@@ -244,7 +241,7 @@ fn parent(path: &Path) -> &Path {
 /// Writes every file aside into `temps`, in parallel by directory: a task creates a file's
 /// directory, then the temporary files of its files. One result per file, in order, while all
 /// goes well.
-fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>> {
+fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<PathBuf>> {
     let groups: Vec<&[Pending]> = writes
         .chunk_by(|a, b| parent(&a.path) == parent(&b.path))
         .collect();
@@ -269,9 +266,8 @@ fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<(PathBuf, Stamp)>
 }
 
 /// Writes `contents` for `path` to a new temporary file in `dir` (created 0600, so a key is
-/// never readable by others, and given `mode` once written); returns the temporary file's path
-/// and stamp (which the rename keeps).
-fn write_temp(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(PathBuf, Stamp)> {
+/// never readable by others, and given `mode` once written); returns the temporary file's path.
+fn write_temp(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf> {
     let io = |e| Error::io(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -282,16 +278,25 @@ fn write_temp(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(Pa
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io)?;
-    let stamp = Stamp::of(&tmp.as_file().metadata().map_err(io)?);
     let (_, temp) = tmp.keep().map_err(|e| io(e.error))?;
     fault::operation_done();
     // tempfile makes the path absolute; keep the form of `path` (the journal names both
     // relative to the cluster directory).
-    let temp = match temp.file_name() {
+    Ok(match temp.file_name() {
         Some(name) => dir.join(name),
         None => temp,
-    };
-    Ok((temp, stamp))
+    })
+}
+
+/// The stamps of the files `writes` put in place.
+fn stamps_in_place(writes: &[Pending]) -> Result<HashMap<PathBuf, Stamp>> {
+    writes
+        .par_iter()
+        .map(|w| {
+            let meta = fs::symlink_metadata(&w.path).map_err(|e| Error::io(&w.path, e))?;
+            Ok((w.path.clone(), Stamp::of(&meta)))
+        })
+        .collect()
 }
 
 /// Makes the written files (and renames so far) durable: one `syncfs` per filesystem touched,
@@ -501,7 +506,7 @@ pub(super) fn replace(store: &Store, path: &Path, contents: &[u8], mode: u32) ->
 
 /// [`replace`] through a temporary file in `temps`, which must be on `path`'s filesystem.
 pub(super) fn replace_via(temps: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let (temp, _) = write_temp(temps, path, contents, mode)?;
+    let temp = write_temp(temps, path, contents, mode)?;
     if let Err(e) = fs::rename(&temp, path) {
         let _ = fs::remove_file(&temp);
         return Err(Error::io(path, e));

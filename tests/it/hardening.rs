@@ -584,3 +584,46 @@ fn a_ca_bundle_without_a_recorded_rotation_is_not_trusted() {
         verify.stdout()
     );
 }
+
+#[test]
+fn an_edit_in_place_with_its_mtime_set_back_is_still_found() {
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let cert = cluster.pki("node-01/kubelet.pem");
+    let reference = cluster.path().with_extension("mtime");
+    std::fs::copy(&cert, &reference).unwrap();
+    run_ok("touch", &["-r", s(&cert), s(&reference)]);
+    // Same size, same inode, same mtime: one base64 character of the signature changed.
+    let text = std::fs::read_to_string(&cert).unwrap();
+    let at = text.rfind("-----END").unwrap() - 3;
+    let swapped = if &text[at..at + 1] == "A" { "B" } else { "A" };
+    let edited = format!("{}{swapped}{}", &text[..at], &text[at + 1..]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cert)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, edited.as_bytes()))
+        .unwrap();
+    run_ok("touch", &["-r", s(&reference), s(&cert)]);
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1), "{}", verify.stdout());
+    assert!(
+        verify.stdout().contains("pki/node-01/kubelet.pem"),
+        "{}",
+        verify.stdout()
+    );
+    // A kubeconfig carries the committed certificate, not the edited one.
+    let out = cluster
+        .kpki(&["kubeconfig", "kubelet", "node-01"])
+        .success()
+        .stdout();
+    let encoded = |text: &str| {
+        std::fs::write(&reference, text).unwrap();
+        run_ok("openssl", &["base64", "-A", "-in", s(&reference)])
+            .trim()
+            .to_string()
+    };
+    assert!(
+        !out.contains(&encoded(&edited)),
+        "the edited certificate was used"
+    );
+    assert!(out.contains(&encoded(&text)), "{out}");
+}
