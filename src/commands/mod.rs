@@ -1,0 +1,373 @@
+//! The subcommands, one file each (as cargo lays out its commands), composing the library's
+//! floors; this module holds what they share: the context, opening a cluster (config,
+//! recipients, the authenticated state) and what reports say. Every writer opens the state,
+//! refuses plaintext changed outside kpki, makes its changes in memory, and commits them with the
+//! sealing in one transaction.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
+use crate::cli::{
+    ImportFrom, InitArgs, IssueArgs, KubeconfigArgs, RevokeArgs, RotateArgs, StatusArgs,
+};
+use crate::config::{Config, DEFAULT_CONFIG, Node, Role};
+use crate::error::{Error, Result};
+use crate::importing;
+use crate::inspection::{self, status as assessment};
+use crate::issuing;
+use crate::plan::{self, Applied, Target};
+use crate::report::{Report, abbreviate, did_you_mean};
+use crate::revocation;
+use crate::rotation;
+use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
+use crate::state::{ADMIN_IDENTITY, Access, Place, State};
+use crate::store::{self, Store};
+use crate::trust;
+
+mod import;
+mod init;
+mod issue;
+mod kubeconfig;
+mod revoke;
+mod rotate;
+mod status;
+mod verify;
+
+pub use import::import;
+pub use init::init;
+pub use issue::issue;
+pub use kubeconfig::kubeconfig;
+pub use revoke::revoke;
+pub use rotate::rotate;
+pub use status::status;
+pub use verify::verify;
+
+/// What every command works on.
+pub struct Context {
+    pub store: Store,
+    /// The admin identity from `-i` or `KPKI_IDENTITY`.
+    pub identity: Option<std::path::PathBuf>,
+    /// Whom to trust for the committed state (`--trust`, `KPKI_TRUST`, `--allow-rollback`).
+    pub trust: trust::Policy,
+}
+
+/// Prints the config's warnings (valid, but probably not meant).
+fn warn_config(report: &mut Report, config: &Config) {
+    for warning in config.warnings() {
+        report.warn(format_args!("pki/kpki.toml: {warning}"));
+    }
+}
+
+/// The config on disk, or the embedded default (then `true`: it still has to be written).
+fn config_or_default(store: &Store) -> Result<(Config, bool)> {
+    let path = store.config_path();
+    match store.read_text(&path)? {
+        Some(text) => Ok((parse_config(&text, &path)?, false)),
+        None => {
+            refuse_lost_config(store)?;
+            Ok((parse_config(DEFAULT_CONFIG, &path)?, true))
+        }
+    }
+}
+
+/// A config, checked also against the catalogue (declared certificates must not take its names).
+fn parse_config(text: &str, path: &Path) -> Result<Config> {
+    let config = Config::parse(text, path)?;
+    catalogue::check_declared(&config)
+        .and_then(|()| secrets::nix::check_unique_names(&config))
+        .map_err(|message| Error::Config {
+            file: path.to_path_buf(),
+            message,
+        })?;
+    Ok(config)
+}
+
+/// An existing cluster (a manifest or encrypted files in `secrets/`) whose config is gone is
+/// not a new cluster: refuse rather than start over with the default config.
+fn refuse_lost_config(store: &Store) -> Result<()> {
+    let sealed = store.secrets_path(secrets::manifest::FILE).exists()
+        || store
+            .list(&store.secrets_dir())?
+            .iter()
+            .any(|f| f.ends_with(".age"));
+    if !sealed {
+        return Ok(());
+    }
+    Err(Error::usage(
+        format!(
+            "{}: missing, but {} holds an existing cluster's secrets",
+            store.config_path().display(),
+            store.secrets_dir().display()
+        ),
+        Some("restore it (git checkout pki/kpki.toml); kpki will not start a new cluster over existing secrets".into()),
+    ))
+}
+
+/// The config on disk, which must exist.
+fn config(store: &Store) -> Result<Config> {
+    let path = store.config_path();
+    match store.read_text(&path)? {
+        Some(text) => parse_config(&text, &path),
+        None => {
+            refuse_lost_config(store)?;
+            Err(Error::usage(
+                format!("{}: no config here", path.display()),
+                Some("run kpki init first, or point --dir at the cluster directory".into()),
+            ))
+        }
+    }
+}
+
+/// An initialized cluster: config, recipients and state.
+struct Cluster {
+    config: Config,
+    recipients: Recipients,
+    state: State,
+}
+
+impl Cluster {
+    /// The config, the recipients and the state, for a command that takes them apart.
+    fn parts(self) -> (Config, Recipients, State) {
+        (self.config, self.recipients, self.state)
+    }
+}
+
+/// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
+fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster> {
+    // The config and the committed state are read at once: at thousands of nodes each is a
+    // parse of megabytes of TOML.
+    let (config, state) = rayon::join(
+        || config(&ctx.store),
+        || State::open(ctx.store.clone(), ctx.identity.clone(), access),
+    );
+    let config = config?;
+    warn_config(report, &config);
+    let admins = secrets::admins(&ctx.store, &config)?;
+    if admins.generated.is_some() {
+        return Err(Error::usage(
+            "secrets.admins is empty and there is no pki/admin.agekey: kpki init has not run here",
+            Some("run kpki init first".into()),
+        ));
+    }
+    let recipients = Recipients::new(&config, admins.recipients)?;
+    let state = state?;
+    authenticate(ctx, &state, access, report)?;
+    match access {
+        Access::Write => {
+            state.audit()?;
+        }
+        Access::Read => report_interrupted(&ctx.store, report),
+    }
+    Ok(Cluster {
+        config,
+        recipients,
+        state,
+    })
+}
+
+/// Checks the committed manifest's signature and generation against this clone's pin: a
+/// writer refuses a state it cannot trust, a reader reports it. A writer's commit pins what
+/// was verified; a reader changes no file.
+fn authenticate(ctx: &Context, state: &State, access: Access, report: &mut Report) -> Result<()> {
+    if let Some(given) = &ctx.trust.given
+        && !trust::valid_fingerprint(given)
+    {
+        return Err(Error::usage(
+            format!("--trust {given}: not a key fingerprint (sha256: and 64 lowercase hex digits)"),
+            Some(
+                "kpki status shows the fingerprint of the Kubernetes CA that signs the manifest"
+                    .into(),
+            ),
+        ));
+    }
+    let pin = trust::Pin::load(&ctx.store)?;
+    match trust::check(state.loaded(), pin.as_ref(), &ctx.trust) {
+        Ok(verdict) => {
+            for note in &verdict.notes {
+                report.note(note);
+            }
+            state.set_verified(verdict.pin);
+            Ok(())
+        }
+        Err(problem) if access == Access::Write => Err(problem.into_error()),
+        Err(problem) => {
+            report.warn(format_args!("{} ({})", problem.message, problem.hint));
+            report.needs_action = true;
+            Ok(())
+        }
+    }
+}
+
+/// For a reader: says that an interrupted run left temporary files, which only a writer may
+/// clear, and counts it as something to act on.
+fn report_interrupted(store: &Store, report: &mut Report) {
+    if store.interrupted() {
+        report.warn(format_args!(
+            "an interrupted kpki run left temporary files in {} (git-ignored; keys among them): run kpki init to complete or clear them",
+            shown(store, &store.temp_dir())
+        ));
+        report.needs_action = true;
+    }
+}
+
+/// The file a cluster directory's first write brings besides the PKI and `pki/.gitignore`
+/// (which every commit keeps current): a generated admin identity.
+fn first_run_files(store: &Store, admins: &secrets::Admins) -> Vec<Extra> {
+    let identity = admins.generated.as_ref().map(|identity| {
+        extra(
+            store.pki_path(ADMIN_IDENTITY),
+            identity.as_bytes(),
+            store::SECRET_MODE,
+        )
+    });
+    identity.into_iter().collect()
+}
+
+/// Warns that a generated admin identity must be backed up.
+fn warn_generated(report: &mut Report, admins: &secrets::Admins) {
+    if admins.generated.is_some() {
+        report.warn(format_args!(
+            "created pki/{ADMIN_IDENTITY} as the admin identity (secrets.admins is empty): back it up, or put your own key in secrets.admins"
+        ));
+    }
+}
+
+/// Notes on CAs that are one CA (adopted from easyCerts, which has a single CA).
+fn shared_cas(state: &State) -> Result<Vec<String>> {
+    let mut fingerprints = Vec::new();
+    for ca in catalogue::CAS {
+        let rel = format!("{}/ca.pem", ca.dir());
+        fingerprints.push((ca, state.fingerprint(&rel)?));
+    }
+    let kubernetes = fingerprints[0].1.clone();
+    let same: Vec<&str> = fingerprints[1..]
+        .iter()
+        .filter(|(_, fp)| fp.is_some() && *fp == kubernetes)
+        .map(|(ca, _)| ca.dir())
+        .collect();
+    Ok(match same.as_slice() {
+        [] => Vec::new(),
+        cas => vec![format!(
+            "the kubernetes CA is also the {} CA (one CA, as easyCerts made it); to split them, each with its trust overlap, run {}",
+            cas.join(" and "),
+            cas.iter()
+                .map(|c| format!("kpki rotate --ca {c} (and its --finish)"))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        )],
+    })
+}
+
+/// A file written with a command's changes.
+fn extra(path: std::path::PathBuf, contents: &[u8], mode: u32) -> Extra {
+    Extra {
+        path,
+        contents: Zeroizing::new(contents.to_vec()),
+        mode,
+    }
+}
+
+/// A path relative to the cluster directory, for output.
+fn shown(store: &Store, path: &Path) -> String {
+    path.strip_prefix(store.root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The certificates (and CAs) that no longer match the config; none are named when reading
+/// them would need an identity that is not at hand (a fresh clone with nothing to do).
+fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
+    match assessment::assess(state, config, &HashMap::new(), issuing::now()) {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .filter(|a| a.row.state == assessment::State::Drift)
+            .map(|a| a.row.name)
+            .collect()),
+        Err(Error::Identity { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The files a plan changed that exist in `pki/`: without `plaintext_keys`, keys are only
+/// sealed, never written there.
+fn in_pki(config: &Config, applied: &Applied) -> Vec<String> {
+    applied
+        .written
+        .iter()
+        .filter(|f| {
+            config.plaintext_keys || crate::pem::Kind::of(f) != crate::pem::Kind::PrivateKey
+        })
+        .map(|f| format!("pki/{f}"))
+        .collect()
+}
+
+/// Prints what a plan changed in `pki/`, with `verb`, and the leaves cut short at their CA.
+fn report_applied(report: &mut Report, config: &Config, applied: &Applied, verb: &str) {
+    report.files(verb, in_pki(config, applied));
+    for capped in &applied.capped {
+        report.warn(capped);
+    }
+}
+
+/// Prints what committing wrote.
+fn report_sealing(report: &mut Report, sealing: &Sealing) {
+    for file in &sealing.refreshed {
+        report.say(format_args!(
+            "refreshed {file} from secrets/ (committed since this cache was made)"
+        ));
+    }
+    for file in &sealing.restored {
+        report.say(format_args!(
+            "restored {file} from secrets/ (deleted from the cache)"
+        ));
+    }
+    report.files("encrypted", sealing.encrypted.clone());
+    for file in &sealing.written {
+        report.say(format_args!("wrote {file}"));
+    }
+}
+
+/// Ends a dry run, saying what would have been done. Printed even with `--quiet`: the plan is
+/// what was asked for.
+fn dry_run(report: &mut Report, what: &str) -> Result<()> {
+    if !what.is_empty() {
+        report.output(format!("would {what}\n"));
+    }
+    report.output("dry run: nothing changed\n".to_string());
+    Ok(())
+}
+
+/// The node named on the command line.
+fn find_node<'c>(config: &'c Config, name: Option<&str>, missing: &str) -> Result<&'c Node> {
+    let all: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+    let listed: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+    let names = || Some(format!("nodes: {}", abbreviate(&listed)));
+    let name = name.ok_or_else(|| Error::usage(missing, names()))?;
+    config.node(name).ok_or_else(|| {
+        Error::usage(
+            format!("unknown node \"{name}\"{}", did_you_mean(name, &all)),
+            names(),
+        )
+    })
+}
+
+/// Names joined, or "none".
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `kpki completions SHELL`.
+pub fn completions(shell: clap_complete::Shell, report: &mut Report) -> Result<()> {
+    let script = crate::completion::registration(shell)
+        .map_err(|e| Error::usage(format!("completions for {shell}: {e}"), None))?;
+    report.output(script);
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! `kpki rotate`: renewals, CA and service-account rotations, and `--prune`.
+
+use super::*;
+
+/// `kpki rotate`.
+pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Result<()> {
+    if request.prune {
+        let cluster = cluster(ctx, report, Access::Write)?;
+        return prune(&cluster, request.dry_run, report);
+    }
+    let (within, ca) = (request.within, request.ca);
+    let (config, recipients, state) = cluster(ctx, report, Access::Write)?.parts();
+    let now = issuing::now();
+    let applied = match (ca, request.service_account) {
+        (Some(ca), _) if request.dry_run => {
+            let plan = rotation::plan_ca(&state, &config, ca, request.finish, request.keep_key)?;
+            for line in plan {
+                report.step(true, line);
+            }
+            return dry_run(report, "");
+        }
+        (None, true) if request.dry_run => {
+            return dry_run(
+                report,
+                &format!("{} the service-account key", finishing(request.finish)),
+            );
+        }
+        (Some(ca), _) if request.finish => {
+            let finished = rotation::finish_ca(&state, &config, ca)?;
+            if ca == revocation::CA {
+                revocation::forget_superseded(&state);
+            }
+            for rel in &finished.removed {
+                report.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
+            }
+            finished.applied
+        }
+        (Some(ca), _) => {
+            if ca == revocation::CA {
+                revocation::note_superseded(&state, &config, now)?;
+            }
+            let mut applied = rotation::start_ca(&state, &config, ca, request.keep_key, now)?;
+            // The CRL is signed by the CA that signs today: the new one.
+            if ca == revocation::CA && revocation::crl(&state)?.is_some() {
+                applied
+                    .written
+                    .extend(revocation::issue_crl(&state, &config, now)?);
+            }
+            applied
+        }
+        (None, true) if request.finish => rotation::finish_sa(&state)?,
+        (None, true) => rotation::start_sa(&state, &config)?,
+        (None, false) => {
+            let within = within.unwrap_or(config.keys.renew_before);
+            let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
+            let assessed =
+                assessment::assess(&state, &config, &assessment::stale_files(&seal), now)?;
+            let renewals = rotation::renewals(assessed, within, request.all);
+            let plan = request.dry_run;
+            for r in &renewals {
+                report.step(plan, format_args!("renew {} ({})", r.name, r.reason));
+            }
+            let crl_due = revocation::crl_due(&state, now, within)?;
+            if let Some(why) = &crl_due {
+                report.step(
+                    plan,
+                    format_args!("sign {} anew ({why})", catalogue::crl_file()),
+                );
+            }
+            if plan {
+                for (s, why) in seal.stale_files() {
+                    report.step(
+                        plan,
+                        format_args!("re-encrypt secrets/{}.age ({})", s.rel, why.describe()),
+                    );
+                }
+                for rel in stale_cache(&state)? {
+                    report.step(plan, format_args!("refresh {rel} from secrets/"));
+                }
+                return dry_run(report, "");
+            }
+            if renewals.is_empty() && crl_due.is_none() {
+                // Nothing to renew: the plan made above is the plan to commit.
+                let sealing =
+                    secrets::commit_planned(&state, &config, &recipients, Vec::new(), seal)?;
+                report_sealing(report, &sealing);
+                if sealing.is_empty() {
+                    report.say("nothing to do: nothing is due, drifted or stale");
+                }
+                return Ok(());
+            }
+            let mut applied = rotation::renew(&state, &config, &renewals, request.keep_key, now)?;
+            if crl_due.is_some() {
+                applied
+                    .written
+                    .extend(revocation::issue_crl(&state, &config, now)?);
+            }
+            applied
+        }
+    };
+    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    report_applied(report, &config, &applied, "wrote");
+    report_sealing(report, &sealing);
+    match ca {
+        Some(ca) if !request.finish => report.say(format_args!(
+            "next: deploy, restart every node on the new certificates one at a time, then run kpki rotate --ca {} --finish",
+            ca.dir()
+        )),
+        None if request.service_account && !request.finish => report.say(
+            "next: deploy, restart the apiservers and controller-managers; once tokens signed with the old key have expired, run kpki rotate --service-account --finish",
+        ),
+        _ if applied.written.is_empty() && sealing.is_empty() => {
+            report.say("nothing to do: nothing is due, drifted or stale")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.
+pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> Result<()> {
+    let (state, config, recipients) = (&cluster.state, &cluster.config, &cluster.recipients);
+    let now = issuing::now();
+    let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
+    let prune = revocation::plan_prune(state, config, &seal, now)?;
+    if prune.is_empty() {
+        report.say("nothing to prune: every file in secrets/ belongs to the config");
+        return if plan_only {
+            dry_run(report, "")
+        } else {
+            Ok(())
+        };
+    }
+    for line in prune_plan(&prune) {
+        report.step(plan_only, line);
+    }
+    if plan_only {
+        return dry_run(report, "");
+    }
+    let applied = revocation::apply_prune(state, config, &prune, now)?;
+    let sealing = secrets::commit(state, config, recipients, Vec::new())?;
+    report_applied(report, config, &applied, "wrote");
+    report_sealing(report, &sealing);
+    report.say(prune_next(&prune));
+    Ok(())
+}
+
+/// The plan of a prune, one line per step.
+pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (dir, roles) in &prune.removed {
+        let files: Vec<&String> = prune
+            .deleted
+            .iter()
+            .filter(|f| f.starts_with(&format!("{dir}/")))
+            .collect();
+        let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        let held = match names.as_slice() {
+            [] => String::new(),
+            [one] => format!("; the {one} role"),
+            more => format!("; the {} roles", more.join(", ")),
+        };
+        lines.push(format!(
+            "delete {} (no longer in the config{held})",
+            abbreviate(&files.iter().map(|f| format!("pki/{f}")).collect::<Vec<_>>())
+        ));
+    }
+    let orphans: Vec<String> = prune
+        .deleted
+        .iter()
+        .filter(|f| {
+            !prune
+                .removed
+                .iter()
+                .any(|(d, _)| f.starts_with(&format!("{d}/")))
+        })
+        .map(|f| format!("secrets/{f}.age"))
+        .collect();
+    if !orphans.is_empty() {
+        lines.push(format!(
+            "delete {} (in secrets/ but in neither the manifest nor the config)",
+            abbreviate(&orphans)
+        ));
+    }
+    for r in &prune.revoked {
+        lines.push(format!(
+            "revoke {} (serial {}, valid until {}) on {}",
+            r.file,
+            r.serial,
+            short_date(r.not_after),
+            catalogue::crl_file()
+        ));
+    }
+    for item in &prune.reissued {
+        lines.push(format!(
+            "reissue {} with a new key (a removed node could read its key)",
+            item.name()
+        ));
+    }
+    match prune.signing_key {
+        revocation::SigningKey::Rotate => lines.push(
+            "start a service-account key rotation (a removed node could read the signing key)".into(),
+        ),
+        revocation::SigningKey::Busy => lines.push(
+            "a removed node could read the service-account signing key, but a rotation of it is in progress: finish it, then run kpki rotate --service-account".into(),
+        ),
+        revocation::SigningKey::Untouched => {}
+    }
+    for ca in catalogue::CAS {
+        let outlived: Vec<String> = prune
+            .outlived
+            .iter()
+            .filter(|u| u.ca == ca)
+            .map(|u| format!("{} ({})", u.file, short_date(u.not_after)))
+            .collect();
+        if !outlived.is_empty() {
+            lines.push(format!(
+                "still valid until they expire (the {} CA has no revocation; kpki rotate --ca {} ends them): {}",
+                ca.dir(),
+                ca.dir(),
+                abbreviate(&outlived)
+            ));
+        }
+    }
+    lines
+}
+
+/// A date as `2027-11-26`.
+pub(super) fn short_date(t: time::OffsetDateTime) -> String {
+    assessment::rfc3339(t).chars().take(10).collect()
+}
+
+/// What to do after a prune.
+pub(super) fn prune_next(prune: &revocation::Prune<'_>) -> String {
+    let mut next = String::from("next: deploy to every node");
+    if !prune.revoked.is_empty() {
+        next += " (etcd refuses the revoked certificates as soon as a member has the new CRL)";
+    }
+    if prune.signing_key == revocation::SigningKey::Rotate {
+        next += "; finish the service-account rotation once old tokens have expired (kpki rotate --service-account --finish)";
+    }
+    if let Some(ca) = prune.outlived.first().map(|u| u.ca) {
+        next += &format!(
+            "; what stays valid ends with a CA rotation (kpki rotate --ca {})",
+            ca.dir()
+        );
+    }
+    next
+}
+
+/// Plaintext files a commit would refresh from `secrets/`.
+pub(super) fn stale_cache(state: &State) -> Result<Vec<String>> {
+    Ok(state
+        .divergent()?
+        .into_iter()
+        .filter(|(_, p)| !matches!(p, Place::Changed { .. }))
+        .map(|(rel, _)| format!("pki/{rel}"))
+        .collect())
+}
+
+pub(super) fn finishing(finish: bool) -> &'static str {
+    if finish { "finish rotating" } else { "rotate" }
+}
