@@ -137,6 +137,27 @@ pub struct RotateArgs {
     /// keys they could read. With --dry-run, print the plan.
     #[arg(long, conflicts_with_all = ["within", "all", "keep_key", "ca", "service_account", "finish"])]
     pub prune: bool,
+    /// With --finish: finish although some endpoints could not be reached.
+    #[arg(long, requires = "finish")]
+    pub force: bool,
+    /// With --finish: skip asking the running cluster (kpki rollout) whether every node is
+    /// on the new CA.
+    #[arg(long, requires = "finish")]
+    pub no_live_check: bool,
+}
+
+/// `kpki rollout`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Only these nodes (default: all).
+    #[arg(value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each handshake may take (connecting included).
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    pub timeout: Span,
 }
 
 /// `kpki revoke`.
@@ -170,6 +191,10 @@ pub enum Command {
     /// re-encrypt secrets whose recipients changed. With --ca or --service-account: rotate a CA
     /// or the service-account key with a trust overlap (then --finish).
     Rotate(RotateArgs),
+    /// Ask every node's etcd, apiserver and kubelet over TLS (no client key needed) which
+    /// certificate it serves (current, old or unknown) and which client CAs it accepts; exit 1
+    /// when any is behind.
+    Rollout(RolloutArgs),
     /// Revoke certificates of the etcd CA (`node-02/etcd-peer`, `etcd/apiserver-etcd-client`):
     /// list them on etcd/crl.der, which etcd checks, and reissue them with new keys. An extra
     /// user (`users/NAME`) is removed instead: the Kubernetes CA has no revocation.

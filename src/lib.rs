@@ -21,6 +21,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod revocation;
+pub mod rollout;
 pub mod rotation;
 pub mod secrets;
 pub mod state;

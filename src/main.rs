@@ -109,7 +109,9 @@ fn lock(ctx: &Context, command: &Command) -> Result<Option<kpki::store::Lock>> {
         Command::Issue(_) | Command::Rotate(_) | Command::Revoke(_) | Command::Import { .. } => {
             true
         }
-        Command::Status(_) | Command::Verify | Command::Kubeconfig(_) => false,
+        Command::Status(_) | Command::Verify | Command::Kubeconfig(_) | Command::Rollout(_) => {
+            false
+        }
         Command::Completions { .. } => return Ok(None),
     };
     ctx.store.lock(exclusive).map(Some)
@@ -124,6 +126,7 @@ fn dispatch(ctx: &Context, command: &Command, report: &mut Report) -> Result<()>
         Command::Status(args) => commands::status(ctx, args, report),
         Command::Verify => commands::verify(ctx, report),
         Command::Rotate(args) => commands::rotate(ctx, args, report),
+        Command::Rollout(args) => commands::rollout(ctx, args, report),
         Command::Revoke(args) => commands::revoke(ctx, args, report),
         Command::Import { from } => commands::import(ctx, from, report),
         Command::Completions { shell } => commands::completions(*shell, report),

@@ -195,6 +195,27 @@ pub fn abbreviate(names: &[String]) -> String {
     }
 }
 
+/// The width of each column of a table: its widest cell, header included.
+pub fn widths<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> [usize; N] {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    widths
+}
+
+/// One line of a table: the cells padded to `widths`, two spaces apart.
+pub fn table_line<const N: usize>(cells: [&str; N], widths: [usize; N]) -> String {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(widths)
+        .map(|(c, w)| format!("{c:<w$}"))
+        .collect();
+    padded.join("  ").trim_end().to_string() + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

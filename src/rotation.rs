@@ -159,7 +159,7 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
         let pending = not_yet_reissued(state, config, ca, new)?;
         let next = if pending.is_empty() {
             format!(
-                "deploy, restart every node on the new certificates, then run kpki rotate --ca {name} --finish"
+                "deploy, restart every node on the new certificates, wait until kpki rollout says every node is current, then run kpki rotate --ca {name} --finish"
             )
         } else {
             "reissue the pending leaves with kpki rotate, then deploy and finish".to_string()
@@ -325,7 +325,7 @@ pub fn start_ca(
     let old = plan::load_outgoing_authority(state, ca)?;
     let users = users_of(state, ca)?;
     let key = issuing::generate_key(config.keys.algorithm)?;
-    let subject = item.subject(config);
+    let subject = generation_subject(item.subject(config), now);
     let new_cert = issuing::self_signed_ca(&subject, &key, now, config.keys.ca_validity)?;
     let cross = issuing::cross_signed_ca(&subject, &key, &old, now, config.keys.ca_validity)?;
     let bundle = new_cert + &old_cert.text;
@@ -348,6 +348,15 @@ pub fn start_ca(
     applied.merge(plan::apply(state, config, &actions, now)?);
     applied.written.sort();
     Ok(applied)
+}
+
+/// The subject of a CA generation made at `now`: the catalogue's name with the time, so that
+/// a server's list of client CAs tells the new CA from the old one (`kpki rollout`).
+fn generation_subject(mut subject: Subject, now: OffsetDateTime) -> Subject {
+    let stamp = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let at = now.format(&stamp).unwrap_or_default();
+    subject.common_name = format!("{}-{at}", subject.common_name);
+    subject
 }
 
 /// The catalogue leaves `ca` signs.
@@ -416,6 +425,11 @@ fn sa_item() -> Item<'static> {
 }
 
 /// How many public keys `sa.pem` holds (0 when it does not exist).
+/// Whether a service-account key rotation is in progress (`sa.pem` holds two keys).
+pub fn sa_rotating(state: &State) -> Result<bool> {
+    Ok(sa_keys(state)? > 1)
+}
+
 fn sa_keys(state: &State) -> Result<usize> {
     Ok(match state.read(&sa_item().file(Part::Cert))? {
         None => 0,

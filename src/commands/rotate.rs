@@ -26,6 +26,9 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
             );
         }
         (Some(ca), _) if request.finish => {
+            if rotation::rotating(&state, ca)? && !request.no_live_check {
+                super::rollout::gate(&state, &config, Some(ca), request.force, report)?;
+            }
             let finished = rotation::finish_ca(&state, &config, ca)?;
             if ca == revocation::CA {
                 revocation::forget_superseded(&state);
@@ -48,7 +51,12 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
             }
             applied
         }
-        (None, true) if request.finish => rotation::finish_sa(&state)?,
+        (None, true) if request.finish => {
+            if rotation::sa_rotating(&state)? && !request.no_live_check {
+                super::rollout::gate(&state, &config, None, request.force, report)?;
+            }
+            rotation::finish_sa(&state)?
+        }
         (None, true) => rotation::start_sa(&state, &config)?,
         (None, false) => {
             let within = within.unwrap_or(config.keys.renew_before);
@@ -103,7 +111,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
     report_sealing(report, &sealing);
     match ca {
         Some(ca) if !request.finish => report.say(format_args!(
-            "next: deploy, restart every node on the new certificates one at a time, then run kpki rotate --ca {} --finish",
+            "next: deploy, restart every node on the new certificates one at a time (kpki rollout shows who is behind), then run kpki rotate --ca {} --finish",
             ca.dir()
         )),
         None if request.service_account && !request.finish => report.say(

@@ -82,6 +82,7 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
     rows.rotations = rotations;
     rows.notes.extend(notes);
     rows.unread = rows.unread.max(seal.unchecked());
+    rows.rollout = super::rollout::last(&ctx.store);
     rows.manifest = trust::signer(state.signature()).map(|signer| assessment::Signed {
         signer,
         generation: state.manifest().generation,

@@ -209,6 +209,8 @@ pub struct Config {
     pub nodes: Vec<Node>,
     /// Certificates declared with `[[certificate]]`, beyond the catalogue.
     pub certificates: Vec<Declared>,
+    /// Where the nodes' TLS servers listen (`[ports]`).
+    pub ports: Ports,
     /// `sha256:HEX` of the file's text and kpki's version: what the Nix files are written from
     /// (a new kpki may write them differently).
     pub fingerprint: String,
@@ -296,6 +298,28 @@ struct RawConfig {
     nodes: Vec<RawNode>,
     #[serde(default, rename = "certificate")]
     certificates: Vec<toml::Spanned<certificate::RawCertificate>>,
+    #[serde(default)]
+    ports: RawPorts,
+}
+
+/// `[ports]`: where the nodes' TLS servers listen, for `kpki rollout`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPorts {
+    etcd_client: Option<u16>,
+    etcd_peer: Option<u16>,
+    apiserver: Option<u16>,
+    kubelet: Option<u16>,
+}
+
+/// The ports of the nodes' TLS servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    /// Default: the port of `cluster.api_server`, else 6443.
+    pub apiserver: u16,
+    pub kubelet: u16,
 }
 
 #[derive(Deserialize)]
@@ -397,9 +421,28 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, String>>()?;
         certificate::unique(&certificates)?;
+        let api_port = cluster
+            .api_server
+            .rsplit_once("]:")
+            .map(|(_, p)| p)
+            .or_else(|| {
+                cluster
+                    .api_server
+                    .strip_prefix("https://")?
+                    .rsplit_once(':')
+                    .map(|(_, p)| p)
+            })
+            .and_then(|p| p.trim_end_matches('/').parse().ok());
+        let ports = Ports {
+            etcd_client: self.ports.etcd_client.unwrap_or(2379),
+            etcd_peer: self.ports.etcd_peer.unwrap_or(2380),
+            apiserver: self.ports.apiserver.or(api_port).unwrap_or(6443),
+            kubelet: self.ports.kubelet.unwrap_or(10250),
+        };
         Ok(Config {
             cluster,
             keys,
+            ports,
             admins,
             plaintext_keys: self.secrets.plaintext_keys,
             nodes,

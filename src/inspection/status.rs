@@ -98,6 +98,8 @@ pub struct Report {
     /// Certificates assessed from the manifest's record and encrypted files not decrypted:
     /// no identity was at hand, so their content went unchecked.
     pub unread: usize,
+    /// The last `kpki rollout` from this clone, with its time; `None` when there was none.
+    pub rollout: Option<String>,
     /// Who signed the manifest, and its generation; `None` when it is not signed.
     pub manifest: Option<Signed>,
     /// About the plaintext cache and checks not made; no action needed.
@@ -524,6 +526,7 @@ pub fn report(
         behind_config: Vec::new(),
         rotations: Vec::new(),
         manifest: None,
+        rollout: None,
         unread: recorded,
         notes,
     })
@@ -584,20 +587,8 @@ pub fn table(report: &Report) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |row: [&str; 6]| {
-        let padded: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string() + "\n"
-    };
+    let widths = crate::report::widths(header, &cells);
+    let line = |row: [&str; 6]| crate::report::table_line(row, widths);
     let mut out = line(header);
     for (row, r) in cells.iter().zip(&report.rows) {
         out += &line(row.each_ref().map(String::as_str));
@@ -662,6 +653,9 @@ pub fn table(report: &Report) -> String {
             report.orphaned_secrets.len(),
             report.orphaned_secrets.join(", ")
         );
+    }
+    if let Some(rollout) = &report.rollout {
+        out += &format!("rollout: {rollout}\n");
     }
     for rotation in &report.rotations {
         out += &format!("rotation: {} is being rotated", rotation.subject());

@@ -162,6 +162,14 @@ suite tmpfs "$work/tmpfs"
 GIT_CEILING_DIRECTORIES=$disk suite disk "$disk"
 GIT_CEILING_DIRECTORIES=$disk fleet_suite "$disk"
 
+# kpki rollout against a local fleet of 100 TLS listeners (network namespaces: root only).
+if [ "$(id -u)" = 0 ]; then
+  read -r rollout_time rollout_current < <(bash "$root/tests/bench/rollout.sh" "$kpki" "$work")
+  rollout_line="| \`kpki rollout\`, 100 reachable endpoints (25 nodes, every role) | $rollout_time | ($rollout_current answered with a certificate) |"
+else
+  rollout_line="| \`kpki rollout\`, 100 reachable endpoints | - | (needs root for network namespaces: not run) |"
+fi
+
 # The crypto floor and the per-file cost (criterion): name, then its median time.
 floor=$(cd "$root" && cargo bench --quiet --bench floor -- --quick 2>/dev/null \
   | awk '/^[^ ]/ { name = $0; next } /time:/ && name != "" { gsub(/\[|\]/, ""); printf "| %s | %s %s |\n", name, $4, $5; name = "" }')
@@ -208,6 +216,10 @@ declare -A dirs=([tmpfs]="$work/tmpfs" [disk]="$disk")
   echo "| no-op \`kpki rotate\` | ${rotate[disk]} | $rotate5k | $(ratio "${rotate[disk]}" "$rotate5k") |"
   echo "| \`kpki verify -i\` | ${verify[disk]} | $verify5k | $(ratio "${verify[disk]}" "$verify5k") |"
   echo "| a fresh clone's first \`kpki init -i\` | ${refresh[disk-1000]} | ${refresh[disk-$fleet]} | $(ratio "${refresh[disk-1000]}" "${refresh[disk-$fleet]}") |"
+  echo
+  echo "| asking the running cluster | time (s) | |"
+  echo "|---|---:|---|"
+  echo "$rollout_line"
   echo
   echo "| the floor, per operation (criterion, median) | time |"
   echo "|---|---:|"

@@ -181,7 +181,7 @@ fn service_account_rotation_survives_a_crash_at_every_file_operation() {
         .success();
     let operations = sweep(
         || started.copy(),
-        &["rotate", "--service-account", "--finish"],
+        &["rotate", "--service-account", "--finish", "--no-live-check"],
         |cluster, _| {
             let (keys, signing) = sa_keys(cluster);
             assert_eq!(

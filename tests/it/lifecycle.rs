@@ -223,7 +223,7 @@ fn service_account_rotation_publishes_both_keys_until_finish() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let old_public = first_public_key(&cluster, "service-account/sa.pem");
     let line = cluster
-        .kpki(&["rotate", "--service-account", "--finish"])
+        .kpki(&["rotate", "--service-account", "--finish", "--no-live-check"])
         .fails_with(2);
     assert!(
         line.contains("no rotation of the service-account key"),
@@ -252,7 +252,7 @@ fn service_account_rotation_publishes_both_keys_until_finish() {
     assert!(line.contains("already in progress"), "{line}");
 
     cluster
-        .kpki(&["rotate", "--service-account", "--finish"])
+        .kpki(&["rotate", "--service-account", "--finish", "--no-live-check"])
         .success();
     assert_eq!(public_keys(&cluster, "service-account/sa.pem"), 1);
     let finished = first_public_key(&cluster, "service-account/sa.pem");
@@ -264,7 +264,7 @@ fn service_account_rotation_publishes_both_keys_until_finish() {
 fn ca_rotation_errors_and_the_bundle() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let line = cluster
-        .kpki(&["rotate", "--ca", "etcd", "--finish"])
+        .kpki(&["rotate", "--ca", "etcd", "--finish", "--no-live-check"])
         .fails_with(2);
     assert!(
         line.contains("no rotation of the etcd CA is in progress"),
@@ -320,7 +320,13 @@ fn ca_rotation_errors_and_the_bundle() {
     assert!(line.contains("already in progress"), "{line}");
 
     cluster
-        .kpki(&["rotate", "--ca", "front-proxy", "--finish"])
+        .kpki(&[
+            "rotate",
+            "--ca",
+            "front-proxy",
+            "--finish",
+            "--no-live-check",
+        ])
         .success();
     let bundle = std::fs::read_to_string(cluster.pki("front-proxy/ca.pem")).unwrap();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);

@@ -25,6 +25,7 @@ mod output;
 mod plugin;
 mod public;
 mod revocation;
+mod rollout;
 mod secrets;
 mod team;
 mod verify;
