@@ -21,6 +21,7 @@ pub fn kubeconfig(ctx: &Context, args: &KubeconfigArgs, report: &mut Report) -> 
     };
     let (cert, key, user) = kubeconfig_client(&config, args)?;
     let state = State::open(ctx.store.clone(), ctx.identity.clone(), Access::Read)?;
+    refuse_untrusted(ctx, &state)?;
     if args.who == "user" && !state.exists(&cert)? {
         return Err(Error::usage(
             format!("no user \"{user}\" (pki/{cert} does not exist)"),

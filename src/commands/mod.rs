@@ -174,19 +174,7 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
 /// writer refuses a state it cannot trust, a reader reports it. A writer's commit pins what
 /// was verified; a reader changes no file.
 fn authenticate(ctx: &Context, state: &State, access: Access, report: &mut Report) -> Result<()> {
-    if let Some(given) = &ctx.trust.given
-        && !trust::valid_fingerprint(given)
-    {
-        return Err(Error::usage(
-            format!("--trust {given}: not a key fingerprint (sha256: and 64 lowercase hex digits)"),
-            Some(
-                "kpki status shows the fingerprint of the Kubernetes CA that signs the manifest"
-                    .into(),
-            ),
-        ));
-    }
-    let pin = trust::Pin::load(&ctx.store)?;
-    match trust::check(state.loaded(), pin.as_ref(), &ctx.trust) {
+    match verdict(ctx, state)? {
         Ok(verdict) => {
             for note in &verdict.notes {
                 report.note(note);
@@ -201,6 +189,31 @@ fn authenticate(ctx: &Context, state: &State, access: Access, report: &mut Repor
             Ok(())
         }
     }
+}
+
+/// For a reader that hands material out (a kubeconfig): refuses a state it cannot trust, as
+/// a writer does.
+fn refuse_untrusted(ctx: &Context, state: &State) -> Result<()> {
+    verdict(ctx, state)?
+        .map(drop)
+        .map_err(trust::Problem::into_error)
+}
+
+/// The committed manifest against this clone's pin and the fingerprint given, if any.
+fn verdict(ctx: &Context, state: &State) -> Result<Result<trust::Verdict, trust::Problem>> {
+    if let Some(given) = &ctx.trust.given
+        && !trust::valid_fingerprint(given)
+    {
+        return Err(Error::usage(
+            format!("--trust {given}: not a key fingerprint (sha256: and 64 lowercase hex digits)"),
+            Some(
+                "kpki status shows the fingerprint of the Kubernetes CA that signs the manifest"
+                    .into(),
+            ),
+        ));
+    }
+    let pin = trust::Pin::load(&ctx.store)?;
+    Ok(trust::check(state.loaded(), pin.as_ref(), &ctx.trust))
 }
 
 /// For a reader: says that an interrupted run left temporary files, which only a writer may

@@ -209,6 +209,14 @@ fn a_replaced_ca_is_refused_by_a_pinned_clone_and_by_the_fingerprint() {
     let status = cluster.kpki(&["status"]);
     assert_eq!(status.code(), Some(1), "{}", status.stderr());
     assert!(status.stderr().contains(&real), "{}", status.stderr());
+    // A reader that hands material out refuses as a writer does: no kubeconfig of theirs.
+    let kubeconfig = cluster.kpki(&["kubeconfig", "admin"]);
+    assert!(kubeconfig.stdout().is_empty(), "a kubeconfig was printed");
+    let line = kubeconfig.fails_with(2);
+    assert!(
+        line.contains("not by the Kubernetes CA this clone trusts"),
+        "{line}"
+    );
 
     // A fresh clone pinned out of band refuses it too; one that is not says whom it trusts.
     clone.fresh_clone();
