@@ -274,9 +274,3 @@ pub fn revocation_list(
         .and_then(|crl| crl.pem())
         .map_err(fail)
 }
-
-/// Whole seconds: certificates carry no fractions, and equal inputs should give equal times.
-pub fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(0).unwrap_or(now)
-}

@@ -1,6 +1,6 @@
 //! kpki: the PKI of a Kubernetes cluster on NixOS, from one config file.
 //!
-//! Floors, each using only those below it: `error`, `store`, `pem`, `agefile` and `cli` at the
+//! Floors, each using only those below it: `error`, `clock`, `store`, `pem`, `agefile` and `cli` at the
 //! bottom; `config`; `catalogue`, `secrets::manifest`; `state` (the one reader of PKI material);
 //! `issuing`, `inspection`, `kubeconfig`; `secrets` (what secrets/ must hold, committing);
 //! `plan`; `rotation`; `report` (what a command says, printed by the binary); `commands`.
@@ -8,6 +8,7 @@
 pub mod agefile;
 pub mod catalogue;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod completion;
 pub mod config;

@@ -228,7 +228,7 @@ fn read_authority(state: &State, name: CaName, allow_expired: bool) -> Result<Au
             ),
         ));
     }
-    if !allow_expired && facts.not_after <= issuing::now() {
+    if !allow_expired && facts.not_after <= crate::clock::now() {
         return Err(Error::usage(
             format!(
                 "the {} CA ({}) has expired",
@@ -323,7 +323,7 @@ fn leaf_expiry(
     if now + span.0 <= ca.not_after() {
         return Ok(now + span.0);
     }
-    let ca_expiry = inspection::status::rfc3339(ca.not_after());
+    let ca_expiry = crate::clock::rfc3339(ca.not_after());
     if matches!(wanted, Wanted::Given(_)) {
         return Err(Error::usage(
             format!(

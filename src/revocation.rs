@@ -14,9 +14,9 @@ use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Readers};
+use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Role, Span};
 use crate::error::{Error, Result};
-use crate::inspection::status::rfc3339;
 use crate::inspection::{self, facts, pem_certs, signed_by};
 use crate::issuing::{self, RevocationReason};
 use crate::pem;
@@ -92,13 +92,9 @@ fn current_ca(state: &State) -> Result<Vec<u8>> {
 fn in_force(ledger: &BTreeMap<String, Revocation>, now: OffsetDateTime) -> BTreeSet<String> {
     ledger
         .iter()
-        .filter(|(_, r)| parse_time(&r.not_after).is_none_or(|t| t > now))
+        .filter(|(_, r)| parse_rfc3339(&r.not_after).is_none_or(|t| t > now))
         .map(|(serial, _)| serial.clone())
         .collect()
-}
-
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// Why the CRL must be signed anew, or `None`: missing while certificates are revoked, its
@@ -175,7 +171,7 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
         .map(|(serial, r)| {
             Ok(issuing::Revoked {
                 serial: unhex(serial).ok_or_else(|| damaged_ledger(state, serial))?,
-                at: parse_time(&r.revoked).ok_or_else(|| damaged_ledger(state, serial))?,
+                at: parse_rfc3339(&r.revoked).ok_or_else(|| damaged_ledger(state, serial))?,
                 reason: reason_code(&r.reason),
             })
         })
@@ -363,7 +359,7 @@ fn superseded_of(
         .into_iter()
         .filter(|(serial, s)| s.file == rel && !in_use.contains(serial))
         .filter_map(|(serial, s)| {
-            let not_after = parse_time(&s.not_after).filter(|t| *t > now)?;
+            let not_after = parse_rfc3339(&s.not_after).filter(|t| *t > now)?;
             Some(Revoke {
                 file: rel.to_string(),
                 serial,

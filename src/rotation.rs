@@ -12,9 +12,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
+use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
-use crate::inspection::status::{Assessed, State as RowState, readable, rfc3339};
+use crate::inspection::status::{Assessed, State as RowState, readable};
 use crate::inspection::{facts, pem_certs, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
@@ -142,7 +143,7 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
             let recorded = state.manifest().files.get(&rel);
             let started = recorded
                 .and_then(|e| e.certificate.as_ref())
-                .and_then(|f| crate::inspection::status::parse_rfc3339(&f.not_before))
+                .and_then(|f| crate::clock::parse_rfc3339(&f.not_before))
                 .map(|t| rfc3339(t + issuing::BACKDATE));
             found.push(Rotation {
                 what: name,

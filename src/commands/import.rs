@@ -41,7 +41,7 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
     }
     warn_generated(report, &admins);
     report_sealing(report, &sealing);
-    let now = issuing::now();
+    let now = crate::clock::now();
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let assessed = assessment::assess(&state, &config, &assessment::stale_files(&seal), now)?;
     let adopted: std::collections::HashSet<String> = adopted.into_iter().map(|(r, _)| r).collect();

@@ -77,7 +77,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     authenticate(ctx, &state, Access::Write, report)?;
     state.audit()?;
     let actions = plan::missing(&state, &config)?;
-    let mut applied = plan::apply(&state, &config, &actions, issuing::now())?;
+    let mut applied = plan::apply(&state, &config, &actions, crate::clock::now())?;
     applied.written.extend(revocation::complete_crl(&state)?);
     let mut extras = first_run_files(store, &admins);
     if default {

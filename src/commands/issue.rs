@@ -22,7 +22,7 @@ pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<
         _ => None,
     };
     let (config, recipients, state) = cluster(ctx, report, Access::Write)?.parts();
-    let now = issuing::now();
+    let now = crate::clock::now();
     let targets = match subject {
         Some(subject) => vec![Target::User(subject)],
         None => issue_targets(&config, &request.profile, request.node.as_deref())?

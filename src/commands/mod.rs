@@ -17,7 +17,6 @@ use crate::config::{Config, DEFAULT_CONFIG, Node, Role};
 use crate::error::{Error, Result};
 use crate::importing;
 use crate::inspection::{self, status as assessment};
-use crate::issuing;
 use crate::plan::{self, Applied, Target};
 use crate::report::{Report, abbreviate, did_you_mean};
 use crate::revocation;
@@ -296,7 +295,7 @@ fn shown(store: &Store, path: &Path) -> String {
 /// The certificates (and CAs) that no longer match the config; none are named when reading
 /// them would need an identity that is not at hand (a fresh clone with nothing to do).
 fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
-    match assessment::assess(state, config, &HashMap::new(), issuing::now()) {
+    match assessment::assess(state, config, &HashMap::new(), crate::clock::now()) {
         Ok(rows) => Ok(rows
             .into_iter()
             .filter(|a| a.row.state == assessment::State::Drift)

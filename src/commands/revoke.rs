@@ -5,7 +5,7 @@ use super::*;
 /// `kpki revoke NAME...`.
 pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<()> {
     let (config, recipients, state) = cluster(ctx, report, Access::Write)?.parts();
-    let now = issuing::now();
+    let now = crate::clock::now();
     let mut applied = Applied::default();
     let mut deleted = Vec::new();
     for name in &args.names {
@@ -30,7 +30,7 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
                     report.warn(format_args!(
                         "{}: stays valid until {}: the {} CA has no revocation (kpki rotate --ca {} ends it)",
                         u.file,
-                        assessment::rfc3339(u.not_after),
+                        crate::clock::rfc3339(u.not_after),
                         u.ca.dir(),
                         u.ca.dir()
                     ));

@@ -35,7 +35,7 @@ pub fn rollout(ctx: &Context, args: &RolloutArgs, report: &mut Report) -> Result
         false => table(&rows) + &summary + "\n",
     });
     let saved = Saved {
-        at: assessment::rfc3339(issuing::now()),
+        at: crate::clock::rfc3339(crate::clock::now()),
         rows: rows.len(),
         behind,
         summary,

@@ -10,7 +10,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
     }
     let (within, ca) = (request.within, request.ca);
     let (config, recipients, state) = cluster(ctx, report, Access::Write)?.parts();
-    let now = issuing::now();
+    let now = crate::clock::now();
     let applied = match (ca, request.service_account) {
         (Some(ca), _) if request.dry_run => {
             let plan = rotation::plan_ca(&state, &config, ca, request.finish, request.keep_key)?;
@@ -128,7 +128,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
 /// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.
 pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> Result<()> {
     let (state, config, recipients) = (&cluster.state, &cluster.config, &cluster.recipients);
-    let now = issuing::now();
+    let now = crate::clock::now();
     let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
     let prune = revocation::plan_prune(state, config, &seal, now)?;
     if prune.is_empty() {
@@ -195,7 +195,7 @@ pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
             "revoke {} (serial {}, valid until {}) on {}",
             r.file,
             r.serial,
-            short_date(r.not_after),
+            crate::clock::date(r.not_after),
             catalogue::crl_file()
         ));
     }
@@ -219,7 +219,7 @@ pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
             .outlived
             .iter()
             .filter(|u| u.ca == ca)
-            .map(|u| format!("{} ({})", u.file, short_date(u.not_after)))
+            .map(|u| format!("{} ({})", u.file, crate::clock::date(u.not_after)))
             .collect();
         if !outlived.is_empty() {
             lines.push(format!(
@@ -231,11 +231,6 @@ pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
         }
     }
     lines
-}
-
-/// A date as `2027-11-26`.
-pub(super) fn short_date(t: time::OffsetDateTime) -> String {
-    assessment::rfc3339(t).chars().take(10).collect()
 }
 
 /// What to do after a prune.

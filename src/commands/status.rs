@@ -68,7 +68,7 @@ pub(super) fn api_server_on_a_node(config: &Config) -> Option<String> {
 /// `kpki status`; anything that needs action sets `report.needs_action`.
 pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<()> {
     let (config, recipients, state) = cluster(ctx, report, Access::Read)?.parts();
-    let at = args.at.unwrap_or_else(issuing::now);
+    let at = args.at.unwrap_or_else(crate::clock::now);
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, &config, seal.unchecked())?;

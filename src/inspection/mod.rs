@@ -144,8 +144,8 @@ pub fn public_facts(der: &[u8]) -> Result<crate::secrets::manifest::Facts, Strin
         issuer,
         subject: subject_line(&facts.subject),
         sans: sans_digest(&facts.subject.sans),
-        not_before: status::rfc3339(facts.not_before),
-        not_after: status::rfc3339(facts.not_after),
+        not_before: crate::clock::rfc3339(facts.not_before),
+        not_after: crate::clock::rfc3339(facts.not_after),
     })
 }
 

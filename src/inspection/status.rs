@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
+use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Span};
 use crate::error::{Error, InOrder, Result};
 use crate::rotation::Rotation;
@@ -408,11 +409,6 @@ pub fn readable<T>(result: Result<T>) -> Result<Option<T>> {
     }
 }
 
-/// An RFC 3339 time, as the manifest records them.
-pub fn parse_rfc3339(rfc3339: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()
-}
-
 /// The CN and groups of a subject as the manifest records it.
 fn names(subject: &str) -> (String, Vec<String>) {
     let mut cn = String::new();
@@ -470,12 +466,6 @@ fn mark_stale(row: &mut Row, files: [&String; 2], stale: &HashMap<&str, &Stale>)
         row.state = State::StaleSecret;
         row.detail = Some(out_of_date.join("; "));
     }
-}
-
-/// A timestamp as RFC 3339.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// The status report as of `at`: rows and the state of `secrets/`. Outdated Nix files,

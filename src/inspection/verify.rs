@@ -21,7 +21,7 @@ pub fn verify(
     recipients: &Recipients,
     plan: &SealPlan<'_>,
 ) -> Result<Vec<String>> {
-    let now = crate::issuing::now();
+    let now = crate::clock::now();
     let items = catalogue::items(config);
     let mut problems: Vec<String> = items
         .par_iter()
@@ -196,12 +196,12 @@ fn validity(f: &Facts, now: OffsetDateTime, at: &str, problems: &mut Vec<String>
     if f.not_after <= now {
         problems.push(format!(
             "pki/{at}: expired on {}",
-            super::status::rfc3339(f.not_after)
+            crate::clock::rfc3339(f.not_after)
         ));
     } else if f.not_before > now {
         problems.push(format!(
             "pki/{at}: not valid before {}",
-            super::status::rfc3339(f.not_before)
+            crate::clock::rfc3339(f.not_before)
         ));
     }
 }

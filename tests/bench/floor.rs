@@ -33,7 +33,7 @@ fn certificates(c: &mut Criterion) {
             key.sign(&rng, &tbs).unwrap()
         })
     });
-    let now = issuing::now();
+    let now = kpki::clock::now();
     let year = Span(time::Duration::days(365));
     let ca_key = issuing::generate_key(Algorithm::EcdsaP256).unwrap();
     let ca_pem =

@@ -1,0 +1,27 @@
+//! Time as kpki reads and writes it, in one place: the present (to the second, as certificates
+//! hold it) and RFC 3339 text (the manifest, reports, `--at`).
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Now, in whole seconds: certificates carry no fractions, and equal inputs should give equal
+/// times.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+/// A timestamp as RFC 3339.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// An RFC 3339 timestamp, as the manifest records them.
+pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// The date of a timestamp, `2027-11-26`.
+pub fn date(t: OffsetDateTime) -> String {
+    rfc3339(t).chars().take(10).collect()
+}
