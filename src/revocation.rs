@@ -22,7 +22,7 @@ use crate::issuing::{self, RevocationReason};
 use crate::pem;
 use crate::plan::{self, Action, Applied};
 use crate::secrets::SealPlan;
-use crate::secrets::manifest::{Revocation, Superseded};
+use crate::secrets::manifest::{Reason, Revocation, Superseded};
 use crate::state::State;
 
 /// The CA whose certificates can be revoked.
@@ -172,7 +172,7 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
             Ok(issuing::Revoked {
                 serial: unhex(serial).ok_or_else(|| damaged_ledger(state, serial))?,
                 at: parse_rfc3339(&r.revoked).ok_or_else(|| damaged_ledger(state, serial))?,
-                reason: reason_code(&r.reason),
+                reason: reason_code(r.reason),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -221,7 +221,7 @@ fn carry_over(ledger: &mut BTreeMap<String, Revocation>, state: &State) -> Resul
             let serial = inspection::hex(entry.raw_serial());
             ledger.entry(serial).or_insert_with(|| Revocation {
                 file: "(kept from the last signed revocation list)".into(),
-                reason: reason_name(entry.reason_code().map(|(_, r)| r.0)).into(),
+                reason: reason_of_code(entry.reason_code().map(|(_, r)| r.0)),
                 revoked: rfc3339(
                     OffsetDateTime::from_unix_timestamp(entry.revocation_date.timestamp())
                         .unwrap_or(OffsetDateTime::UNIX_EPOCH),
@@ -252,11 +252,11 @@ fn last_lists(state: &State) -> Vec<Vec<u8>> {
 }
 
 /// The ledger's reason for a CRL reason code (RFC 5280 numbering).
-fn reason_name(code: Option<u8>) -> &'static str {
+fn reason_of_code(code: Option<u8>) -> Reason {
     match code {
-        Some(4) => SUPERSEDED,
-        Some(5) => REMOVED,
-        _ => COMPROMISED,
+        Some(4) => Reason::Superseded,
+        Some(5) => Reason::Removed,
+        _ => Reason::Compromised,
     }
 }
 
@@ -277,17 +277,14 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn reason_code(reason: &str) -> RevocationReason {
+/// The CRL reason code of a ledger reason.
+fn reason_code(reason: Reason) -> RevocationReason {
     match reason {
-        REMOVED => RevocationReason::CessationOfOperation,
-        SUPERSEDED => RevocationReason::Superseded,
-        _ => RevocationReason::KeyCompromise,
+        Reason::Removed => RevocationReason::CessationOfOperation,
+        Reason::Superseded => RevocationReason::Superseded,
+        Reason::Compromised => RevocationReason::KeyCompromise,
     }
 }
-
-const REMOVED: &str = "removed";
-const SUPERSEDED: &str = "superseded";
-const COMPROMISED: &str = "compromised";
 
 /// A certificate to revoke.
 #[derive(Debug, Clone)]
@@ -295,7 +292,7 @@ pub struct Revoke {
     pub file: String,
     pub serial: String,
     pub not_after: OffsetDateTime,
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
 /// A certificate that stays valid until it expires: no consumer of its CA checks revocation.
@@ -309,7 +306,7 @@ pub struct Unrevocable {
 /// The current certificate of `pki/REL` and how it can be ended: revoked (the etcd CA), or
 /// only outlived (the other CAs); nothing to do when it has expired or no CA of the cluster
 /// signed it.
-fn ending(state: &State, rel: &str, reason: &'static str, now: OffsetDateTime) -> Result<Ending> {
+fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Result<Ending> {
     let text = state.require(rel)?;
     let bad = |m: String| Error::file(&state.store().pki_path(rel), m);
     let certs = pem_certs(&text.text).map_err(bad)?;
@@ -347,7 +344,7 @@ fn superseded_of(
     state: &State,
     config: &Config,
     rel: &str,
-    reason: &'static str,
+    reason: Reason,
     now: OffsetDateTime,
 ) -> Result<Vec<Revoke>> {
     if !crate::rotation::rotating(state, CA)? {
@@ -400,7 +397,7 @@ fn serials_in_use(state: &State, config: &Config) -> Result<BTreeSet<String>> {
 pub fn note_superseded(state: &State, config: &Config, now: OffsetDateTime) -> Result<()> {
     let mut superseded = state.superseded();
     for rel in etcd_leaves(config) {
-        if let Ending::Revoke(r) = ending(state, &rel, SUPERSEDED, now)? {
+        if let Ending::Revoke(r) = ending(state, &rel, Reason::Superseded, now)? {
             superseded.insert(
                 r.serial,
                 Superseded {
@@ -494,7 +491,7 @@ pub fn plan_prune<'c>(
     };
     for rel in &deleted {
         if pem::Kind::of(rel) == pem::Kind::Certificates {
-            end(rel, REMOVED)?;
+            end(rel, Reason::Removed)?;
         }
     }
     let mut reissued = Vec::new();
@@ -508,7 +505,7 @@ pub fn plan_prune<'c>(
         }
         match item.entry().kind {
             Kind::Leaf { .. } => {
-                end(&item.file(Part::Cert), SUPERSEDED)?;
+                end(&item.file(Part::Cert), Reason::Superseded)?;
                 reissued.push(item);
             }
             Kind::KeyPair => {
@@ -599,7 +596,7 @@ fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
             r.serial.clone(),
             Revocation {
                 file: r.file.clone(),
-                reason: r.reason.to_string(),
+                reason: r.reason,
                 revoked: rfc3339(now),
                 not_after: rfc3339(r.not_after),
             },
@@ -680,7 +677,7 @@ pub fn revoke(
         Kind::Leaf { .. } => {}
     }
     let rel = item.file(Part::Cert);
-    let Ending::Revoke(revoke) = ending(state, &rel, COMPROMISED, now)? else {
+    let Ending::Revoke(revoke) = ending(state, &rel, Reason::Compromised, now)? else {
         return Err(Error::usage(
             format!("{rel} has expired or is not signed by the etcd CA: nothing to revoke"),
             Some(format!("kpki issue {} renews it", item.entry().profile)),
@@ -689,7 +686,13 @@ pub fn revoke(
     let action = Action::item(*item, false);
     let mut applied = plan::apply(state, config, &[action], now)?;
     let mut revoked = vec![revoke];
-    revoked.extend(superseded_of(state, config, &rel, COMPROMISED, now)?);
+    revoked.extend(superseded_of(
+        state,
+        config,
+        &rel,
+        Reason::Compromised,
+        now,
+    )?);
     record(state, &revoked, now);
     applied.written.extend(issue_crl(state, config, now)?);
     applied.written.sort();
@@ -706,7 +709,7 @@ fn remove_user(state: &State, user: &str, now: OffsetDateTime) -> Result<(Revoke
             Some("kpki status lists the users under users/".into()),
         ));
     }
-    let outlived = match ending(state, &files[0], REMOVED, now)? {
+    let outlived = match ending(state, &files[0], Reason::Removed, now)? {
         Ending::Outlive(u) => Some(u),
         _ => None,
     };

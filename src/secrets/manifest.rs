@@ -84,9 +84,8 @@ pub struct Superseded {
 pub struct Revocation {
     /// The file it was, relative to `pki/` (`node-03/etcd-peer.pem`).
     pub file: String,
-    /// Why: `removed` (its node or declaration left the config), `superseded` (a shared
-    /// certificate a removed node could read, reissued) or `compromised` (`kpki revoke`).
-    pub reason: String,
+    /// Why it was revoked.
+    pub reason: Reason,
     /// When kpki revoked it (RFC 3339).
     pub revoked: String,
     /// When it expires (RFC 3339); its entry goes from the list after that.
@@ -135,6 +134,18 @@ pub struct Loaded {
     pub fingerprint: Option<String>,
     /// The signed bytes and their signature; `None` when the manifest is unsigned.
     pub signed: Option<(String, Signature)>,
+}
+
+/// Why a certificate was revoked; anything else in the manifest is an error, never a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    /// Its node or declaration left the config.
+    Removed,
+    /// A shared certificate a removed node could read, reissued.
+    Superseded,
+    /// `kpki revoke`.
+    Compromised,
 }
 
 impl Manifest {
@@ -207,6 +218,24 @@ pub fn safe_path(rel: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_reason_is_one_of_three() {
+        let entry = |reason: &str| {
+            format!(
+                "file = \"a/b.pem\"\nreason = \"{reason}\"\nrevoked = \"2026-01-01T00:00:00Z\"\nnot_after = \"2027-01-01T00:00:00Z\"\n"
+            )
+        };
+        for (text, reason) in [
+            ("removed", Reason::Removed),
+            ("superseded", Reason::Superseded),
+            ("compromised", Reason::Compromised),
+        ] {
+            let r: Revocation = toml::from_str(&entry(text)).unwrap();
+            assert_eq!(r.reason, reason);
+        }
+        assert!(toml::from_str::<Revocation>(&entry("keyCompromise")).is_err());
+    }
 
     #[test]
     fn only_plain_relative_paths_are_safe() {
