@@ -55,7 +55,10 @@ impl Record {
     fn parse(text: &str) -> Option<Record> {
         let mut lines = text.lines();
         (lines.next()? == HEADER).then_some(())?;
-        let manifest = lines.next()?.strip_prefix("manifest ")?.to_string();
+        let manifest = match lines.next()?.strip_prefix("manifest ")? {
+            "-" => None,
+            fp => Some(fp.to_string()),
+        };
         let mut words = lines.next()?.strip_prefix("outputs ")?.split(' ');
         let config = words.next()?.to_string();
         let outputs = (config != "-").then(|| Outputs {
@@ -83,7 +86,7 @@ impl Record {
             );
         }
         Some(Record {
-            manifest: Some(manifest),
+            manifest,
             outputs,
             files,
         })
@@ -162,5 +165,8 @@ mod tests {
         assert_eq!(again.outputs, record.outputs);
         assert_eq!(again.files, record.files);
         assert!(Record::parse("kpki cache 2\n").is_none());
+        // A record made before anything was committed reads back as such.
+        let empty = Record::default().render();
+        assert_eq!(Record::parse(&empty).unwrap().manifest, None);
     }
 }
