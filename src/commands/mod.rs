@@ -343,6 +343,13 @@ fn report_sealing(report: &mut Report, sealing: &Sealing) {
     for file in &sealing.written {
         report.say(format_args!("wrote {file}"));
     }
+    if !sealing.new_recipients.is_empty() {
+        report.warn(format_args!(
+            "encrypted to {} recipients the last signed state never had: {}; pki/kpki.toml is not signed, so if you did not add them, someone with push access did (git log -p pki/kpki.toml)",
+            sealing.new_recipients.len(),
+            abbreviate(&sealing.new_recipients)
+        ));
+    }
 }
 
 /// Ends a dry run, saying what would have been done. Printed even with `--quiet`: the plan is

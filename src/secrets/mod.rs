@@ -570,6 +570,9 @@ pub struct Sealing {
     pub refreshed: Vec<String>,
     /// Plaintext files put back from `secrets/` (deleted from the cache by hand).
     pub restored: Vec<String>,
+    /// Who this commit encrypted to that the committed (signed) state never did, each with
+    /// where the config names it: the config is not signed, so a pusher could have added them.
+    pub new_recipients: Vec<String>,
 }
 
 impl Sealing {
@@ -658,6 +661,7 @@ pub fn commit_planned(
             }
         }
     }
+    sealing.new_recipients = new_recipients(state, config, &plan);
     // Rendering the Nix files takes a while at a thousand nodes: alongside the encryption.
     let (encrypted, outputs) = rayon::join(
         || encrypt_stale(state, config, recipients, &plan),
@@ -741,6 +745,42 @@ pub fn commit_planned(
     })?;
     trust::pin(store, signed.map(|(_, pin)| pin).or(state.verified()))?;
     Ok(sealing)
+}
+
+/// The recipients of the files `plan` encrypts that no file of the committed manifest has:
+/// an admin or a host key that came into the config since the last signed state. Each is named
+/// with where the config has it.
+fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<String> {
+    if !state.is_committed() {
+        return Vec::new();
+    }
+    let known: HashSet<&str> = state
+        .manifest()
+        .files
+        .values()
+        .flat_map(|e| e.recipients.iter().map(String::as_str))
+        .collect();
+    let new: std::collections::BTreeSet<&str> = plan
+        .standings
+        .iter()
+        .filter(|st| st.stale.is_some())
+        .filter_map(|st| st.due.as_ref())
+        .flat_map(|e| e.recipients.iter().map(String::as_str))
+        .filter(|r| !known.contains(r))
+        .collect();
+    new.into_iter()
+        .map(|r| {
+            let node = config
+                .nodes
+                .iter()
+                .find(|n| n.host_key.as_deref().map(seal::canonical).as_deref() == Some(r));
+            let short: String = r.chars().take(28).collect();
+            match node {
+                Some(n) => format!("{short}… (node {}'s host_key)", n.name),
+                None => format!("{short}… (secrets.admins)"),
+            }
+        })
+        .collect()
 }
 
 /// Puts `material` into the plaintext cache at `pki/REL` (keys 0600, the rest 0644); a private

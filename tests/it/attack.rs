@@ -528,3 +528,37 @@ fn an_import_adopts_nothing_a_worker_or_a_leaf_could_smuggle_in() {
         );
     }
 }
+
+#[test]
+fn a_recipient_pushed_into_the_config_is_named_when_sealed_to() {
+    // The config is not signed: a pusher adds a control-plane node with their own host key.
+    let cluster = Cluster::initialized(DEFAULT_CONFIG);
+    let key = cluster.path().with_extension("evil-host");
+    run_ok("age-keygen", &["-o", s(&key)]);
+    let text = std::fs::read_to_string(&key).unwrap();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap();
+    let mut config = std::fs::read_to_string(cluster.pki("kpki.toml")).unwrap();
+    config += &format!(
+        "\n[[node]]\nname = \"evil\"\naddresses = [\"2001:db8::66\"]\nroles = [\"control-plane\"]\nhost_key = \"{}\"\n",
+        public.trim()
+    );
+    cluster.write_config(&config);
+    let run = cluster.kpki(&["init"]).success();
+    let warned = run
+        .stderr()
+        .lines()
+        .find(|l| l.contains("recipients the last signed state never had"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        warned.contains("node evil's host_key") && warned.contains("git log -p pki/kpki.toml"),
+        "{}",
+        run.stderr()
+    );
+    // Said once: the next run has nothing new to say.
+    let again = cluster.kpki(&["init"]).success().stderr();
+    assert!(!again.contains("never had"), "{again}");
+}
