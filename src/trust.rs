@@ -178,7 +178,7 @@ fn unsigned(loaded: &Loaded, pin: Option<&Pin>, anchor: Option<&str>) -> Result<
                 "{FILE} {what}, but this clone has verified generation {} of it, signed by {}: it was replaced or stripped",
                 pin.generation, pin.signer
             ),
-            "restore it from git (git log -- secrets/manifest.toml) and look at who changed it",
+            "restore it from git (git log -- secrets/manifest.toml) and look at who changed it; to start a new cluster here instead, delete pki/.kpki/trust",
         ));
     }
     if let (Some(anchor), Some(_)) = (anchor, &loaded.fingerprint) {
