@@ -592,11 +592,19 @@ fn an_edit_in_place_with_its_mtime_set_back_is_still_found() {
     let reference = cluster.path().with_extension("mtime");
     std::fs::copy(&cert, &reference).unwrap();
     run_ok("touch", &["-r", s(&cert), s(&reference)]);
-    // Same size, same inode, same mtime: one base64 character of the signature changed.
+    // Same size, same inode, same mtime: the last byte of the signature changed (a valid
+    // certificate still, re-encoded by openssl in the same PEM layout).
     let text = std::fs::read_to_string(&cert).unwrap();
-    let at = text.rfind("-----END").unwrap() - 3;
-    let swapped = if &text[at..at + 1] == "A" { "B" } else { "A" };
-    let edited = format!("{}{swapped}{}", &text[..at], &text[at + 1..]);
+    let der = cluster.path().with_extension("der");
+    run_ok(
+        "openssl",
+        &["x509", "-in", s(&cert), "-outform", "DER", "-out", s(&der)],
+    );
+    let mut bytes = std::fs::read(&der).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&der, &bytes).unwrap();
+    let edited = run_ok("openssl", &["x509", "-inform", "DER", "-in", s(&der)]);
+    assert_eq!(edited.len(), text.len(), "{edited}");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&cert)
