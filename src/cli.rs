@@ -28,6 +28,10 @@ pub struct Cli {
     /// unpushed work); revocations are kept all the same.
     #[arg(long, global = true)]
     pub allow_rollback: bool,
+    /// Encrypt to recipients the last signed state never had (pki/kpki.toml is not signed):
+    /// node names (their host_key), admin recipients as written in secrets.admins, or `all`.
+    #[arg(long, global = true, value_name = "WHO", value_delimiter = ',')]
+    pub accept_recipients: Vec<String>,
     /// Print nothing but errors, warnings and requested output.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,

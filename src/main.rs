@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             given: trust,
             allow_rollback: cli.allow_rollback,
         },
+        accepted: cli.accept_recipients.clone(),
     };
     let style = Style {
         quiet: cli.quiet,

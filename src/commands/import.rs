@@ -13,7 +13,7 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
     let config = config(store)?;
     warn_config(report, &config);
     let admins = secrets::admins(store, &config)?;
-    let recipients = Recipients::new(&config, admins.recipients.clone())?;
+    let recipients = Recipients::new(&config, admins.recipients.clone())?.accepting(&ctx.accepted);
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
     authenticate(ctx, &state, Access::Write, report)?;
     state.audit()?;

@@ -72,7 +72,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         return write_example_config(ctx, report, default);
     }
     let admins = secrets::admins(store, &config)?;
-    let recipients = Recipients::new(&config, admins.recipients.clone())?;
+    let recipients = Recipients::new(&config, admins.recipients.clone())?.accepting(&ctx.accepted);
     let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
     authenticate(ctx, &state, Access::Write, report)?;
     state.audit()?;

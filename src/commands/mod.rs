@@ -53,6 +53,8 @@ pub struct Context {
     pub identity: Option<std::path::PathBuf>,
     /// Whom to trust for the committed state (`--trust`, `KPKI_TRUST`, `--allow-rollback`).
     pub trust: trust::Policy,
+    /// Recipients new to the signed state that the admin confirmed (`--accept-recipients`).
+    pub accepted: Vec<String>,
 }
 
 /// Prints the config's warnings (valid, but probably not meant).
@@ -153,7 +155,7 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
             Some("run kpki init first".into()),
         ));
     }
-    let recipients = Recipients::new(&config, admins.recipients)?;
+    let recipients = Recipients::new(&config, admins.recipients)?.accepting(&ctx.accepted);
     let state = state?;
     authenticate(ctx, &state, access, report)?;
     match access {
@@ -344,8 +346,8 @@ fn report_sealing(report: &mut Report, sealing: &Sealing) {
         report.say(format_args!("wrote {file}"));
     }
     if !sealing.new_recipients.is_empty() {
-        report.warn(format_args!(
-            "encrypted to {} recipients the last signed state never had: {}; pki/kpki.toml is not signed, so if you did not add them, someone with push access did (git log -p pki/kpki.toml)",
+        report.say(format_args!(
+            "encrypted to {} recipient(s) new to the signed state, as accepted: {}",
             sealing.new_recipients.len(),
             abbreviate(&sealing.new_recipients)
         ));

@@ -71,6 +71,8 @@ pub fn admins(store: &Store, config: &Config) -> Result<Admins> {
 pub struct Recipients {
     admins: Vec<String>,
     parsed: HashMap<String, Recipient>,
+    /// Who may be encrypted to though the last signed state never was (`--accept-recipients`).
+    accepted: Vec<String>,
 }
 
 impl Recipients {
@@ -95,7 +97,27 @@ impl Recipients {
             .collect::<Vec<_>>()
             .in_order()?;
         parsed.extend(hosts);
-        Ok(Recipients { admins, parsed })
+        Ok(Recipients {
+            admins,
+            parsed,
+            accepted: Vec::new(),
+        })
+    }
+
+    /// The same recipients, allowed to include `accepted` (node names, recipients or `all`)
+    /// though the last signed state never encrypted to them.
+    pub fn accepting(mut self, accepted: &[String]) -> Recipients {
+        self.accepted = accepted.to_vec();
+        self
+    }
+
+    /// Whether the admin confirmed `new`.
+    fn accepts(&self, new: &NewRecipient) -> bool {
+        self.accepted.iter().any(|who| {
+            who == "all"
+                || new.node.as_deref() == Some(who.as_str())
+                || seal::canonical(who) == new.key
+        })
     }
 
     pub fn admins(&self) -> &[String] {
@@ -570,8 +592,8 @@ pub struct Sealing {
     pub refreshed: Vec<String>,
     /// Plaintext files put back from `secrets/` (deleted from the cache by hand).
     pub restored: Vec<String>,
-    /// Who this commit encrypted to that the committed (signed) state never did, each with
-    /// where the config names it: the config is not signed, so a pusher could have added them.
+    /// Who this commit encrypted to that the committed (signed) state never did, as the
+    /// admin accepted: the config is not signed, so a pusher could have added them.
     pub new_recipients: Vec<String>,
 }
 
@@ -607,6 +629,8 @@ pub fn commit_planned(
     plan: SealPlan<'_>,
 ) -> Result<Sealing> {
     let store = state.store();
+    let new = new_recipients(state, config, &plan);
+    refuse_unaccepted(recipients, &new)?;
     let divergent = state.audit()?;
     let mut txn = store.transaction();
     let mut sealing = Sealing::default();
@@ -661,7 +685,7 @@ pub fn commit_planned(
             }
         }
     }
-    sealing.new_recipients = new_recipients(state, config, &plan);
+    sealing.new_recipients = new.iter().map(NewRecipient::describe).collect();
     // Rendering the Nix files takes a while at a thousand nodes: alongside the encryption.
     let (encrypted, outputs) = rayon::join(
         || encrypt_stale(state, config, recipients, &plan),
@@ -747,10 +771,32 @@ pub fn commit_planned(
     Ok(sealing)
 }
 
+/// A recipient the last signed state never had, and the node whose host key it is (none: an
+/// admin).
+struct NewRecipient {
+    key: String,
+    node: Option<String>,
+}
+
+impl NewRecipient {
+    /// The recipient with where the config names it.
+    fn describe(&self) -> String {
+        let short: String = self.key.chars().take(28).collect();
+        match &self.node {
+            Some(node) => format!("node {node}'s host_key {short}…"),
+            None => format!("secrets.admins {short}…"),
+        }
+    }
+
+    /// How `--accept-recipients` names it.
+    fn accept_as(&self) -> String {
+        self.node.clone().unwrap_or_else(|| self.key.clone())
+    }
+}
+
 /// The recipients of the files `plan` encrypts that no file of the committed manifest has:
-/// an admin or a host key that came into the config since the last signed state. Each is named
-/// with where the config has it.
-fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<String> {
+/// an admin or a host key that came into the config since the last signed state.
+fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<NewRecipient> {
     if !state.is_committed() {
         return Vec::new();
     }
@@ -768,19 +814,46 @@ fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<St
         .flat_map(|e| e.recipients.iter().map(String::as_str))
         .filter(|r| !known.contains(r))
         .collect();
+    if new.is_empty() {
+        return Vec::new();
+    }
+    let hosts: HashMap<String, &str> = config
+        .nodes
+        .iter()
+        .filter_map(|n| Some((seal::canonical(n.host_key.as_deref()?), n.name.as_str())))
+        .collect();
     new.into_iter()
-        .map(|r| {
-            let node = config
-                .nodes
-                .iter()
-                .find(|n| n.host_key.as_deref().map(seal::canonical).as_deref() == Some(r));
-            let short: String = r.chars().take(28).collect();
-            match node {
-                Some(n) => format!("{short}… (node {}'s host_key)", n.name),
-                None => format!("{short}… (secrets.admins)"),
-            }
+        .map(|key| NewRecipient {
+            key: key.to_string(),
+            node: hosts.get(key).map(|n| n.to_string()),
         })
         .collect()
+}
+
+/// Refuses to encrypt to a recipient new to the signed state that the admin did not accept:
+/// `pki/kpki.toml` is not signed, so anyone who can push could have put it there.
+fn refuse_unaccepted(recipients: &Recipients, new: &[NewRecipient]) -> Result<()> {
+    let unaccepted: Vec<&NewRecipient> = new.iter().filter(|n| !recipients.accepts(n)).collect();
+    if unaccepted.is_empty() {
+        return Ok(());
+    }
+    let described: Vec<String> = unaccepted.iter().map(|n| n.describe()).collect();
+    let names: Vec<String> = unaccepted.iter().map(|n| n.accept_as()).collect();
+    let flag = if names.len() <= 8 {
+        names.join(",")
+    } else {
+        "all".to_string()
+    };
+    Err(Error::usage(
+        format!(
+            "refusing to encrypt to {} recipient(s) the last signed state never had: {} (pki/kpki.toml is not signed: anyone with push access can add a recipient)",
+            unaccepted.len(),
+            crate::report::abbreviate(&described)
+        ),
+        Some(format!(
+            "if you added them, run again with --accept-recipients {flag}; if not, see git log -p pki/kpki.toml"
+        )),
+    ))
 }
 
 /// Puts `material` into the plaintext cache at `pki/REL` (keys 0600, the rest 0644); a private

@@ -529,36 +529,95 @@ fn an_import_adopts_nothing_a_worker_or_a_leaf_could_smuggle_in() {
     }
 }
 
+/// Runs kpki, which must refuse (exit 2): its whole stderr, error and hint.
+fn refused(cluster: &Cluster, args: &[&str]) -> String {
+    let run = cluster.kpki(args);
+    assert_eq!(run.code(), Some(2), "{args:?}: {}", run.stderr());
+    run.stderr()
+}
+
+/// A fresh age key pair: the identity file and its public recipient.
+fn age_key(path: &std::path::Path) -> String {
+    run_ok("age-keygen", &["-o", s(path)]);
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 #[test]
-fn a_recipient_pushed_into_the_config_is_named_when_sealed_to() {
+fn a_recipient_pushed_into_the_config_is_refused_until_the_admin_accepts_it() {
     // The config is not signed: a pusher adds a control-plane node with their own host key.
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
     let key = cluster.path().with_extension("evil-host");
-    run_ok("age-keygen", &["-o", s(&key)]);
-    let text = std::fs::read_to_string(&key).unwrap();
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap();
-    let mut config = std::fs::read_to_string(cluster.pki("kpki.toml")).unwrap();
-    config += &format!(
-        "\n[[node]]\nname = \"evil\"\naddresses = [\"2001:db8::66\"]\nroles = [\"control-plane\"]\nhost_key = \"{}\"\n",
-        public.trim()
+    let public = age_key(&key);
+    let original = std::fs::read_to_string(cluster.pki("kpki.toml")).unwrap();
+    let pushed = format!(
+        "{original}\n[[node]]\nname = \"evil\"\naddresses = [\"2001:db8::66\"]\nroles = [\"control-plane\"]\nhost_key = \"{public}\"\n"
     );
-    cluster.write_config(&config);
-    let run = cluster.kpki(&["init"]).success();
-    let warned = run
-        .stderr()
-        .lines()
-        .find(|l| l.contains("recipients the last signed state never had"))
-        .unwrap_or_default()
-        .to_string();
+    cluster.write_config(&pushed);
+    let before = cluster.snapshot();
+    for routine in [&["init"][..], &["rotate"], &["issue", "admin"]] {
+        let line = refused(&cluster, routine);
+        assert!(
+            line.contains("refusing to encrypt to 1 recipient")
+                && line.contains("node evil's host_key")
+                && line.contains("--accept-recipients evil")
+                && line.contains("git log -p pki/kpki.toml"),
+            "{routine:?}: {line}"
+        );
+        assert!(before == cluster.snapshot(), "{routine:?} wrote: {line}");
+    }
+    // Nothing was sealed to the pusher: no file of secrets/ opens with their key.
+    assert!(crate::secrets::age_decrypt(&cluster, &key, "kubernetes/ca.pem").is_none());
+    // Accepting another name does not accept this one.
+    cluster
+        .kpki(&["init", "--accept-recipients", "node-01"])
+        .fails_with(2);
+    // The admin who added the node says so, once; the next run has nothing new.
+    let run = cluster
+        .kpki(&["init", "--accept-recipients", "evil"])
+        .success();
     assert!(
-        warned.contains("node evil's host_key") && warned.contains("git log -p pki/kpki.toml"),
+        run.stdout()
+            .contains("new to the signed state, as accepted: node evil's host_key"),
         "{}",
-        run.stderr()
+        run.stdout()
     );
-    // Said once: the next run has nothing new to say.
-    let again = cluster.kpki(&["init"]).success().stderr();
-    assert!(!again.contains("never had"), "{again}");
+    assert!(crate::secrets::age_decrypt(&cluster, &key, "kubernetes/ca.pem").is_some());
+    cluster.kpki(&["init"]).success();
+}
+
+#[test]
+fn a_replaced_host_key_or_a_pushed_admin_is_refused_by_a_routine_rotate() {
+    let original = crate::secrets::config_with_keys();
+    let cluster = Cluster::initialized(&original);
+    let key = cluster.path().with_extension("mallory");
+    let public = age_key(&key);
+    // node-02's host key replaced (a reinstall, or a pusher).
+    let node02 = crate::secrets::host_public("node-02");
+    let replaced = original.replacen(&node02, &public, 1);
+    assert_ne!(replaced, original);
+    cluster.write_config(&replaced);
+    let line = cluster.kpki(&["rotate"]).fails_with(2);
+    assert!(line.contains("node node-02's host_key age1"), "{line}");
+    // A second admin pushed.
+    let admins = original.replacen("admins = [", &format!("admins = [\"{public}\", "), 1);
+    assert_ne!(admins, original);
+    cluster.write_config(&admins);
+    let before = cluster.snapshot();
+    let line = refused(&cluster, &["rotate"]);
+    assert!(line.contains("secrets.admins age1"), "{line}");
+    assert!(
+        line.contains(&format!("--accept-recipients {public}")),
+        "{line}"
+    );
+    assert!(before == cluster.snapshot(), "{line}");
+    assert!(crate::secrets::age_decrypt(&cluster, &key, "kubernetes/ca-key.pem").is_none());
+    cluster
+        .kpki(&["rotate", "--accept-recipients", &public])
+        .success();
+    assert!(crate::secrets::age_decrypt(&cluster, &key, "kubernetes/ca-key.pem").is_some());
 }

@@ -35,7 +35,7 @@ pub fn host_key(node: &str) -> PathBuf {
     }
 }
 
-fn host_public(node: &str) -> String {
+pub fn host_public(node: &str) -> String {
     let path = host_key(node);
     public(path.file_name().unwrap().to_str().unwrap())
 }
@@ -293,7 +293,11 @@ fn reruns_are_churn_free_and_a_new_host_key_reseals_only_what_that_host_reads() 
         &public("node-05_ssh_host_ed25519_key"),
     );
     cluster.write_config(&config);
-    cluster.kpki(&["init"]).success();
+    // A new host key is a recipient the signed state never had: the admin names it.
+    cluster.kpki(&["init"]).fails_with(2);
+    cluster
+        .kpki(&["init", "--accept-recipients", "node-02"])
+        .success();
     let changed: BTreeSet<String> = git(&cluster, &["status", "--porcelain"])
         .lines()
         .map(|l| l[3..].to_string())
