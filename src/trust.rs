@@ -8,6 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rcgen::{KeyPair, SigningKey};
+use std::collections::HashMap;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -225,28 +226,45 @@ fn verify_signature(body: &[u8], signature: &Signature) -> Result<String, Proble
     Ok(fingerprint(spki.raw))
 }
 
+/// The most links a manifest may carry: one per Kubernetes CA rotation, far more than a
+/// cluster sees, and few enough that a padded signature table cannot make every run spin.
+const MAX_LINKS: usize = 256;
+
 /// Whether trust passes from the key `trusted` to the key `signer` through `links`, each
-/// verified: the successor's certificate signed by the key trusted so far.
+/// verified: the successor's certificate signed by the key trusted so far. Each link is
+/// parsed once and followed at most once, so the walk is linear in the links.
 fn linked(trusted: &str, signer: &str, links: &[Link]) -> Result<(), Problem> {
-    let mut current = trusted.to_string();
-    for _ in 0..links.len() {
-        if current == signer {
-            return Ok(());
+    if links.len() > MAX_LINKS {
+        return Err(Problem::new(
+            format!(
+                "{FILE} carries {} links, more than the {MAX_LINKS} any cluster needs: it was padded",
+                links.len()
+            ),
+            "do not run kpki on this state: find who changed it (git log -- secrets/)",
+        ));
+    }
+    let mut from: HashMap<String, Vec<&Link>> = HashMap::new();
+    for link in links {
+        if let Some(fp) = decode(&link.from).as_deref().and_then(key_fingerprint) {
+            from.entry(fp).or_default().push(link);
         }
-        let Some(next) = links.iter().find_map(|l| step(&current, l)) else {
-            break;
+    }
+    let mut current = trusted.to_string();
+    while current != signer {
+        let Some(next) = from
+            .remove(&current)
+            .and_then(|out| out.into_iter().find_map(|l| step(&current, l)))
+        else {
+            return Err(Problem::new(
+                format!(
+                    "{FILE} is signed by {signer}, not by the Kubernetes CA this clone trusts ({trusted}), and no cross-signature of the trusted CA links the two: the CA was replaced, not rotated"
+                ),
+                "do not run kpki on this state: find who changed it (git log -- secrets/); if the change is genuine, pin the new CA with --trust after comparing its fingerprint out of band",
+            ));
         };
         current = next;
     }
-    if current == signer {
-        return Ok(());
-    }
-    Err(Problem::new(
-        format!(
-            "{FILE} is signed by {signer}, not by the Kubernetes CA this clone trusts ({trusted}), and no cross-signature of the trusted CA links the two: the CA was replaced, not rotated"
-        ),
-        "do not run kpki on this state: find who changed it (git log -- secrets/); if the change is genuine, pin the new CA with --trust after comparing its fingerprint out of band",
-    ))
+    Ok(())
 }
 
 /// Where `link` leads from the key `current`, if it starts there and its signature holds.
@@ -417,5 +435,65 @@ mod tests {
             None
         );
         assert!(!valid_fingerprint("sha256:AB"));
+    }
+
+    /// A CA named `cn` with a key of its own, signed by `by` (none: by itself).
+    fn ca(cn: &str, by: Option<&(rcgen::Certificate, KeyPair)>) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+        let cert = match by {
+            None => params.self_signed(&key).unwrap(),
+            Some((issuer_cert, issuer_key)) => {
+                let issuer =
+                    rcgen::Issuer::from_ca_cert_der(issuer_cert.der(), issuer_key).unwrap();
+                params.signed_by(&key, &issuer).unwrap()
+            }
+        };
+        (cert, key)
+    }
+
+    fn link(from: &rcgen::Certificate, to: &rcgen::Certificate) -> Link {
+        Link {
+            from: BASE64.encode(from.der()),
+            to: BASE64.encode(to.der()),
+        }
+    }
+
+    fn fp(cert: &rcgen::Certificate) -> String {
+        key_fingerprint(cert.der()).unwrap()
+    }
+
+    #[test]
+    fn trust_follows_links_forward_in_any_order_and_never_backward() {
+        let a = ca("a", None);
+        let b = ca("b", Some(&a));
+        let c = ca("c", Some(&b));
+        let forged = ca("forged", None);
+        // Out of order, with a link that leads nowhere and one that claims a step it did not take.
+        let links = [
+            link(&b.0, &c.0),
+            link(&forged.0, &forged.0),
+            link(&a.0, &forged.0),
+            link(&a.0, &b.0),
+        ];
+        assert!(linked(&fp(&a.0), &fp(&c.0), &links).is_ok());
+        assert!(linked(&fp(&b.0), &fp(&c.0), &links).is_ok());
+        assert!(linked(&fp(&c.0), &fp(&a.0), &links).is_err());
+        assert!(linked(&fp(&a.0), &fp(&forged.0), &links).is_err());
+    }
+
+    #[test]
+    fn a_padded_signature_table_is_refused_before_any_parse() {
+        let junk = Link {
+            from: "AAAA".into(),
+            to: "AAAA".into(),
+        };
+        let links = vec![junk; MAX_LINKS + 1];
+        let problem = linked("sha256:a", "sha256:b", &links).unwrap_err();
+        assert!(problem.message.contains("padded"), "{}", problem.message);
     }
 }
