@@ -130,8 +130,8 @@ impl Kubeconfig<'_> {
 /// The API server URL for `--server`: a URL as [`config::api_server_url`] accepts it, or a
 /// bare IP address turned into `https://ADDR:6443` (IPv6 bracketed).
 /// A bare IPv6 address whose last group reads as a port (`2001:db8::10:6443`) is refused as
-/// ambiguous: the brackets say which was meant. Returns the URL and its host.
-pub fn server_url(input: &str) -> Result<(String, config::San), String> {
+/// ambiguous: the brackets say which was meant.
+pub fn server_url(input: &str) -> Result<config::ApiServer, String> {
     let url = match input.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(ip)) => {
             if let Some((address, port)) = port_suffix(input) {
@@ -139,9 +139,9 @@ pub fn server_url(input: &str) -> Result<(String, config::San), String> {
                     "{input:?} is ambiguous: write https://[{address}]:{port} for port {port} of {address}, or https://[{ip}]:6443 for that whole address"
                 ));
             }
-            format!("https://[{ip}]:6443")
+            format!("https://[{ip}]:{}", config::DEFAULT_API_PORT)
         }
-        Ok(std::net::IpAddr::V4(ip)) => format!("https://{ip}:6443"),
+        Ok(std::net::IpAddr::V4(ip)) => format!("https://{ip}:{}", config::DEFAULT_API_PORT),
         Err(_) => input.to_string(),
     };
     config::api_server_url(&url)
@@ -210,18 +210,18 @@ mod tests {
 
     #[test]
     fn bare_addresses_become_urls() {
-        assert_eq!(server_url("::1").unwrap().0, "https://[::1]:6443");
+        assert_eq!(server_url("::1").unwrap().url, "https://[::1]:6443");
         assert!(
             server_url("2001:db8::10:6443")
                 .unwrap_err()
                 .contains("https://[2001:db8::10]:6443")
         );
         assert_eq!(
-            server_url("2001:db8::1").unwrap().0,
+            server_url("2001:db8::1").unwrap().url,
             "https://[2001:db8::1]:6443"
         );
         assert_eq!(
-            server_url("https://[::1]:7443").unwrap().0,
+            server_url("https://[::1]:7443").unwrap().url,
             "https://[::1]:7443"
         );
         assert!(server_url("https://::1:7443").is_err());

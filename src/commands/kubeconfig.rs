@@ -8,7 +8,7 @@ pub fn kubeconfig(ctx: &Context, args: &KubeconfigArgs, report: &mut Report) -> 
     report_interrupted(&ctx.store, report);
     let server = match &args.server {
         Some(s) => {
-            let (url, host) = crate::kubeconfig::server_url(s)
+            let crate::config::ApiServer { url, host, .. } = crate::kubeconfig::server_url(s)
                 .map_err(|e| Error::usage(format!("--server: {e}"), None))?;
             if !apiserver_names(&config).contains(&host) {
                 report.warn(format_args!(

@@ -167,6 +167,8 @@ pub struct Cluster {
     pub api_server: String,
     /// The host part of `api_server`, which the apiserver certificate must name.
     pub api_server_host: San,
+    /// The port of `api_server` (6443 when it names none).
+    pub api_server_port: u16,
     pub api_sans: Vec<San>,
 }
 
@@ -421,22 +423,10 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, String>>()?;
         certificate::unique(&certificates)?;
-        let api_port = cluster
-            .api_server
-            .rsplit_once("]:")
-            .map(|(_, p)| p)
-            .or_else(|| {
-                cluster
-                    .api_server
-                    .strip_prefix("https://")?
-                    .rsplit_once(':')
-                    .map(|(_, p)| p)
-            })
-            .and_then(|p| p.trim_end_matches('/').parse().ok());
         let ports = Ports {
             etcd_client: self.ports.etcd_client.unwrap_or(2379),
             etcd_peer: self.ports.etcd_peer.unwrap_or(2380),
-            apiserver: self.ports.apiserver.or(api_port).unwrap_or(6443),
+            apiserver: self.ports.apiserver.unwrap_or(cluster.api_server_port),
             kubelet: self.ports.kubelet.unwrap_or(10250),
         };
         Ok(Config {
@@ -468,7 +458,7 @@ impl RawCluster {
         }
         let service_ip =
             first_address(&self.service_cidr).map_err(|e| format!("cluster.service_cidr: {e}"))?;
-        let (api_server, api_server_host) =
+        let api =
             api_server_url(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
         within_certificate(&self.api_sans).map_err(|e| format!("cluster.api_sans: {e}"))?;
         let api_sans = self
@@ -482,8 +472,9 @@ impl RawCluster {
             domain: self.domain.to_ascii_lowercase(),
             service_ip,
             service_cidr: self.service_cidr,
-            api_server,
-            api_server_host,
+            api_server: api.url,
+            api_server_host: api.host,
+            api_server_port: api.port.unwrap_or(DEFAULT_API_PORT),
             api_sans,
         })
     }
@@ -684,8 +675,8 @@ fn first_address(cidr: &str) -> Result<IpAddr, String> {
 
 /// An API server URL, strictly: `https://HOST[:PORT]` with an optional trailing `/`, where HOST
 /// is a DNS name, an IPv4 address or a bracketed IPv6 address; no user name, path, query,
-/// fragment, whitespace or quotes. Returns the URL in canonical form and its host.
-pub fn api_server_url(url: &str) -> Result<(String, San), String> {
+/// fragment, whitespace or quotes.
+pub fn api_server_url(url: &str) -> Result<ApiServer, String> {
     let bad = |why: &str| format!("{url:?} {why}");
     if url.chars().any(|c| {
         c.is_whitespace()
@@ -759,11 +750,22 @@ pub fn api_server_url(url: &str) -> Result<(String, San), String> {
         San::Ip(ip) => ip.to_string(),
         San::Dns(name) => name.clone(),
     };
-    let canonical = match port {
+    let url = match port {
         Some(p) => format!("https://{host_text}:{p}"),
         None => format!("https://{host_text}"),
     };
-    Ok((canonical, host))
+    Ok(ApiServer { url, host, port })
+}
+
+/// The port kube-apiserver serves on unless told otherwise.
+pub const DEFAULT_API_PORT: u16 = 6443;
+
+/// An API server URL, checked: its canonical form and its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServer {
+    pub url: String,
+    pub host: San,
+    pub port: Option<u16>,
 }
 
 fn is_name_char(c: char) -> bool {
@@ -815,7 +817,7 @@ mod tests {
 
     #[test]
     fn api_server_urls_are_strict_and_canonical() {
-        let ok = |u: &str| api_server_url(u).unwrap().0;
+        let ok = |u: &str| api_server_url(u).unwrap().url;
         assert_eq!(ok("https://API.example.org"), "https://api.example.org");
         assert_eq!(
             ok("https://[2001:DB8:0::1]:6443/"),
@@ -838,6 +840,11 @@ mod tests {
         ] {
             assert!(api_server_url(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            api_server_url("https://[::1]:7443/").unwrap().port,
+            Some(7443)
+        );
+        assert_eq!(api_server_url("https://api.example").unwrap().port, None);
         assert!(
             api_server_url("https://user@[::1]")
                 .unwrap_err()
