@@ -149,12 +149,46 @@ pub fn public_facts(der: &[u8]) -> Result<crate::secrets::manifest::Facts, Strin
     })
 }
 
-/// A subject's names as the manifest records them: `CN=...` and one `O=...` per group.
+/// A subject's names as the manifest records them: `CN=...` and one `O=...` per group, joined
+/// by ", ", with `\` and `,` in a value escaped by a backslash (as RFC 4514 does), so a name
+/// holding ", " reads back whole ([`subject_names`]).
 pub fn subject_line(subject: &Subject) -> String {
-    std::iter::once(format!("CN={}", subject.common_name))
-        .chain(subject.organizations.iter().map(|o| format!("O={o}")))
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(',', "\\,");
+    std::iter::once(format!("CN={}", escape(&subject.common_name)))
+        .chain(
+            subject
+                .organizations
+                .iter()
+                .map(|o| format!("O={}", escape(o))),
+        )
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The CN and groups of a [`subject_line`].
+pub fn subject_names(line: &str) -> (String, Vec<String>) {
+    let mut parts = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut().unwrap().extend(chars.next()),
+            ',' => {
+                chars.next(); // the space after the separator
+                parts.push(String::new());
+            }
+            c => parts.last_mut().unwrap().push(c),
+        }
+    }
+    let mut cn = String::new();
+    let mut groups = Vec::new();
+    for part in parts {
+        if let Some(v) = part.strip_prefix("CN=") {
+            cn = v.to_string();
+        } else if let Some(v) = part.strip_prefix("O=") {
+            groups.push(v.to_string());
+        }
+    }
+    (cn, groups)
 }
 
 /// The digest of a set of SANs, whatever their order.
@@ -369,4 +403,31 @@ fn usage_text(server: bool, client: bool) -> &'static str {
 
 fn usage_name(usage: Usage) -> &'static str {
     usage_text(usage.server(), usage.client())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_line_reads_back_whatever_its_names_hold() {
+        let subject = Subject {
+            common_name: r"Doe, Jane \ ops".to_string(),
+            organizations: vec!["system:masters".into(), "a, b".into(), r"c\".into()],
+            sans: Vec::new(),
+        };
+        let line = subject_line(&subject);
+        assert_eq!(
+            subject_names(&line),
+            (subject.common_name.clone(), subject.organizations.clone())
+        );
+        assert_eq!(
+            subject_line(&Subject {
+                common_name: "kubernetes-admin".into(),
+                organizations: vec!["system:masters".into()],
+                sans: Vec::new(),
+            }),
+            "CN=kubernetes-admin, O=system:masters"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs};
+use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs, subject_names};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Span};
@@ -249,7 +249,7 @@ impl Survey<'_> {
                 c.subject.common_name.clone(),
                 c.subject.organizations.clone(),
             ),
-            Some(Seen::Recorded(c)) => names(&c.subject),
+            Some(Seen::Recorded(c)) => subject_names(&c.subject),
             None => (String::new(), Vec::new()),
         };
         if let Some(seen) = &seen
@@ -407,20 +407,6 @@ pub fn readable<T>(result: Result<T>) -> Result<Option<T>> {
         Err(Error::Identity { .. }) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// The CN and groups of a subject as the manifest records it.
-fn names(subject: &str) -> (String, Vec<String>) {
-    let mut cn = String::new();
-    let mut groups = Vec::new();
-    for part in subject.split(", ") {
-        if let Some(v) = part.strip_prefix("CN=") {
-            cn = v.to_string();
-        } else if let Some(v) = part.strip_prefix("O=") {
-            groups.push(v.to_string());
-        }
-    }
-    (cn, groups)
 }
 
 /// Why a leaf the manifest records no longer matches the catalogue (subject or SANs), or
