@@ -11,12 +11,10 @@ use super::*;
 /// The last report, for `status` (git-ignored, under `pki/.kpki/`).
 pub(super) const LAST: &str = "rollout.json";
 
-/// The report as saved and printed with `--json`.
+/// What `status` shows of the last report: its summary line and when it was made.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Saved {
     pub at: String,
-    pub rows: usize,
-    pub behind: usize,
     pub summary: String,
 }
 
@@ -36,8 +34,6 @@ pub fn rollout(ctx: &Context, args: &RolloutArgs, report: &mut Report) -> Result
     });
     let saved = Saved {
         at: crate::clock::rfc3339(crate::clock::now()),
-        rows: rows.len(),
-        behind,
         summary,
     };
     if ctx.store.pki_dir().is_dir() {

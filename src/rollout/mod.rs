@@ -319,8 +319,39 @@ fn trusts(client_cas: Option<&[Vec<u8>]>, generations: &Generations) -> Trusts {
     }
 }
 
-/// Whether a name from a CertificateRequest is `subject` (the DER of a Name, whose outer
-/// SEQUENCE a TLS library may or may not have kept).
+/// Whether a name from a CertificateRequest is `subject` (the DER of a Name): byte for byte,
+/// or as its contents without the outer SEQUENCE (trust anchors' form in rustls' types).
 fn same_name(named: &[u8], subject: &[u8]) -> bool {
-    named == subject || subject.ends_with(named) && subject.len() - named.len() <= 4
+    use x509_parser::asn1_rs::{Any, FromDer};
+    named == subject
+        || Any::from_der(subject).is_ok_and(|(rest, any)| rest.is_empty() && any.data == named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_ca_matches_with_or_without_its_outer_sequence_and_nothing_else() {
+        let name = |cn: &str| {
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, cn);
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = dn;
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(cert.der()).expect("a certificate");
+            parsed.subject().as_raw().to_vec()
+        };
+        let ca = name("etcd-ca-20261202T000000Z");
+        let inner = &ca[2..];
+        assert!(same_name(&ca, &ca));
+        assert!(same_name(inner, &ca));
+        // A name that merely ends the same way, or a prefix of it, is another CA.
+        let other = name("xetcd-ca-20261202T000000Z");
+        assert!(!same_name(&ca[ca.len() - 20..], &ca));
+        assert!(!same_name(&other, &ca));
+        assert!(!same_name(&other[2..], &ca));
+    }
 }
