@@ -60,10 +60,14 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         (None, true) => rotation::start_sa(&state, &config)?,
         (None, false) => {
             let within = within.unwrap_or(config.keys.renew_before);
-            let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
-            let assessed =
-                assessment::assess(&state, &config, &assessment::stale_files(&seal), now)?;
-            let renewals = rotation::renewals(assessed, within, request.all);
+            // What is due does not depend on which encrypted copies are stale (that only
+            // turns an `ok` row into `stale-secret`): the two are made side by side.
+            let (seal, assessed) = rayon::join(
+                || secrets::plan(&state, &config, &recipients, Depth::Changed),
+                || assessment::assess(&state, &config, &HashMap::new(), now),
+            );
+            let seal = seal?;
+            let renewals = rotation::renewals(assessed?, within, request.all);
             let plan = request.dry_run;
             for r in &renewals {
                 report.step(plan, format_args!("renew {} ({})", r.name, r.reason));

@@ -72,8 +72,12 @@ pub fn status(ctx: &Context, args: &StatusArgs, report: &mut Report) -> Result<(
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let rotations = rotation::in_progress(&state, &config)?;
     let notes = cache_notes(&state, &config, seal.unchecked())?;
-    let mut rows = assessment::report(&state, &config, &seal, at)?;
-    for name in secrets::outdated_files(&state, &config, &recipients, &seal, Depth::Changed)? {
+    let (rows, outdated) = rayon::join(
+        || assessment::report(&state, &config, &seal, at),
+        || secrets::outdated_files(&state, &config, &recipients, &seal, Depth::Changed),
+    );
+    let mut rows = rows?;
+    for name in outdated? {
         if secrets::output_as_written(&state, name)? {
             rows.behind_config.push(format!("secrets/{name}"));
         }

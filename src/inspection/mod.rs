@@ -146,6 +146,9 @@ pub fn public_facts(der: &[u8]) -> Result<crate::secrets::manifest::Facts, Strin
         sans: sans_digest(&facts.subject.sans),
         not_before: crate::clock::rfc3339(facts.not_before),
         not_after: crate::clock::rfc3339(facts.not_after),
+        usage: Some(usage_text(facts.server, facts.client).to_string()),
+        key: Some(algorithm_id(facts.algorithm).to_string()),
+        authority: facts.authority_key_id.as_deref().map(hex),
     })
 }
 
@@ -361,6 +364,58 @@ pub fn key_pair_drift(spki: &[u8], config: &Config) -> Option<String> {
             algorithm_name(Some(want))
         )
     })
+}
+
+/// An algorithm as `keys.algorithm` names it, `other` for one kpki never makes.
+fn algorithm_id(a: Option<Algorithm>) -> &'static str {
+    a.map_or("other", |_| algorithm_name(a))
+}
+
+/// Why a leaf the signed manifest records (complete or not) no longer matches the catalogue
+/// under `config` and the current CA `ca`: the checks of [`drift`], on the facts recorded.
+pub fn recorded_drift(
+    item: &Item<'_>,
+    config: &Config,
+    leaf: &crate::secrets::manifest::Facts,
+    ca: Option<&Facts>,
+) -> Option<String> {
+    let Kind::Leaf { usage, .. } = item.entry().kind else {
+        return None;
+    };
+    let want = item.subject(config);
+    let subject = subject_line(&want);
+    if leaf.subject != subject {
+        return Some(format!(
+            "subject is {}, the catalogue says {subject}",
+            leaf.subject
+        ));
+    }
+    if leaf.sans != sans_digest(&want.sans) {
+        return Some("SANs differ from the catalogue's (per the manifest's record)".into());
+    }
+    if let Some(have) = &leaf.usage
+        && have != usage_name(usage)
+    {
+        return Some(format!(
+            "usages are {have}, the catalogue says {}",
+            usage_name(usage)
+        ));
+    }
+    let wanted = algorithm_id(Some(config.keys.algorithm));
+    if let Some(have) = &leaf.key
+        && have != wanted
+    {
+        return Some(format!("key algorithm is {have}, the config says {wanted}"));
+    }
+    match (
+        ca.and_then(|c| c.subject_key_id.as_deref()),
+        &leaf.authority,
+    ) {
+        (Some(ski), Some(aki)) if hex(ski) != *aki => {
+            Some("issued by another CA than the current one".into())
+        }
+        _ => None,
+    }
 }
 
 fn algorithm_name(a: Option<Algorithm>) -> &'static str {

@@ -7,7 +7,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Facts, ca_drift, drift, facts, key_pair_drift, pem_certs, subject_names};
+use super::{
+    Facts, ca_drift, drift, facts, key_pair_drift, pem_certs, recorded_drift, subject_names,
+};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Span};
@@ -196,7 +198,20 @@ impl Survey<'_> {
             Kind::Leaf { ca, .. } => Some(ca),
             _ => None,
         };
-        let (mut row, seen) = self.files(&files, item.entry().kind)?;
+        let current_ca = ca.and_then(|c| cas.get(&c));
+        // A leaf that matches its record needs no reading; one that drifts is read, so that its
+        // row says exactly how. A CA is always read: its drift is judged on more than that.
+        let vouched = match ca {
+            Some(_) => self.vouched(&files)?,
+            None => None,
+        };
+        let (mut row, seen) = match vouched {
+            Some(facts) if recorded_drift(item, config, &facts, current_ca).is_none() => {
+                let (row, _) = self.recorded(Self::blank(), &files[0], &files[1]);
+                (row, Some(Seen::Vouched(facts)))
+            }
+            _ => self.files(&files, item.entry().kind)?,
+        };
         let why = match (&seen, item.entry().kind) {
             (Some(seen), Kind::Leaf { .. }) if self.revoked.contains_key(seen.serial()) => {
                 Some(format!(
@@ -207,7 +222,9 @@ impl Survey<'_> {
             (Some(Seen::Read(leaf)), Kind::Leaf { .. }) => {
                 drift(item, config, leaf, ca.and_then(|c| cas.get(&c)))
             }
-            (Some(Seen::Recorded(leaf)), Kind::Leaf { .. }) => recorded_drift(item, config, leaf),
+            (Some(Seen::Recorded(leaf) | Seen::Vouched(leaf)), Kind::Leaf { .. }) => {
+                recorded_drift(item, config, leaf, current_ca)
+            }
             (Some(Seen::Read(cert)), Kind::Ca(name)) => ca_drift(name.dir(), cert, config),
             _ => None,
         };
@@ -249,15 +266,15 @@ impl Survey<'_> {
                 c.subject.common_name.clone(),
                 c.subject.organizations.clone(),
             ),
-            Some(Seen::Recorded(c)) => subject_names(&c.subject),
+            Some(Seen::Recorded(c) | Seen::Vouched(c)) => subject_names(&c.subject),
             None => (String::new(), Vec::new()),
         };
         if let Some(seen) = &seen
             && matches!(row.state, State::Ok | State::Renew | State::StaleSecret)
         {
             let authority = match seen {
-                Seen::Read(cert) => cert.authority_key_id.as_ref(),
-                Seen::Recorded(_) => None,
+                Seen::Read(cert) => cert.authority_key_id.as_deref().map(super::hex),
+                Seen::Recorded(c) | Seen::Vouched(c) => c.authority.clone(),
             };
             let why = if common_name != user {
                 Some(format!(
@@ -265,8 +282,8 @@ impl Survey<'_> {
                 ))
             } else if cas
                 .get(&CaName::Kubernetes)
-                .and_then(|ca| ca.subject_key_id.as_ref())
-                .is_some_and(|id| authority.is_some_and(|a| a != id))
+                .and_then(|ca| ca.subject_key_id.as_deref())
+                .is_some_and(|id| authority.is_some_and(|a| a != super::hex(id)))
             {
                 Some("issued by another CA than the current one".into())
             } else {
@@ -296,15 +313,7 @@ impl Survey<'_> {
     /// records it.
     fn files(&self, [cert, key]: &[String; 2], kind: Kind) -> Result<(Row, Option<Seen>)> {
         let (pki, stale) = (self.pki, self.stale);
-        let mut row = Row {
-            name: String::new(),
-            node: None,
-            ca: None,
-            expires: None,
-            residual_seconds: None,
-            state: State::Ok,
-            detail: None,
-        };
+        let mut row = Self::blank();
         let missing: Vec<&str> = [cert, key]
             .into_iter()
             .map(|f| Ok((f, pki.exists(f)?)))
@@ -340,6 +349,41 @@ impl Survey<'_> {
         self.dated(&mut row, leaf.not_before, leaf.not_after);
         mark_stale(&mut row, [cert, key], stale);
         Ok((row, Some(Seen::Read(leaf))))
+    }
+
+    /// The signed manifest's complete facts of `cert` when `pki/` holds the very certificate
+    /// they describe, unchanged since kpki wrote or checked it (its stamp is the recorded one),
+    /// and its key exists: at thousands of nodes, reading and parsing every certificate is most
+    /// of `status`.
+    fn vouched(
+        &self,
+        [cert, key]: &[String; 2],
+    ) -> Result<Option<crate::secrets::manifest::Facts>> {
+        let facts = self
+            .pki
+            .manifest()
+            .files
+            .get(cert)
+            .and_then(|e| e.certificate.as_ref().filter(|f| f.complete()));
+        match facts {
+            Some(facts) if self.pki.as_recorded(cert)? == Some(true) && self.pki.exists(key)? => {
+                Ok(Some(facts.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A row before anything is known of it.
+    fn blank() -> Row {
+        Row {
+            name: String::new(),
+            node: None,
+            ca: None,
+            expires: None,
+            residual_seconds: None,
+            state: State::Ok,
+            detail: None,
+        }
     }
 
     /// The row of a certificate kpki cannot decrypt, from the manifest's public facts.
@@ -389,13 +433,16 @@ enum Seen {
     Read(Facts),
     /// The signed manifest's record of it (no identity to decrypt it).
     Recorded(crate::secrets::manifest::Facts),
+    /// The signed manifest's complete record of the very certificate `pki/` holds, unchanged
+    /// since kpki checked it against the manifest: as good as reading it, and not read.
+    Vouched(crate::secrets::manifest::Facts),
 }
 
 impl Seen {
     fn serial(&self) -> &str {
         match self {
             Seen::Read(f) => &f.serial,
-            Seen::Recorded(f) => &f.serial,
+            Seen::Recorded(f) | Seen::Vouched(f) => &f.serial,
         }
     }
 }
@@ -407,25 +454,6 @@ pub fn readable<T>(result: Result<T>) -> Result<Option<T>> {
         Err(Error::Identity { .. }) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Why a leaf the manifest records no longer matches the catalogue (subject or SANs), or
-/// `None`: what can be checked without reading it.
-fn recorded_drift(
-    item: &Item<'_>,
-    config: &Config,
-    leaf: &crate::secrets::manifest::Facts,
-) -> Option<String> {
-    let want = item.subject(config);
-    let subject = super::subject_line(&want);
-    if leaf.subject != subject {
-        return Some(format!(
-            "subject is {}, the catalogue says {subject}",
-            leaf.subject
-        ));
-    }
-    (leaf.sans != super::sans_digest(&want.sans))
-        .then(|| "SANs differ from the catalogue's (per the manifest's record)".to_string())
 }
 
 /// A path relative to the cluster directory, for a row's detail.
@@ -462,7 +490,12 @@ pub fn report(
     seal: &SealPlan<'_>,
     at: OffsetDateTime,
 ) -> Result<Report> {
-    let assessed = assess(pki, config, &stale_files(seal), at)?;
+    // Listing secrets/ for orphans is syscalls, assessing is parsing: side by side.
+    let (assessed, orphans) = rayon::join(
+        || assess(pki, config, &stale_files(seal), at),
+        || seal.orphans(pki.store()),
+    );
+    let assessed = assessed?;
     let covered: std::collections::HashSet<String> = assessed
         .iter()
         .flat_map(|a| match (a.item, &a.user) {
@@ -497,7 +530,7 @@ pub fn report(
         stale_secrets,
         leftovers: seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect(),
         leftover_groups: leftover_groups(config, seal.leftovers.iter().map(|(rel, _)| rel)),
-        orphaned_secrets: seal.orphans(pki.store())?,
+        orphaned_secrets: orphans?,
         outdated_files: Vec::new(),
         behind_config: Vec::new(),
         rotations: Vec::new(),

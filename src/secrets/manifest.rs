@@ -47,6 +47,24 @@ pub struct Facts {
     /// RFC 3339.
     pub not_before: String,
     pub not_after: String,
+    /// Its extended key usages: `server`, `client` or `server + client`. This and `key` are
+    /// missing from manifests written before kpki recorded them (the next writer adds them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+    /// Its key algorithm, as `keys.algorithm` names it (`other` for one kpki never makes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Lowercase hex of its authority key identifier, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+impl Facts {
+    /// Whether these facts say all that drift is judged on, so a certificate known to be the
+    /// one recorded need not be read to assess it.
+    pub fn complete(&self) -> bool {
+        self.usage.is_some() && self.key.is_some()
+    }
 }
 
 /// Every encrypted file, by its path relative to `pki/` (and, with `.age`, to `secrets/`), and
@@ -134,6 +152,46 @@ pub struct Loaded {
     pub fingerprint: Option<String>,
     /// The signed bytes and their signature; `None` when the manifest is unsigned.
     pub signed: Option<(String, Signature)>,
+    /// Whether `manifest` came from the parse a writer kept ([`save_parsed`]), not the TOML.
+    pub from_cache: bool,
+}
+
+/// The parsed manifest a writer keeps in `pki/.kpki/` (git-ignored): at thousands of nodes
+/// parsing the TOML is the slowest part of opening a cluster, JSON several times faster. It is
+/// bound to the manifest file's stamp (inode, size, mtime, ctime) and fingerprint, so a copy
+/// pushed into a clone (`git add -f`) can never stand in for the manifest the clone has.
+#[derive(Serialize, Deserialize)]
+struct Parsed {
+    stamp: String,
+    source: String,
+    manifest: Manifest,
+}
+
+/// The file of [`Parsed`], under the state directory.
+const PARSED: &str = "manifest.json";
+
+/// Keeps `manifest`, which `secrets/manifest.toml` (whose fingerprint is `source`) holds, for the
+/// next command to read without parsing the TOML.
+pub fn save_parsed(store: &Store, manifest: &Manifest, source: &str) -> Result<()> {
+    let Some(stamp) = store.stamp(&store.secrets_path(FILE))? else {
+        return Ok(());
+    };
+    let parsed = Parsed {
+        stamp: stamp.render(),
+        source: source.to_string(),
+        manifest: manifest.clone(),
+    };
+    let json = serde_json::to_vec(&parsed).expect("a manifest serializes");
+    store.write_state(PARSED, &json)
+}
+
+/// The kept parse of the manifest file with `stamp` and fingerprint `source`, if one is kept.
+fn parsed(store: &Store, stamp: &crate::store::Stamp, source: &str) -> Option<Manifest> {
+    let bytes = store
+        .read(&store.state_path(PARSED), crate::store::TEXT_LIMIT)
+        .ok()??;
+    let parsed: Parsed = serde_json::from_slice(&bytes).ok()?;
+    (parsed.stamp == stamp.render() && parsed.source == source).then_some(parsed.manifest)
 }
 
 /// Why a certificate was revoked; anything else in the manifest is an error, never a default.
@@ -152,9 +210,10 @@ impl Manifest {
     /// The manifest on disk; empty when there is none yet.
     pub fn load(store: &Store) -> Result<Loaded> {
         let path = store.secrets_path(FILE);
-        let Some(text) = store.read_text(&path)? else {
+        let Some((bytes, stamp)) = store.read_stamped(&path, crate::store::TEXT_LIMIT)? else {
             return Ok(Loaded::default());
         };
+        let text = String::from_utf8(bytes).map_err(|_| Error::file(&path, "is not UTF-8 text"))?;
         if has_conflict_markers(&text) {
             return Err(Error::usage(
                 format!("{} has unresolved merge conflicts", path.display()),
@@ -175,10 +234,18 @@ impl Manifest {
             }
             None => (text.as_str(), None),
         };
+        let source = fingerprint(text.as_bytes());
+        let kept = parsed(store, &stamp, &source);
+        let from_cache = kept.is_some();
+        let manifest = match kept {
+            Some(manifest) => manifest,
+            None => toml::from_str(body).map_err(not_a_manifest)?,
+        };
         Ok(Loaded {
-            manifest: toml::from_str(body).map_err(not_a_manifest)?,
-            fingerprint: Some(fingerprint(text.as_bytes())),
+            manifest,
+            fingerprint: Some(source),
             signed,
+            from_cache,
         })
     }
 

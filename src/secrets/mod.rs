@@ -328,6 +328,27 @@ impl SealPlan<'_> {
         }
     }
 
+    /// Whether `manifest` is the one [`SealPlan::manifest`] makes, compared in place: at
+    /// thousands of nodes a copy of it costs more than the comparison.
+    pub fn describes(&self, manifest: &Manifest) -> bool {
+        let due = self
+            .sealed
+            .iter()
+            .zip(&self.standings)
+            .filter_map(|(s, st)| Some((&s.rel, st.due.as_ref()?)));
+        let leftovers = self.leftovers.iter().map(|(rel, entry)| (rel, entry));
+        let mut count = 0;
+        let same = due.chain(leftovers).all(|(rel, entry)| {
+            count += 1;
+            manifest.files.get(rel) == Some(entry)
+        });
+        // Files are unique by path, so equal counts leave the manifest nothing more.
+        same && count == manifest.files.len()
+            && manifest.generation == self.generation
+            && manifest.revoked == self.revoked
+            && manifest.superseded == self.superseded
+    }
+
     /// Encrypted files in `secrets/` that neither the manifest nor the config accounts for
     /// (relative to `secrets/`): put there by hand, or left by an older kpki.
     pub fn orphans(&self, store: &Store) -> Result<Vec<String>> {
@@ -401,9 +422,10 @@ pub fn plan<'c>(
 }
 
 /// What the manifest records of a certificate file's certificate: carried over from the
-/// committed entry while the content is the same, else read from the file (always, for a deep
-/// check, so that `verify` finds facts that do not match). `None` for other files, and where
-/// the content cannot be read (no identity): the committed facts stand.
+/// committed entry while the content is the same, as kpki last saw it, and the facts complete
+/// (an older kpki's lack the usage and key), else read from the file (always, for a deep check, so that `verify`
+/// finds facts that do not match). `None` for other files, and where the content cannot be
+/// read (no identity): the committed facts stand.
 fn certificate_facts(
     state: &State,
     sealed: &Sealed<'_>,
@@ -419,7 +441,13 @@ fn certificate_facts(
         .get(&sealed.rel)
         .filter(|c| c.public == public)
         .and_then(|c| c.certificate.clone());
-    if depth == Depth::Changed && committed.is_some() {
+    // Facts are carried over for content kpki has seen since they were signed (or cannot see
+    // without decrypting); a file put into pki/ by other means is read, so that facts an
+    // editor left behind are made anew.
+    if depth == Depth::Changed
+        && committed.as_ref().is_some_and(manifest::Facts::complete)
+        && state.as_recorded(&sealed.rel)? != Some(false)
+    {
         return Ok(committed);
     }
     // Content that cannot be read (no identity) or used (found and reported by the checks of
@@ -732,7 +760,7 @@ pub fn commit_planned(
     sealing.encrypted.sort();
     let mut signed = None;
     if manifest_outdated(state, &plan) {
-        let (text, pin) = signed_manifest(state, &plan)?;
+        let (text, pin, manifest) = signed_manifest(state, &plan)?;
         txn.write(
             store.secrets_path(manifest::FILE),
             Zeroizing::new(text.clone().into_bytes()),
@@ -740,10 +768,10 @@ pub fn commit_planned(
             store::PUBLIC_DIR_MODE,
         );
         sealing.written.push(format!("secrets/{}", manifest::FILE));
-        signed = Some((pem::fingerprint(text.as_bytes()), pin));
+        signed = Some((pem::fingerprint(text.as_bytes()), pin, manifest));
     }
     let manifest_fp = match &signed {
-        Some((fp, _)) => Some(fp.clone()),
+        Some((fp, ..)) => Some(fp.clone()),
         None => state.manifest_fingerprint().map(str::to_string),
     };
     if txn.is_empty() {
@@ -752,10 +780,11 @@ pub fn commit_planned(
         let record = record(state, config, &plan, manifest_fp, &hashes, |p| {
             state.stamp(p)
         })?;
-        let path = store.state_path(crate::state::record::FILE);
-        if store.read_text(&path).ok().flatten().as_deref() != Some(record.as_str()) {
-            store.write_state(crate::state::record::FILE, record.as_bytes())?;
+        // Compared as read at the start, not rendered: at thousands of nodes it is megabytes.
+        if record != *state.record() {
+            store.write_state(crate::state::record::FILE, record.render().as_bytes())?;
         }
+        keep_parsed(state, None);
         trust::pin(store, state.verified())?;
         return Ok(sealing);
     }
@@ -765,10 +794,29 @@ pub fn commit_planned(
             None => store.stamp(p),
         };
         let record = record(state, config, &plan, manifest_fp, &hashes, stamp)?;
-        store.write_state(crate::state::record::FILE, record.as_bytes())
+        store.write_state(crate::state::record::FILE, record.render().as_bytes())
     })?;
-    trust::pin(store, signed.map(|(_, pin)| pin).or(state.verified()))?;
+    let (pin, written) = match signed {
+        Some((fp, pin, manifest)) => (Some(pin), Some((manifest, fp))),
+        None => (None, None),
+    };
+    keep_parsed(state, written);
+    trust::pin(store, pin.or(state.verified()))?;
     Ok(sealing)
+}
+
+/// Keeps the parse of the manifest for the next command: the one this commit `written` (with
+/// its fingerprint), else the committed one when it was parsed from TOML this time. A cache:
+/// a failure to keep it costs the next command a parse, nothing else.
+fn keep_parsed(state: &State, written: Option<(manifest::Manifest, String)>) {
+    let store = state.store();
+    let _ = match (written, state.manifest_fingerprint()) {
+        (Some((manifest, fp)), _) => manifest::save_parsed(store, &manifest, &fp),
+        (None, Some(fp)) if !state.loaded().from_cache => {
+            manifest::save_parsed(store, state.manifest(), fp)
+        }
+        _ => Ok(()),
+    };
 }
 
 /// A recipient the last signed state never had, and the node whose host key it is (none: an
@@ -797,7 +845,14 @@ impl NewRecipient {
 /// The recipients of the files `plan` encrypts that no file of the committed manifest has:
 /// an admin or a host key that came into the config since the last signed state.
 fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<NewRecipient> {
-    if !state.is_committed() {
+    let sealed_to: std::collections::BTreeSet<&str> = plan
+        .standings
+        .iter()
+        .filter(|st| st.stale.is_some())
+        .filter_map(|st| st.due.as_ref())
+        .flat_map(|e| e.recipients.iter().map(String::as_str))
+        .collect();
+    if sealed_to.is_empty() || !state.is_committed() {
         return Vec::new();
     }
     let known: HashSet<&str> = state
@@ -806,12 +861,8 @@ fn new_recipients(state: &State, config: &Config, plan: &SealPlan<'_>) -> Vec<Ne
         .values()
         .flat_map(|e| e.recipients.iter().map(String::as_str))
         .collect();
-    let new: std::collections::BTreeSet<&str> = plan
-        .standings
-        .iter()
-        .filter(|st| st.stale.is_some())
-        .filter_map(|st| st.due.as_ref())
-        .flat_map(|e| e.recipients.iter().map(String::as_str))
+    let new: Vec<&str> = sealed_to
+        .into_iter()
         .filter(|r| !known.contains(r))
         .collect();
     if new.is_empty() {
@@ -918,7 +969,7 @@ fn record(
     manifest: Option<String>,
     hashes: &HashMap<String, String>,
     stamp: impl Fn(&std::path::Path) -> Result<Option<store::Stamp>>,
-) -> Result<String> {
+) -> Result<Record> {
     let store = state.store();
     let mut record = Record {
         manifest,
@@ -948,7 +999,7 @@ fn record(
             },
         );
     }
-    Ok(record.render())
+    Ok(record)
 }
 
 /// `secrets.nix` and `kpki.nix` as they must read after `plan`.
@@ -990,7 +1041,7 @@ pub fn outdated_files(
 /// Whether the manifest must be written (and signed) anew: its entries change, or it is not
 /// signed yet.
 fn manifest_outdated(state: &State, plan: &SealPlan<'_>) -> bool {
-    plan.manifest() != *state.manifest() || state.signature().is_none()
+    !plan.describes(state.manifest()) || state.signature().is_none()
 }
 
 /// The Nix files among [`outdated_files`], each with the text it must have.
@@ -1028,7 +1079,10 @@ fn outputs_current(state: &State, config: &Config, plan: &SealPlan<'_>) -> Resul
 
 /// The manifest for `plan`, at the next generation, signed by the Kubernetes CA of this run's
 /// view (the new one during a rotation, linked to the last signer by its cross-signature).
-fn signed_manifest(state: &State, plan: &SealPlan<'_>) -> Result<(String, trust::Pin)> {
+fn signed_manifest(
+    state: &State,
+    plan: &SealPlan<'_>,
+) -> Result<(String, trust::Pin, manifest::Manifest)> {
     let ca = catalogue::ca_item(CaName::Kubernetes);
     let cert = state.require(&ca.file(Part::Cert))?;
     let key_file = ca.file(Part::Key);
@@ -1050,7 +1104,7 @@ fn signed_manifest(state: &State, plan: &SealPlan<'_>) -> Result<(String, trust:
         signer: trust::key_fingerprint(&cert_der).unwrap_or_default(),
         generation: manifest.generation,
     };
-    Ok((text, pin))
+    Ok((text, pin, manifest))
 }
 
 /// The stamps of the manifest, `secrets.nix` and `kpki.nix`.

@@ -77,6 +77,24 @@ pub struct State {
     verified: Mutex<Option<crate::trust::Pin>>,
 }
 
+/// At thousands of nodes, freeing the public bookkeeping (the manifest, the record, every
+/// stamp and place) one allocation at a time takes longer than a no-op command's work, and a
+/// command's state lives until the process exits, which returns it all at once: it is left to
+/// that, as compilers do with their arenas. Plaintext (`plain`, `contents`, `changes`) is
+/// dropped as ever, so every key is zeroized.
+impl Drop for State {
+    fn drop(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.loaded));
+        std::mem::forget(std::mem::take(&mut self.record));
+        std::mem::forget(std::mem::take(
+            self.places.get_mut().unwrap_or_else(|e| e.into_inner()),
+        ));
+        std::mem::forget(std::mem::take(
+            self.stamps.get_mut().unwrap_or_else(|e| e.into_inner()),
+        ));
+    }
+}
+
 impl State {
     /// Opens the cluster directory's state; `identity` is the admin identity of `-i` or
     /// `KPKI_IDENTITY`.
@@ -140,6 +158,11 @@ impl State {
     }
 
     /// What the Nix files were last written from, per the cache record.
+    /// The cache record as this run found it.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
     pub fn recorded_outputs(&self) -> Option<&record::Outputs> {
         self.record.outputs.as_ref()
     }
@@ -157,6 +180,21 @@ impl State {
         let place = self.resolve(rel)?;
         lock(&self.places).insert(rel.to_string(), place.clone());
         Ok(place)
+    }
+
+    /// Whether `pki/REL` exists and is the very file the cache record knows (same stamp),
+    /// holding what the committed manifest says: content kpki itself wrote or checked since the
+    /// manifest was written. `None` when `pki/` holds no such file.
+    pub fn as_recorded(&self, rel: &str) -> Result<Option<bool>> {
+        let Some(stamp) = self.stamp(&self.store.pki_path(rel))? else {
+            return Ok(None);
+        };
+        let known = self.record.files.get(rel);
+        let committed = self.loaded.manifest.files.get(rel);
+        Ok(Some(match (known, committed) {
+            (Some(k), Some(c)) => k.plain == Some(stamp) && k.public == c.public,
+            _ => false,
+        }))
     }
 
     /// The stamp of a file below the cluster directory, looked at once per run.

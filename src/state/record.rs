@@ -33,7 +33,7 @@ pub struct Outputs {
 }
 
 /// The whole record.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Record {
     /// The fingerprint of the manifest `pki/` was synced to; `None` without a record.
     pub manifest: Option<String>,

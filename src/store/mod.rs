@@ -176,17 +176,26 @@ impl Store {
     /// Whether an interrupted run left temporary files (for a reader, which may not remove
     /// them: the next writer does).
     pub fn interrupted(&self) -> bool {
-        fs::read_dir(self.temp_dir()).is_ok_and(|mut entries| entries.next().is_some())
+        self.temporary_files().next().is_some()
+    }
+
+    /// The files in `pki/.kpki/tmp/` and the worker directories below it.
+    fn temporary_files(&self) -> impl Iterator<Item = PathBuf> {
+        walkdir::WalkDir::new(self.temp_dir())
+            .min_depth(1)
+            .max_depth(2)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+            .filter(|e| !e.file_type().is_dir())
+            .map(walkdir::DirEntry::into_path)
     }
 
     /// Removes the temporary files an interrupted run left: everything in `pki/.kpki/tmp/`, and
     /// `.kpki-*` files in `pki/` and `secrets/` (where an older kpki wrote them).
     fn remove_temporary_files(&self) -> Result<()> {
-        let temps = self.temp_dir();
-        if let Ok(entries) = fs::read_dir(&temps) {
-            for entry in entries.flatten() {
-                remove_optional(&entry.path())?;
-            }
+        for temp in self.temporary_files() {
+            remove_optional(&temp)?;
         }
         for dir in [self.pki_dir(), self.secrets_dir()] {
             for entry in walkdir::WalkDir::new(&dir)

@@ -151,7 +151,7 @@ impl Transaction {
             .collect();
         let journal = write_journal(&self.store, &renames, &self.removals)?;
         dirs.insert(parent(&journal).to_path_buf());
-        dirs.insert(self.store.temp_dir());
+        dirs.extend(self.temps.iter().map(|t| parent(t).to_path_buf()));
         let mut written = self.temps.clone();
         written.push(journal);
         sync(&written, &dirs)?;
@@ -240,7 +240,9 @@ fn parent(path: &Path) -> &Path {
 
 /// Writes every file aside into `temps`, in parallel by directory: a task creates a file's
 /// directory, then the temporary files of its files. One result per file, in order, while all
-/// goes well.
+/// goes well. Each worker thread writes into a directory of its own below `temps`: creating a
+/// file locks its directory, and tens of thousands of files in one directory would have the
+/// threads wait on each other.
 fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<PathBuf>> {
     let groups: Vec<&[Pending]> = writes
         .chunk_by(|a, b| parent(&a.path) == parent(&b.path))
@@ -249,16 +251,24 @@ fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<PathBuf>> {
         .par_iter()
         .flat_map_iter(|group| {
             let dir = parent(&group[0].path);
+            let shard = temps.join(rayon::current_thread_index().unwrap_or(0).to_string());
             let made = fs::DirBuilder::new()
                 .recursive(true)
                 .mode(group[0].dir_mode)
                 .create(dir)
-                .map_err(|e| Error::io(dir, e));
+                .map_err(|e| Error::io(dir, e))
+                .and_then(|()| {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(super::PRIVATE_DIR_MODE)
+                        .create(&shard)
+                        .map_err(|e| Error::io(&shard, e))
+                });
             match made {
                 Err(e) => vec![Err(e)],
                 Ok(()) => group
                     .iter()
-                    .map(|w| write_temp(temps, &w.path, &w.contents, w.mode))
+                    .map(|w| write_temp(&shard, &w.path, &w.contents, w.mode))
                     .collect(),
             }
         })

@@ -74,6 +74,7 @@ fn a_new_node_gets_exactly_its_certificates() {
         "pki/kpki.toml",
         "pki/.kpki/cache",
         "pki/.kpki/trust",
+        "pki/.kpki/manifest.json",
         "secrets/manifest.toml",
         "secrets/secrets.nix",
         "secrets/kpki.nix",

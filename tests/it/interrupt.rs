@@ -56,7 +56,21 @@ fn staged_keys(cluster: &Cluster) -> Vec<String> {
 
 /// Whether a kill left files of an unfinished commit in `pki/.kpki/tmp/`.
 fn left_temporaries(cluster: &Cluster) -> bool {
-    std::fs::read_dir(cluster.pki(".kpki/tmp")).is_ok_and(|mut d| d.next().is_some())
+    temporaries(&cluster.pki(".kpki/tmp")) > 0
+}
+
+/// The files in `temps` and in its worker directories.
+fn temporaries(temps: &std::path::Path) -> usize {
+    let entries = |dir: &std::path::Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(dir).map_or(Vec::new(), |d| d.flatten().collect())
+    };
+    entries(temps)
+        .iter()
+        .map(|e| match e.file_type().is_ok_and(|t| t.is_dir()) {
+            true => entries(&e.path()).len(),
+            false => 1,
+        })
+        .sum()
 }
 
 /// Checks one interrupted copy: no key staged; a reader either completes a journaled change
@@ -126,9 +140,7 @@ fn sweep(template: &Cluster, args: &[&str]) {
     for files in IN_COMMIT {
         let copy = template.copy();
         let temps = copy.pki(".kpki/tmp");
-        kill_when(&copy, args, &|_| {
-            std::fs::read_dir(&temps).is_ok_and(|d| d.count() >= files)
-        });
+        kill_when(&copy, args, &|_| temporaries(&temps) >= files);
         let what = format!("{args:?} killed with {files} files written aside");
         interrupted += usize::from(check(&copy, &what));
     }

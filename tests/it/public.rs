@@ -103,3 +103,75 @@ fn facts_that_do_not_match_the_certificate_are_found() {
         verify.stdout()
     );
 }
+
+/// One line of `openssl x509 -noout -ext NAME` for the certificate at `pem`: the value below
+/// the extension's name.
+fn openssl_extension(pem: &std::path::Path, name: &str) -> String {
+    let out = run_ok("openssl", &["x509", "-in", s(pem), "-noout", "-ext", name]);
+    out.lines().nth(1).unwrap_or_default().trim().to_string()
+}
+
+/// The value of `key = "..."` in the manifest's facts of `rel`.
+fn recorded(cluster: &Cluster, rel: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(cluster.path().join("secrets/manifest.toml")).unwrap();
+    let table = format!("[files.\"{rel}\".certificate]\n");
+    let facts = &text[text.find(&table).unwrap() + table.len()..];
+    let facts = &facts[..facts.find("\n\n").unwrap()];
+    facts
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+        .unwrap_or_else(|| panic!("{rel}: no {key} in {facts}"))
+        .trim_end_matches('"')
+        .to_string()
+}
+
+#[test]
+fn the_recorded_usage_key_and_authority_are_what_openssl_reads() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    for (rel, usage) in [
+        ("node-01/etcd-peer.pem", "server + client"),
+        ("node-02/kubelet.pem", "client"),
+        ("node-03/kubelet-serving.pem", "server"),
+    ] {
+        let pem = cluster.pki(rel);
+        let eku = openssl_extension(&pem, "extendedKeyUsage");
+        let said = eku
+            .replace("TLS Web Server Authentication", "server")
+            .replace("TLS Web Client Authentication", "client")
+            .replace(", ", " + ");
+        assert_eq!(recorded(&cluster, rel, "usage"), usage, "{rel}");
+        assert_eq!(said, usage, "{rel}: openssl reads {eku}");
+        let aki = openssl_extension(&pem, "authorityKeyIdentifier");
+        let aki = aki
+            .trim_start_matches("keyid:")
+            .replace(':', "")
+            .to_lowercase();
+        assert_eq!(recorded(&cluster, rel, "authority"), aki, "{rel}");
+        let text = run_ok("openssl", &["x509", "-in", s(&pem), "-noout", "-text"]);
+        assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
+        assert_eq!(recorded(&cluster, rel, "key"), "ecdsa-p256", "{rel}");
+    }
+}
+
+#[test]
+fn a_parse_of_the_manifest_kept_elsewhere_is_never_taken_for_it() {
+    // Writers keep the manifest parsed in pki/.kpki/ (git-ignored), bound to the manifest
+    // file's inode and ctime. A copy of it in another clone (pushed with git add -f, or copied
+    // along) names the same manifest text, but not that clone's file.
+    let cluster = Cluster::initialized(&config_with_keys());
+    let kept = cluster.pki(".kpki/manifest.json");
+    let text = std::fs::read_to_string(&kept).unwrap();
+    assert!(text.contains("\"source\":\"sha256:"), "{text}");
+    let forged = text.replace("\"node-02/kubelet.pem\"", "\"node-02/kubelet-x.pem\"");
+    assert_ne!(forged, text);
+    let copy = cluster.copy();
+    std::fs::write(copy.pki(".kpki/manifest.json"), &forged).unwrap();
+    copy.kpki(&["verify"]).success();
+    let status = copy.kpki(&["status"]).success().stdout();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("node-02/kubelet ") && l.ends_with("ok")),
+        "{status}"
+    );
+}
