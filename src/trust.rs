@@ -38,6 +38,14 @@ impl Pin {
         let Some(text) = store.read_text(&path)? else {
             return Ok(None);
         };
+        // A pin committed with `git add -f` would reach every fresh clone and pin it to
+        // whoever pushed it, without the note a first use shows.
+        if !crate::store::tracked(store, &path).is_empty() {
+            return Err(Error::file(
+                &path,
+                "is tracked by git, so whoever can push chooses it: a pin is this clone's own (git rm --cached it, then pin with --trust or KPKI_TRUST)",
+            ));
+        }
         Pin::parse(&text).map(Some).ok_or_else(|| {
             Error::file(&path, "is damaged (delete it, then pin again with --trust)")
         })

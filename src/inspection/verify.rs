@@ -392,10 +392,14 @@ fn tracked_plaintext(state: &State) -> Vec<String> {
             found.entry(f.to_string()).or_insert("plaintext key");
         }
     }
+    let state_dir = state.store().pki_dir().join(crate::store::STATE_DIR);
     found
         .into_iter()
         .map(|(f, what)| {
             format!("{f}: {what} is tracked by git (git rm --cached it; secrets/ holds the encrypted copy)")
         })
+        .chain(crate::store::tracked(state.store(), &state_dir).into_iter().map(|f| {
+            format!("{f}: kpki's local state of this clone is tracked by git, so it reaches every clone (git rm --cached it)")
+        }))
         .collect()
 }

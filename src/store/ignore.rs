@@ -155,3 +155,27 @@ fn load(dir: &Path) -> Option<Gitignore> {
     builder.add(&file);
     builder.build().ok()
 }
+
+/// The files below `dir` (a directory of the cluster directory) that git tracks, relative to
+/// the cluster directory; empty outside a git work tree or without git.
+pub fn tracked(store: &Store, dir: &Path) -> Vec<String> {
+    if !in_work_tree(store.root()) {
+        return Vec::new();
+    }
+    let rel = dir.strip_prefix(store.root()).unwrap_or(dir);
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(store.root())
+        .args(["ls-files", "-z", "--"])
+        .arg(rel)
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}

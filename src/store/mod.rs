@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 pub use ignore::plaintext_ignored;
+pub use ignore::tracked;
 pub use transaction::{Transaction, fault};
 
 /// Mode of private keys and identities.

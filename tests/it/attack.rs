@@ -621,3 +621,46 @@ fn a_replaced_host_key_or_a_pushed_admin_is_refused_by_a_routine_rotate() {
         .success();
     assert!(crate::secrets::age_decrypt(&cluster, &key, "kubernetes/ca-key.pem").is_some());
 }
+
+#[test]
+fn a_pin_pushed_into_the_repository_is_refused() {
+    // A pin is this clone's own (git-ignored). A pusher who force-adds one decides what every
+    // fresh clone trusts, without the note a first use shows.
+    let cluster = Cluster::initialized(&crate::secrets::config_with_keys());
+    crate::harness::commit_all(&cluster);
+    let pin = cluster.pki(".kpki/trust");
+    let text = std::fs::read_to_string(&pin).unwrap();
+    let signer = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signer "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &pin,
+        text.replace(&signer, &format!("sha256:{}", "0".repeat(64))),
+    )
+    .unwrap();
+    crate::harness::git(&cluster, &["add", "-f", "pki/.kpki/trust"]);
+    crate::harness::commit_all_as(&cluster, "pin");
+    for command in [&["rotate"][..], &["status"]] {
+        let line = refused(&cluster, command);
+        assert!(
+            line.contains("pki/.kpki/trust") && line.contains("tracked by git"),
+            "{command:?}: {line}"
+        );
+    }
+    crate::harness::git(&cluster, &["rm", "-q", "--cached", "pki/.kpki/trust"]);
+    std::fs::write(&pin, &text).unwrap();
+    cluster.kpki(&["status"]).success();
+    // verify names any of kpki's local state that git tracks.
+    crate::harness::git(&cluster, &["add", "-f", "pki/.kpki/cache"]);
+    let verify = cluster.kpki(&["verify"]);
+    assert_eq!(verify.code(), Some(1));
+    assert!(
+        verify
+            .stdout()
+            .contains("pki/.kpki/cache: kpki's local state of this clone is tracked by git"),
+        "{}",
+        verify.stdout()
+    );
+}
