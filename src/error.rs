@@ -42,7 +42,7 @@ impl Error {
             Error::Usage { hint, .. } | Error::Identity { hint, .. } => {
                 hint.as_deref().filter(|h| !h.is_empty())
             }
-            Error::Config { .. } => Some("see README.md, section \"Configuration\""),
+            Error::Config { .. } => Some("see docs/configuration.md"),
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the cluster directory")
             }

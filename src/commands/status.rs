@@ -60,7 +60,7 @@ pub(super) fn api_server_on_a_node(config: &Config) -> Option<String> {
     };
     let node = config.nodes.iter().find(|n| n.addresses.contains(host))?;
     Some(format!(
-        "cluster.api_server is {}'s own address: every apiserver certificate is valid for it, so any control-plane node's key can serve as {} (a VIP or DNS name in front of the apiservers avoids this; README: Configuration)",
+        "cluster.api_server is {}'s own address: every apiserver certificate is valid for it, so any control-plane node's key can serve as {} (a VIP or DNS name in front of the apiservers avoids this; docs/configuration.md)",
         node.name, node.name
     ))
 }

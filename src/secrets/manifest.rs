@@ -217,7 +217,7 @@ impl Manifest {
         if has_conflict_markers(&text) {
             return Err(Error::usage(
                 format!("{} has unresolved merge conflicts", path.display()),
-                Some("keep the side already pushed, whole, then redo your change: see README.md, \"Working as a team\"".into()),
+                Some("keep the side already pushed, whole, then redo your change: see docs/team.md, \"Working as a team\"".into()),
             ));
         }
         let not_a_manifest = |e: toml::de::Error| {

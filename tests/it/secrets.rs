@@ -403,15 +403,18 @@ fn without_admins_a_generated_identity_decrypts_everything() {
 }
 
 #[test]
-fn the_readmes_nix_examples_parse() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn the_docs_nix_examples_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for doc in std::fs::read_dir(root.join("docs")).unwrap() {
+        readme += &std::fs::read_to_string(doc.unwrap().path()).unwrap();
+    }
     let examples: Vec<&str> = readme
         .split("```nix\n")
         .skip(1)
         .map(|rest| &rest[..rest.find("```").unwrap()])
         .collect();
-    assert!(examples.len() >= 2, "README has no nix examples");
+    assert!(examples.len() >= 2, "the docs have no nix examples");
     for example in examples {
         let file = tempfile::Builder::new().suffix(".nix").tempfile().unwrap();
         std::fs::write(file.path(), example).unwrap();
