@@ -142,20 +142,24 @@ impl Cluster {
 fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster> {
     // The config and the committed state are read at once: at thousands of nodes each is a
     // parse of megabytes of TOML.
-    let (config, state) = rayon::join(
-        || config(&ctx.store),
+    // The host keys are parsed alongside too.
+    let (opened, state) = rayon::join(
+        || -> Result<_> {
+            let config = config(&ctx.store)?;
+            let admins = secrets::admins(&ctx.store, &config)?;
+            let recipients = Recipients::new(&config, admins.recipients.clone())?;
+            Ok((config, admins, recipients.accepting(&ctx.accepted)))
+        },
         || State::open(ctx.store.clone(), ctx.identity.clone(), access),
     );
-    let config = config?;
+    let (config, admins, recipients) = opened?;
     warn_config(report, &config);
-    let admins = secrets::admins(&ctx.store, &config)?;
     if admins.generated.is_some() {
         return Err(Error::usage(
             "secrets.admins is empty and there is no pki/admin.agekey: kpki init has not run here",
             Some("run kpki init first".into()),
         ));
     }
-    let recipients = Recipients::new(&config, admins.recipients)?.accepting(&ctx.accepted);
     let state = state?;
     authenticate(ctx, &state, access, report)?;
     match access {

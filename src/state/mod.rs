@@ -62,8 +62,9 @@ pub struct State {
     record: Record,
     identities: Identities,
     places: Mutex<HashMap<String, Place>>,
-    /// Stamps of files looked at this run.
-    stamps: Mutex<HashMap<PathBuf, Option<Stamp>>>,
+    /// Stamps of files looked at this run, by path (as bytes: hashing a `Path` walks its
+    /// components, and this map is asked tens of thousands of times).
+    stamps: Mutex<HashMap<std::ffi::OsString, Option<Stamp>>>,
     /// `pki/` files parsed this run, trusted or not.
     plain: Mutex<HashMap<String, Arc<Material>>>,
     /// Trusted contents read this run.
@@ -199,11 +200,11 @@ impl State {
 
     /// The stamp of a file below the cluster directory, looked at once per run.
     pub fn stamp(&self, path: &Path) -> Result<Option<Stamp>> {
-        if let Some(stamp) = lock(&self.stamps).get(path) {
+        if let Some(stamp) = lock(&self.stamps).get(path.as_os_str()) {
             return Ok(*stamp);
         }
         let stamp = self.store.stamp(path)?;
-        lock(&self.stamps).insert(path.to_path_buf(), stamp);
+        lock(&self.stamps).insert(path.as_os_str().to_owned(), stamp);
         Ok(stamp)
     }
 
