@@ -24,6 +24,21 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// The cluster directory cannot take a change now (another kpki holds it, the disk lacks
+    /// room): nothing was written, and the same command can simply run again later.
+    #[error("{}: {message}", path.display())]
+    Unavailable {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+    /// Writing would leave plaintext where git could commit it.
+    #[error("{}: {message}", path.display())]
+    Unprotected {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
     /// secrets/ must be decrypted, but no usable admin identity is at hand.
     #[error("{message}")]
     Identity {
@@ -42,6 +57,7 @@ impl Error {
             Error::Usage { hint, .. } | Error::Identity { hint, .. } => {
                 hint.as_deref().filter(|h| !h.is_empty())
             }
+            Error::Unavailable { hint, .. } | Error::Unprotected { hint, .. } => Some(hint),
             Error::Config { .. } => Some("see docs/configuration.md"),
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the cluster directory")

@@ -39,17 +39,15 @@ pub fn plaintext_ignored(store: &Store, paths: &[&Path]) -> Result<()> {
     let verdicts = git.unwrap_or_else(|| check_with_files(store, paths));
     match verdicts.into_iter().find(|(_, why)| why.is_some()) {
         None => Ok(()),
-        Some((path, why)) => Err(Error::usage(
-            format!(
-                "{}: git would not ignore this plaintext file ({}), so it could be committed",
-                path.display(),
+        Some((path, why)) => Err(Error::Unprotected {
+            message: format!(
+                "git would not ignore this plaintext file ({}), so it could be committed",
                 why.unwrap_or_default()
             ),
-            Some(
-                "pki/.gitignore must ignore *.pem, *.der, *.agekey, *.kubeconfig and .kpki/ everywhere below pki/, with no '!' exceptions"
-                    .into(),
-            ),
-        )),
+            path,
+            hint: "pki/.gitignore must ignore *.pem, *.der, *.agekey, *.kubeconfig and .kpki/ everywhere below pki/, with no '!' exceptions"
+                .into(),
+        }),
     }
 }
 

@@ -230,15 +230,15 @@ impl Store {
             .saturating_mul(ROOM_PER_FILE)
             .saturating_add(bytes);
         if free < need {
-            return Err(Error::usage(
-                format!(
-                    "{}: {} KiB free, but about {} KiB are needed; nothing was written",
-                    self.root.display(),
+            return Err(Error::Unavailable {
+                path: self.root.clone(),
+                message: format!(
+                    "{} KiB free, but about {} KiB are needed; nothing was written",
                     free / 1024,
                     need / 1024
                 ),
-                Some("free some space, then run this again".into()),
-            ));
+                hint: "free some space, then run this again".into(),
+            });
         }
         Ok(())
     }
@@ -421,15 +421,11 @@ fn flock(dir: &fs::File, root: &Path, exclusive: bool, wait: u64) -> Result<()> 
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::usage(
-                    format!(
-                        "{}: another kpki is working on this cluster directory",
-                        root.display()
-                    ),
-                    Some(format!(
-                        "it did not finish within {wait}s; run this again when it has"
-                    )),
-                ));
+                return Err(Error::Unavailable {
+                    path: root.to_path_buf(),
+                    message: "another kpki is working on this cluster directory".into(),
+                    hint: format!("it did not finish within {wait}s; run this again when it has"),
+                });
             }
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(root, e)),
         }
