@@ -165,10 +165,14 @@ pub struct Generations {
     pub certs: Vec<Vec<u8>>,
 }
 
-/// The CA generations of `ca`, from its bundle.
+/// The CA generations of `ca`, from its bundle; without an identity to read it, from the
+/// certificates the signed manifest records.
 pub fn generations(state: &State, ca: CaName) -> Result<Generations> {
-    let bundle = inspection::ca_bundle(state, ca)?;
-    let certs: Vec<Vec<u8>> = bundle.blocks().iter().map(|b| b.to_vec()).collect();
+    let certs: Vec<Vec<u8>> = match inspection::ca_bundle(state, ca) {
+        Ok(bundle) => bundle.blocks().iter().map(|b| b.to_vec()).collect(),
+        Err(Error::Identity { .. }) => recorded_certificates(state, ca)?,
+        Err(e) => return Err(e),
+    };
     let subjects = certs
         .iter()
         .filter_map(|der| {
@@ -183,6 +187,29 @@ pub fn generations(state: &State, ca: CaName) -> Result<Generations> {
         })
         .collect();
     Ok(Generations { subjects, certs })
+}
+
+/// The certificates of `ca` as the signed manifest records them.
+fn recorded_certificates(state: &State, ca: CaName) -> Result<Vec<Vec<u8>>> {
+    use base64::Engine;
+    let missing = || Error::Identity {
+        message: format!(
+            "the {} CA's certificates are neither readable without an identity nor recorded in secrets/manifest.toml (written by an older kpki)",
+            ca.dir()
+        ),
+        hint: Some(
+            "pass -i with an admin identity, or have a writer (kpki init) record them".into(),
+        ),
+    };
+    let recorded = state.manifest().cas.get(ca.dir()).ok_or_else(missing)?;
+    recorded
+        .iter()
+        .map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| missing())
+        })
+        .collect()
 }
 
 /// One row of the report.

@@ -84,6 +84,11 @@ pub struct Manifest {
     /// rotation finishes, so revoking a file revokes these too (etcd matches serials only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub superseded: BTreeMap<String, Superseded>,
+    /// The certificates each CA's `ca.pem` holds, by CA (`etcd`), newest first (base64 DER).
+    /// Public, and signed with the rest: a clone with no identity and no `pki/` (a CI job) can
+    /// tell which CA generation a server presents and trusts (`kpki rollout`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cas: BTreeMap<String, Vec<String>>,
 }
 
 /// A certificate replaced by a CA rotation that is still trusted until the rotation finishes.

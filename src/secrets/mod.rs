@@ -288,6 +288,8 @@ pub struct SealPlan<'c> {
     pub superseded: std::collections::BTreeMap<String, manifest::Superseded>,
     /// The committed manifest's generation (a write increases it when signing).
     pub generation: u64,
+    /// Each CA's certificates, as the manifest records them.
+    pub cas: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl SealPlan<'_> {
@@ -325,6 +327,7 @@ impl SealPlan<'_> {
             files: due.chain(self.leftovers.iter().cloned()).collect(),
             revoked: self.revoked.clone(),
             superseded: self.superseded.clone(),
+            cas: self.cas.clone(),
         }
     }
 
@@ -347,6 +350,7 @@ impl SealPlan<'_> {
             && manifest.generation == self.generation
             && manifest.revoked == self.revoked
             && manifest.superseded == self.superseded
+            && manifest.cas == self.cas
     }
 
     /// Encrypted files in `secrets/` that neither the manifest nor the config accounts for
@@ -418,7 +422,36 @@ pub fn plan<'c>(
         revoked: state.revocations(),
         superseded: state.superseded(),
         generation: state.manifest().generation,
+        cas: ca_certificates(state)?,
     })
+}
+
+/// The certificates of every CA's `ca.pem`, for the manifest: read where the state can, else
+/// as committed.
+fn ca_certificates(state: &State) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    use base64::Engine;
+    let mut cas = std::collections::BTreeMap::new();
+    for ca in catalogue::CAS {
+        let certs = match state.read(&catalogue::ca_file(ca)) {
+            Ok(Some(bundle)) => bundle
+                .blocks()
+                .iter()
+                .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
+                .collect(),
+            Ok(None) => continue,
+            // Unreadable here (no identity) or damaged (reported by the checks of the file
+            // itself): the committed certificates stand.
+            Err(Error::Identity { .. } | Error::File { .. }) => {
+                match state.manifest().cas.get(ca.dir()) {
+                    Some(committed) => committed.clone(),
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        cas.insert(ca.dir().to_string(), certs);
+    }
+    Ok(cas)
 }
 
 /// What the manifest records of a certificate file's certificate: carried over from the

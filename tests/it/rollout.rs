@@ -82,6 +82,30 @@ fn a_rolling_etcd_ca_rotation_is_reported_exactly_and_gates_its_finish() {
             ["current", "old", "old"]
         );
     }
+    // A clone with no identity and no pki/ (a CI job) sees the same from the signed manifest.
+    let public = cluster.copy();
+    public.fresh_clone();
+    let identity = public.pki("admin.agekey");
+    let admin = run_ok("age-keygen", &["-y", s(&identity)]);
+    std::fs::remove_file(&identity).unwrap();
+    let config = std::fs::read_to_string(public.pki("kpki.toml")).unwrap();
+    public.write_config(&config.replacen(
+        "admins = []",
+        &format!("admins = [\"{}\"]", admin.trim()),
+        1,
+    ));
+    let seen = kpki_at(&etcd.hosts, 0, &public, &["rollout", "--json"]);
+    assert!(public.pem_files().is_empty(), "rollout decrypted into pki/");
+    for endpoint in ["etcd-client", "etcd-peer"] {
+        for field in [".verdict", ".trusts", ".serves.is"] {
+            assert_eq!(
+                column(&seen.stdout(), &public, endpoint, field),
+                column(&json, &cluster, endpoint, field),
+                "{endpoint} {field}: {}",
+                seen.stderr()
+            );
+        }
+    }
     let line = kpki_at(
         &etcd.hosts,
         0,
