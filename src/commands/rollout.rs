@@ -21,6 +21,9 @@ pub(super) struct Saved {
 /// `kpki rollout`; anything not current sets `report.needs_action`.
 pub fn rollout(ctx: &Context, args: &RolloutArgs, report: &mut Report) -> Result<()> {
     let (config, _, state) = cluster(ctx, report, Access::Read)?.parts();
+    // Its verdicts decide a --finish and its summary lands in status: judged only against CA
+    // certificates a trusted manifest vouches for, never a pusher's.
+    refuse_untrusted(ctx, &state)?;
     let endpoints = live::endpoints(&config, &args.nodes)?;
     let rows = ask(&state, &endpoints, args.timeout.0.unsigned_abs(), None)?;
     let behind = rows.iter().filter(|r| r.verdict != "current").count();

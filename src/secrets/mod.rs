@@ -456,9 +456,9 @@ fn ca_certificates(state: &State) -> Result<std::collections::BTreeMap<String, V
 
 /// What the manifest records of a certificate file's certificate: carried over from the
 /// committed entry while the content is the same, as kpki last saw it, and the facts complete
-/// (an older kpki's lack the usage and key), else read from the file (always, for a deep check, so that `verify`
-/// finds facts that do not match). `None` for other files, and where the content cannot be
-/// read (no identity): the committed facts stand.
+/// (an older kpki's lack the usage and key), else read from the file (always, for a deep
+/// check, so that `verify` finds facts that do not match). `None` for other files, and where
+/// the content cannot be read (no identity): the committed facts stand.
 fn certificate_facts(
     state: &State,
     sealed: &Sealed<'_>,

@@ -115,8 +115,13 @@ impl Transaction {
             .map(|w| w.path.as_path())
             .filter(|p| is_plaintext(&self.store, p))
             .collect();
-        // Their temporary files hold the same plaintext first: that place must be ignored too.
-        let temp = self.store.temp_dir().join(format!("{TEMP_PREFIX}XXXXXX"));
+        // Their temporary files hold the same plaintext first, in a worker's directory below
+        // the temporary directory: that place must be ignored too.
+        let temp = self
+            .store
+            .temp_dir()
+            .join("0")
+            .join(format!("{TEMP_PREFIX}XXXXXX"));
         if !plaintext.is_empty() {
             plaintext.push(&temp);
         }
