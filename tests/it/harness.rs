@@ -195,6 +195,19 @@ impl Run {
         self
     }
 
+    /// Asserts that a check found something to act on (exit 1) and returns what it printed.
+    pub fn finds(self) -> String {
+        assert_eq!(
+            self.code(),
+            Some(1),
+            "{}: expected exit 1:\n{}\n{}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
     /// Asserts a failure with exit `code` and returns the error line.
     pub fn fails_with(self, code: i32) -> String {
         assert_eq!(
