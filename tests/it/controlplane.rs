@@ -209,7 +209,7 @@ fn service_account_tokens_work_across_apiservers(plane: &ControlPlane) {
 /// kube-proxy's identity (O=system:node-proxier) may watch what kube-proxy reads, cluster-wide,
 /// through the bootstrap binding of its group, and nothing it does not need.
 fn kube_proxy_reads_services(plane: &ControlPlane) {
-    let kubeconfig = plane.kubeconfig("kube-proxy.kubeconfig", &["kube-proxy"]);
+    let kubeconfig = plane.deployment.kubeconfig(1, "proxy");
     let can = |verb: &str, what: &str| {
         let out = plane.kubectl(
             1,
@@ -547,18 +547,26 @@ fn kubernetes_control_plane_runs_on_kpki_files() {
     request_headers_are_believed_from_the_front_proxy_only(&plane);
 }
 
-/// Restarts every apiserver, one at a time, then the controller-manager, the scheduler and
-/// node-03's kubelet, on the files now in `pki/`, waiting for each (as an admin with a kubeconfig of the files now in
-/// `pki/`); the balancer sends nothing to an apiserver from its restart until it is ready.
-/// `progress` after each restart.
-fn roll(plane: &mut ControlPlane, balancer: &Balancer, progress: &dyn Fn()) {
+/// Deploys the files now in `pki/` to one node at a time and restarts its apiserver, then the
+/// controller-manager, the scheduler and node-03's kubelet, waiting for each (as an admin with
+/// a kubeconfig of the files now in `pki/`); the balancer sends nothing to an apiserver from
+/// its restart until it is ready. `progress` after each restart, and `rolled(plane, i)` once
+/// node `i`'s apiserver is ready.
+fn roll(
+    plane: &mut ControlPlane,
+    balancer: &Balancer,
+    progress: &dyn Fn(),
+    rolled: &dyn Fn(&ControlPlane, usize),
+) {
     plane.kubeconfig("admin.kubeconfig", &["admin"]);
     for i in 0..ADDRESSES.len() {
         balancer.ready[i].store(false, Ordering::SeqCst);
+        plane.deploy(i);
         plane.start_apiserver(i);
         plane.wait_ready(i);
         balancer.ready[i].store(true, Ordering::SeqCst);
         progress();
+        rolled(plane, i);
     }
     plane.start_controller_manager(0);
     plane.start_scheduler(1);
@@ -628,6 +636,46 @@ fn assert_no_failure(
     assert!(succeeded > 10, "{what}: only {succeeded} requests");
 }
 
+/// `kpki ARGS` on an admin's machine on the nodes' network (host 0).
+fn rollout_kpki(plane: &ControlPlane, args: &[&str]) -> crate::harness::Run {
+    crate::rollout::kpki_at(&plane.etcd.hosts, 0, plane.cluster, args)
+}
+
+/// `kpki rollout --json` now, as a reader of one field of one endpoint's rows, node by node.
+fn rollout<'a>(plane: &ControlPlane<'a>) -> impl Fn(&str, &str) -> Vec<String> + 'a {
+    let (json, cluster) = (
+        rollout_kpki(plane, &["rollout", "--json"]).stdout(),
+        plane.cluster,
+    );
+    move |endpoint, field| crate::rollout::column(&json, cluster, endpoint, field)
+}
+
+/// Mid-rotation of the Kubernetes CA, node-01 deployed and its apiserver restarted, the others
+/// not: `kpki rollout` says exactly that (node-03's kubelet still serves its old leaf), and
+/// --finish is refused naming every server behind and no other.
+fn one_apiserver_rolled(plane: &ControlPlane) {
+    let seen = rollout(plane);
+    assert_eq!(
+        seen("apiserver", ".verdict"),
+        ["current", "behind", "behind"]
+    );
+    assert_eq!(seen("apiserver", ".serves.is"), ["current", "old", "old"]);
+    assert_eq!(
+        seen("apiserver", ".trusts"),
+        ["new-and-old", "old-only", "old-only"]
+    );
+    assert_eq!(
+        seen("kubelet", ".verdict"),
+        ["refused", "refused", "behind"]
+    );
+    assert_eq!(seen("kubelet", ".serves.is"), ["null", "null", "old"]);
+    let line = rollout_kpki(plane, &["rotate", "--ca", "kubernetes", "--finish"]).fails_with(2);
+    for behind in ["node-02 apiserver", "node-03 apiserver", "node-03 kubelet"] {
+        assert!(line.contains(behind), "{behind}: {line}");
+    }
+    assert!(!line.contains("node-01"), "{line}");
+}
+
 #[test]
 fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
     let cluster = Cluster::initialized(DEFAULT_CONFIG);
@@ -644,26 +692,39 @@ fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
 
     // The Kubernetes CA: an admin kubeconfig from before the rotation (old CA, old certificate)
     // keeps working through the first roll; one written after it (both CAs, new certificate)
-    // through the roll after --finish.
+    // through the roll after --finish. `kpki rollout` sees each node as it is, and --finish
+    // waits for the last one.
     let before = plane.kubeconfig("before.kubeconfig", &["admin"]);
     let client = std::sync::Mutex::new(before);
+    let finish = ["rotate", "--ca", "kubernetes", "--finish"];
     let result = crate::harness::while_running(
         |n| balancer.request(n, &client.lock().unwrap(), None),
         |progress| {
             kpki(&["rotate", "--ca", "kubernetes"]);
-            roll(&mut plane, &balancer, progress);
+            roll(&mut plane, &balancer, progress, &|plane, i| {
+                if i == 0 {
+                    one_apiserver_rolled(plane);
+                }
+            });
+            let seen = rollout(&plane);
+            assert_eq!(seen("apiserver", ".trusts"), ["new-and-old"; 3]);
+            assert_eq!(
+                seen("kubelet", ".verdict"),
+                ["refused", "refused", "current"]
+            );
+            // Two kubelets are not running: finishing needs --force.
+            let line = rollout_kpki(&plane, &finish).fails_with(2);
+            assert!(
+                line.contains("node-01 kubelet") && line.contains("node-02 kubelet"),
+                "{line}"
+            );
+            rollout_kpki(&plane, &[&finish[..], &["--force"]].concat()).success();
             *client.lock().unwrap() = plane.kubeconfig("during.kubeconfig", &["admin"]);
             progress();
-            kpki(&[
-                "rotate",
-                "--ca",
-                "kubernetes",
-                "--finish",
-                "--no-live-check",
-            ]);
-            roll(&mut plane, &balancer, progress);
+            roll(&mut plane, &balancer, progress, &|_, _| {});
         },
     );
+    assert_eq!(rollout(&plane)("apiserver", ".trusts"), ["current"; 3]);
     assert_no_failure(&plane, "Kubernetes CA rotation", result);
     let old = plane.kubectl(
         0,
@@ -724,7 +785,7 @@ fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
         |n| balancer.request(n, &anonymous, Some(&old_token)),
         |progress| {
             kpki(&["rotate", "--service-account"]);
-            roll(&mut plane, &balancer, progress);
+            roll(&mut plane, &balancer, progress, &|_, _| {});
         },
     );
     assert_no_failure(&plane, "service-account rotation", result);
@@ -738,8 +799,8 @@ fn kubernetes_ca_and_service_account_rotations_roll_without_failed_requests() {
                     .request(n, &anonymous, Some(&old_token))
                     .expect("the old token before --finish");
             }
-            kpki(&["rotate", "--service-account", "--finish", "--no-live-check"]);
-            roll(&mut plane, &balancer, progress);
+            rollout_kpki(&plane, &["rotate", "--service-account", "--finish"]).success();
+            roll(&mut plane, &balancer, progress, &|_, _| {});
         },
     );
     assert_no_failure(&plane, "service-account finish", result);

@@ -3,13 +3,17 @@
 //! `k8s.io/kubernetes` module through the Go module proxy) into `target/k8s/`, over a three-member
 //! etcd (`etcd.rs`) of etcd 3.6 built the same way: Debian's etcd 3.4 lacks the watch progress
 //! notifications kube-apiserver 1.34 waits for (its watch cache falls behind: "Too large resource
-//! version"). One network namespace per node.
+//! version"). One network namespace per node. Every server runs as `secrets/kpki.nix` wires it
+//! (`deploy.rs`): its flags come from the nixpkgs options the module sets, on that node's own
+//! copy of its files, so a wiring mistake breaks this cluster and a node sees new files only when
+//! it is deployed again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::deploy::{Deployment, EVERYTHING};
 pub use crate::etcd::{ADDRESSES, NODES};
 use crate::etcd::{Client, Etcd};
 use crate::harness::{Cluster, Run, require, s};
@@ -31,6 +35,27 @@ pub fn programs() -> &'static Path {
         root.join("target/k8s")
     })
 }
+
+/// The options of nixpkgs' `services.kubernetes.apiserver` kpki may set, and the flag
+/// `apiserver.nix` makes of each (`etcd` and `extraOpts` are passed on apart).
+const APISERVER_FLAGS: [(&str, &str); 13] = [
+    ("advertiseAddress", "advertise-address"),
+    ("bindAddress", "bind-address"),
+    ("clientCaFile", "client-ca-file"),
+    ("kubeletClientCaFile", "kubelet-certificate-authority"),
+    ("kubeletClientCertFile", "kubelet-client-certificate"),
+    ("kubeletClientKeyFile", "kubelet-client-key"),
+    ("proxyClientCertFile", "proxy-client-cert-file"),
+    ("proxyClientKeyFile", "proxy-client-key-file"),
+    ("serviceAccountKeyFile", "service-account-key-file"),
+    (
+        "serviceAccountSigningKeyFile",
+        "service-account-signing-key-file",
+    ),
+    ("serviceClusterIpRange", "service-cluster-ip-range"),
+    ("tlsCertFile", "tls-cert-file"),
+    ("tlsKeyFile", "tls-private-key-file"),
+];
 
 /// The URL of node `i`'s apiserver.
 pub fn apiserver_url(i: usize) -> String {
@@ -94,18 +119,25 @@ struct Process {
 pub struct ControlPlane<'a> {
     pub cluster: &'a Cluster,
     pub etcd: Etcd,
+    /// What the module wires on each node, and each node's files.
+    pub deployment: Deployment,
     dir: tempfile::TempDir,
     processes: Vec<Process>,
 }
 
 impl<'a> ControlPlane<'a> {
-    /// etcd and the three apiservers on the files of `cluster`, ready.
+    /// etcd and the three apiservers of `cluster`, each node deployed, ready.
     pub fn start(cluster: &'a Cluster) -> ControlPlane<'a> {
-        let etcd = Etcd::start_program(&cluster.pki(""), programs().join("etcd"));
+        let deployment = Deployment::evaluate(cluster, EVERYTHING);
+        for i in 0..NODES.len() {
+            deployment.deploy(cluster, i);
+        }
+        let etcd = Etcd::start_with_env(&deployment.etcd_environments(), programs().join("etcd"));
         etcd.wait_healthy(&Client::of(cluster, "etcd/apiserver-etcd-client"));
         let mut plane = ControlPlane {
             cluster,
             etcd,
+            deployment,
             dir: tempfile::tempdir().unwrap(),
             processes: Vec::new(),
         };
@@ -117,6 +149,16 @@ impl<'a> ControlPlane<'a> {
             plane.wait_ready(i);
         }
         plane
+    }
+
+    /// Deploys the files now in `pki/` to node `i` (its servers keep running).
+    pub fn deploy(&self, i: usize) {
+        self.deployment.deploy(self.cluster, i);
+    }
+
+    /// The wired option at `pointer` on node `i` (see [`Deployment::get`]).
+    fn wired(&self, i: usize, pointer: &str) -> String {
+        self.deployment.get(i, pointer).to_string()
     }
 
     /// A path in the test's scratch directory (kubeconfigs, logs).
@@ -167,10 +209,10 @@ impl<'a> ControlPlane<'a> {
         });
     }
 
-    /// (Re)starts a real kubelet on host `host` on kpki's files: its client kubeconfig (pointed at
-    /// that host's apiserver), its serving certificate, the Kubernetes CA for its clients, and
-    /// webhook authorization through the apiserver. Kubernetes' fake container runtime stands in
-    /// for containerd, so the kubelet registers its node and goes Ready without containers.
+    /// (Re)starts a real kubelet on host `host` as the module wires it: its kubeconfig, serving
+    /// certificate and client CA from the node's copy, webhook authorization through the
+    /// apiserver. Kubernetes' fake container runtime stands in for containerd, so the kubelet
+    /// registers its node and goes Ready without containers.
     pub fn start_kubelet(&mut self, host: usize) {
         let node = NODES[host];
         let socket = self.path(&format!("cri-{node}.sock"));
@@ -182,26 +224,22 @@ impl<'a> ControlPlane<'a> {
             self.spawn(&runtime, host, "fakecri", &args);
             self.wait_for("the fake container runtime's socket", || socket.exists());
         }
-        let server = apiserver_url(host);
-        let kubeconfig = self.kubeconfig(
-            &format!("kubelet-{node}.kubeconfig"),
-            &["kubelet", node, "--server", &server],
-        );
-        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
+        let kubeconfig = self.deployment.kubeconfig(host, "kubelet");
+        let wired = |option: &str| self.wired(host, &format!("/kubelet/{option}"));
         let scratch = |dir: &str| s(&self.path(&format!("{dir}-{node}"))).to_string();
-        // The kubelet's settings as a KubeletConfiguration file (JSON is YAML): its TLS and
-        // client-CA settings are config-file fields, their flags deprecated.
+        // nixpkgs passes these as flags; the same settings as a KubeletConfiguration file (JSON
+        // is YAML), where their flags are deprecated.
         let config = serde_json::json!({
             "kind": "KubeletConfiguration",
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "address": ADDRESSES[host],
             "port": 10250,
-            "tlsCertFile": pki(&format!("{node}/kubelet-serving.pem")),
-            "tlsPrivateKeyFile": pki(&format!("{node}/kubelet-serving-key.pem")),
+            "tlsCertFile": wired("tlsCertFile"),
+            "tlsPrivateKeyFile": wired("tlsKeyFile"),
             "authentication": {
                 "anonymous": { "enabled": false },
                 "webhook": { "enabled": false },
-                "x509": { "clientCAFile": pki("kubernetes/ca.pem") },
+                "x509": { "clientCAFile": wired("clientCaFile") },
             },
             "authorization": { "mode": "Webhook" },
             "containerRuntimeEndpoint": endpoint,
@@ -218,7 +256,7 @@ impl<'a> ControlPlane<'a> {
         let args = [
             format!("--config={}", s(&config_file)),
             format!("--kubeconfig={}", s(&kubeconfig)),
-            format!("--hostname-override={node}"),
+            format!("--hostname-override={}", wired("hostname")),
             format!("--node-ip={}", ADDRESSES[host]),
             format!("--root-dir={}", scratch("kubelet-root")),
             format!("--cert-dir={}", scratch("kubelet-certs")),
@@ -265,57 +303,50 @@ impl<'a> ControlPlane<'a> {
         format!("{}\n{}", tails.join("\n"), self.etcd.logs())
     }
 
-    /// (Re)starts the apiserver of node `i` on the files now in `pki/`.
+    /// (Re)starts the apiserver of node `i` as the module wires it, on the node's copy: every
+    /// option kpki sets becomes the flag nixpkgs' `apiserver.nix` makes of it (an option this
+    /// test does not know fails it), plus the flags nixpkgs sets on its own.
     pub fn start_apiserver(&mut self, i: usize) {
-        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
-        let node = |rel: &str| pki(&format!("{}/{rel}", NODES[i]));
-        let etcd: Vec<String> = ADDRESSES
-            .iter()
-            .map(|a| format!("https://[{a}]:2379"))
-            .collect();
-        let args = [
-            ("bind-address", "::".to_string()),
-            ("advertise-address", ADDRESSES[i].to_string()),
-            ("secure-port", "6443".into()),
-            ("etcd-servers", etcd.join(",")),
-            ("etcd-cafile", pki("etcd/ca.pem")),
-            ("etcd-certfile", pki("etcd/apiserver-etcd-client.pem")),
-            ("etcd-keyfile", pki("etcd/apiserver-etcd-client-key.pem")),
-            ("tls-cert-file", node("apiserver.pem")),
-            ("tls-private-key-file", node("apiserver-key.pem")),
-            ("client-ca-file", pki("kubernetes/ca.pem")),
-            ("service-account-key-file", pki("service-account/sa.pem")),
-            (
-                "service-account-signing-key-file",
-                pki("service-account/sa-key.pem"),
-            ),
+        let wired = self.deployment.wired[i]["apiserver"].as_object().unwrap();
+        let mut args: Vec<String> = Vec::new();
+        for (option, value) in wired.iter().filter(|(_, v)| !v.is_null()) {
+            match (
+                option.as_str(),
+                APISERVER_FLAGS.iter().find(|(o, _)| o == option),
+            ) {
+                ("etcd", _) => {
+                    let etcd = |o: &str| value[o].as_str().unwrap().to_string();
+                    let servers: Vec<&str> = value["servers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap())
+                        .collect();
+                    args.push(format!("--etcd-servers={}", servers.join(",")));
+                    args.push(format!("--etcd-cafile={}", etcd("caFile")));
+                    args.push(format!("--etcd-certfile={}", etcd("certFile")));
+                    args.push(format!("--etcd-keyfile={}", etcd("keyFile")));
+                }
+                ("extraOpts", _) => {
+                    args.extend(value.as_str().unwrap().split_whitespace().map(String::from));
+                }
+                (_, Some((_, flag))) => {
+                    args.push(format!("--{flag}={}", value.as_str().unwrap()));
+                }
+                (_, None) => {
+                    panic!("kpki.nix sets services.kubernetes.apiserver.{option}: pass it on here")
+                }
+            }
+        }
+        let own = [
+            ("secure-port", "6443".to_string()),
             (
                 "service-account-issuer",
                 "https://kubernetes.default.svc.cluster.local".into(),
             ),
-            ("service-cluster-ip-range", "fd00:10:96::/112".into()),
             ("authorization-mode", "Node,RBAC".into()),
             ("enable-admission-plugins", "NodeRestriction".into()),
-            (
-                "kubelet-client-certificate",
-                pki("kubernetes/apiserver-kubelet-client.pem"),
-            ),
-            (
-                "kubelet-client-key",
-                pki("kubernetes/apiserver-kubelet-client-key.pem"),
-            ),
-            ("kubelet-certificate-authority", pki("kubernetes/ca.pem")),
             ("kubelet-preferred-address-types", "InternalIP".into()),
-            ("requestheader-client-ca-file", pki("front-proxy/ca.pem")),
-            ("requestheader-allowed-names", "front-proxy-client".into()),
-            ("requestheader-username-headers", "X-Remote-User".into()),
-            ("requestheader-group-headers", "X-Remote-Group".into()),
-            (
-                "requestheader-extra-headers-prefix",
-                "X-Remote-Extra-".into(),
-            ),
-            ("proxy-client-cert-file", pki("front-proxy/client.pem")),
-            ("proxy-client-key-file", pki("front-proxy/client-key.pem")),
             ("enable-aggregator-routing", "true".into()),
             (
                 "cert-dir",
@@ -323,7 +354,7 @@ impl<'a> ControlPlane<'a> {
             ),
             ("profiling", "false".into()),
         ];
-        let args: Vec<String> = args.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+        args.extend(own.iter().map(|(k, v)| format!("--{k}={v}")));
         self.spawn(&format!("apiserver-{i}"), i, "kube-apiserver", &args);
     }
 
@@ -417,33 +448,31 @@ impl<'a> ControlPlane<'a> {
         child.wait_with_output().unwrap()
     }
 
-    /// Starts kube-controller-manager on host `host` with its kubeconfig from kpki (pointed at
-    /// that host's apiserver), the SA signing key and the Kubernetes CA as the root CA.
+    /// Starts kube-controller-manager on host `host` as the module wires it: its kubeconfig,
+    /// the SA signing key and the root CA it publishes.
     pub fn start_controller_manager(&mut self, host: usize) {
-        let pki = |rel: &str| s(&self.cluster.pki(rel)).to_string();
+        let wired = |option: &str| self.wired(host, &format!("/controllerManager/{option}"));
         let own = [
             format!(
                 "--service-account-private-key-file={}",
-                pki("service-account/sa-key.pem")
+                wired("serviceAccountKeyFile")
             ),
-            format!("--root-ca-file={}", pki("kubernetes/ca.pem")),
+            format!("--root-ca-file={}", wired("rootCaFile")),
             "--use-service-account-credentials=true".into(),
         ];
-        self.start_component("controller-manager", host, &own);
+        self.start_component("controller-manager", "controllerManager", host, &own);
     }
 
-    /// Starts kube-scheduler on host `host` with its kubeconfig from kpki.
+    /// Starts kube-scheduler on host `host` with the kubeconfig the module wires.
     pub fn start_scheduler(&mut self, host: usize) {
-        self.start_component("scheduler", host, &[]);
+        self.start_component("scheduler", "scheduler", host, &[]);
     }
 
-    /// Starts `kube-NAME` on host `host` with `kpki kubeconfig NAME` (pointed at that host's
-    /// apiserver) for everything it asks the apiserver, short leader-election periods, no
-    /// serving port, and `own` arguments.
-    fn start_component(&mut self, name: &str, host: usize, own: &[String]) {
-        let server = apiserver_url(host);
-        let kubeconfig =
-            self.kubeconfig(&format!("{name}.kubeconfig"), &[name, "--server", &server]);
+    /// Starts `kube-NAME` on host `host` with the kubeconfig the module wires for `option`
+    /// (nixpkgs' name of the component) for everything it asks the apiserver, short
+    /// leader-election periods, no serving port, and `own` arguments.
+    fn start_component(&mut self, name: &str, option: &str, host: usize, own: &[String]) {
+        let kubeconfig = self.deployment.kubeconfig(host, option);
         let k = s(&kubeconfig);
         let common = [
             format!("--kubeconfig={k}"),

@@ -7,6 +7,7 @@ mod config_errors;
 mod controlplane;
 mod crash;
 mod declared;
+mod deploy;
 mod etcd;
 mod fuzz_corpus;
 mod hardening;

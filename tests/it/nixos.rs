@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::deploy::Deployment;
 use crate::etcd::{CRL, Client, Etcd, Version};
 use crate::harness::{Cluster, DEFAULT_CONFIG, manifest_entry, run, s};
 use crate::secrets::config_with_keys;
@@ -390,53 +391,26 @@ fn a_deploy_restarts_exactly_the_units_whose_files_changed() {
 /// Starts the three members of the default cluster as the module wires them (the environment
 /// of each node's etcd service, its files where agenix would put them); returns them with the
 /// apiserver's etcd client and servers as wired on node-01.
-fn wired_etcd(
-    cluster: &Cluster,
-    version: Version,
-) -> (Etcd, Client, Vec<String>, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let mut envs = Vec::new();
-    let mut apiserver = None;
-    for node in ["node-01", "node-02", "node-03"] {
-        let secrets = root.path().join(node).join("agenix");
-        let data = root.path().join(node).join("data");
-        let settings = format!(
-            "{{ kpki.wireServices = true; age.secretsDir = \"{}\"; services.etcd = {{ enable = true; dataDir = \"{}\"; }}; services.kubernetes.apiserver.enable = true; }}",
-            s(&secrets),
-            s(&data)
-        );
-        let v = ok(cluster, node, &settings);
-        // agenix's job: the host's files at the paths the module declares.
-        std::fs::create_dir_all(&secrets).unwrap();
-        for (rel, path) in v["paths"].as_object().unwrap() {
-            std::fs::copy(cluster.pki(rel), path.as_str().unwrap()).unwrap();
-        }
-        let env: BTreeMap<String, String> = v["etcd"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect();
-        envs.push(env);
-        if apiserver.is_none() {
-            apiserver = Some(v["apiserver"]["etcd"].clone());
-        }
+fn wired_etcd(cluster: &Cluster, version: Version) -> (Etcd, Client, Vec<String>, Deployment) {
+    let components = "services.etcd.enable = true; services.kubernetes.apiserver.enable = true;";
+    let deployment = Deployment::evaluate(cluster, components);
+    for i in 0..deployment.wired.len() {
+        deployment.deploy(cluster, i);
     }
-    let etcd = Etcd::start_with_env(&envs, version.program());
-    let wired = apiserver.unwrap();
+    let etcd = Etcd::start_with_env(&deployment.etcd_environments(), version.program());
     let client = Client {
-        ca: wired["caFile"].as_str().unwrap().into(),
-        cert: wired["certFile"].as_str().unwrap().into(),
-        key: wired["keyFile"].as_str().unwrap().into(),
+        ca: deployment.get(0, "/apiserver/etcd/caFile").into(),
+        cert: deployment.get(0, "/apiserver/etcd/certFile").into(),
+        key: deployment.get(0, "/apiserver/etcd/keyFile").into(),
     };
     etcd.wait_healthy(&client);
-    let servers = wired["servers"]
+    let servers = deployment.wired[0]["apiserver"]["etcd"]["servers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
-    (etcd, client, servers, root)
+    (etcd, client, servers, deployment)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::harness::{Cluster, DEFAULT_CONFIG, Run, openssl_self_signed, run_ok, 
 use crate::netns::Hosts;
 
 /// kpki run on host `i` of `hosts` (an admin machine on the nodes' network).
-fn kpki_at(hosts: &Hosts, i: usize, cluster: &Cluster, args: &[&str]) -> Run {
+pub fn kpki_at(hosts: &Hosts, i: usize, cluster: &Cluster, args: &[&str]) -> Run {
     let mut cmd = hosts.command_at(i, Path::new(env!("CARGO_BIN_EXE_kpki")));
     cmd.env_remove("KPKI_IDENTITY")
         .env("HOME", "/nonexistent")
@@ -25,7 +25,7 @@ fn kpki_at(hosts: &Hosts, i: usize, cluster: &Cluster, args: &[&str]) -> Run {
 }
 
 /// One field of the etcd rows of a `rollout --json` report, by node, for `endpoint`.
-fn column(json: &str, cluster: &Cluster, endpoint: &str, field: &str) -> Vec<String> {
+pub fn column(json: &str, cluster: &Cluster, endpoint: &str, field: &str) -> Vec<String> {
     let file = cluster.path().with_extension("rollout.json");
     std::fs::write(&file, json).unwrap();
     let filter = format!(".rows[] | select(.endpoint == \"{endpoint}\") | {field}");
