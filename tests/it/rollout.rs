@@ -194,16 +194,17 @@ fn serve(listener: TcpListener, serve: fn(std::net::TcpStream)) {
 
 #[test]
 fn unknown_and_hostile_servers_are_said_as_such_in_bounded_time() {
-    // Four workers and the admin's machine, beside the example cluster's nodes.
-    const ADDRESSES: [&str; 5] = [
+    // Five workers and the admin's machine, beside the example cluster's nodes.
+    const ADDRESSES: [&str; 6] = [
         "2001:db8::a1",
         "2001:db8::a2",
         "2001:db8::a3",
         "2001:db8::a4",
+        "2001:db8::a5",
         "2001:db8::a9",
     ];
     let mut config = DEFAULT_CONFIG.to_string();
-    for (i, address) in ADDRESSES[..4].iter().enumerate() {
+    for (i, address) in ADDRESSES[..5].iter().enumerate() {
         config += &format!(
             "\n[[node]]\nname = \"worker-{i}\"\naddresses = [\"{address}\"]\nroles = [\"worker\"]\n"
         );
@@ -232,35 +233,92 @@ fn unknown_and_hostile_servers_are_said_as_such_in_bounded_time() {
         cluster.path().with_extension("other-key.pem"),
     );
     openssl_self_signed(&cert, &key, "/CN=someone-else", 1, &[]);
-    let mut server = hosts.command_at(3, &crate::harness::require("openssl"));
-    server
-        .args([
-            "s_server",
-            "-quiet",
-            "-accept",
-            "[2001:db8::a4]:10250",
-            "-cert",
-        ])
-        .args([s(&cert), "-key", s(&key)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut server = server.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let foreign = tls_server(&hosts, 3, ADDRESSES[3], &cert, &key, &[]);
+    // The same certificate followed by a chain of 12 MB (30,000 copies).
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let chain = cluster.path().with_extension("huge-chain.pem");
+    std::fs::write(&chain, pem.repeat(30_000)).unwrap();
+    let huge = tls_server(
+        &hosts,
+        4,
+        ADDRESSES[4],
+        &cert,
+        &key,
+        &["-cert_chain", s(&chain)],
+    );
 
-    let nodes = ["worker-0", "worker-1", "worker-2", "worker-3"];
+    let nodes = ["worker-0", "worker-1", "worker-2", "worker-3", "worker-4"];
     let start = Instant::now();
     let args = [&["rollout", "--json", "--timeout", "2s"][..], &nodes].concat();
-    let run = kpki_at(&hosts, 4, &cluster, &args);
+    // GNU time reports kpki's peak memory (`ip netns exec` becomes kpki).
+    let mut cmd = hosts.command_at(5, &crate::harness::require("time"));
+    cmd.args(["-f", "peak %M KiB"])
+        .arg(env!("CARGO_BIN_EXE_kpki"))
+        .arg("--dir")
+        .arg(cluster.path())
+        .args(&args);
+    let run = Run::from_output(cmd.output().unwrap(), format!("{cmd:?}"));
     let took = start.elapsed();
-    let _ = server.kill();
-    let _ = server.wait();
+    for mut server in [foreign, huge] {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
     assert_eq!(run.code(), Some(1), "{}", run.stderr());
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let verdicts = column(&run.stdout(), &cluster, "kubelet", ".verdict");
     assert_eq!(
         verdicts,
-        ["timed-out", "unreachable", "unreachable", "unknown"],
+        [
+            "timed-out",
+            "unreachable",
+            "unreachable",
+            "unknown",
+            "unreachable"
+        ],
         "{}",
         run.stdout()
     );
+    let details = column(&run.stdout(), &cluster, "kubelet", ".detail");
+    assert!(details[4].contains("TooLarge"), "{details:?}");
+    let stderr = run.stderr();
+    let peak: u64 = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("peak ")?.strip_suffix(" KiB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {stderr}"));
+    assert!(peak < 64 * 1024, "kpki peaked at {peak} KiB");
+}
+
+/// `openssl s_server` on host `i` at `address`, port 10250, serving `cert` (and `extra`
+/// arguments), once it listens.
+fn tls_server(
+    hosts: &Hosts,
+    i: usize,
+    address: &str,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut server = hosts.command_at(i, &crate::harness::require("openssl"));
+    server
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("[{address}]:10250"),
+        ])
+        .args(["-cert", s(cert), "-key", s(key)])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let server = server.spawn().unwrap();
+    let ns = hosts.ns(i);
+    let port = format!("[{address}]:10250");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run_ok("ip", &["netns", "exec", &ns, "ss", "-Htln"]).contains(&port) {
+        assert!(Instant::now() < deadline, "openssl s_server on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
 }
