@@ -62,12 +62,17 @@ fn in_work_tree(dir: &Path) -> bool {
 }
 
 /// Per path, why git would not ignore it (`None`: ignored); `None` overall outside a git work
-/// tree or without git.
+/// tree or without git. Patterns are asked with `--no-index` and tracked files listed apart:
+/// without it git compares every path with every entry of the index (6 s for 20,000 paths in
+/// a repository of 20,000 secrets, against 0.13 s), and a tracked file is what `git add -A`
+/// stages whatever the patterns say.
 fn check_with_git(store: &Store, paths: &[&Path]) -> Option<Vec<(PathBuf, Option<String>)>> {
+    let tracked: std::collections::HashSet<String> =
+        tracked(store, &store.pki_dir()).into_iter().collect();
     let mut child = Command::new("git")
         .arg("-C")
         .arg(store.root())
-        .args(["check-ignore", "--stdin", "-z", "-v", "-n"])
+        .args(["check-ignore", "--no-index", "--stdin", "-z", "-v", "-n"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -94,7 +99,9 @@ fn check_with_git(store: &Store, paths: &[&Path]) -> Option<Vec<(PathBuf, Option
         .map(|c| {
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             let (source, line, pattern, path) = (text(c[0]), text(c[1]), text(c[2]), text(c[3]));
-            let why = if source.is_empty() {
+            let why = if tracked.contains(&path) {
+                Some("git tracks it: git rm --cached it".to_string())
+            } else if source.is_empty() {
                 Some("no rule ignores it".to_string())
             } else if pattern.starts_with('!') {
                 Some(format!("{source}:{line}: {pattern}"))

@@ -201,6 +201,25 @@ fn git_would_have_to_ignore_every_plaintext_file() {
 }
 
 #[test]
+fn a_plaintext_file_git_tracks_is_never_written() {
+    // Ignore rules do not stop `git add -A` from staging a change to a tracked file.
+    let cluster = Cluster::initialized(&config_with_keys());
+    commit_all(&cluster);
+    git(&cluster, &["add", "-f", "pki/node-01/kubelet-key.pem"]);
+    let line = refused(
+        &cluster,
+        &["issue", "kubelet", "node-01"],
+        &["pki/node-01/kubelet-key.pem", "git tracks it"],
+    );
+    assert!(line.contains("git rm --cached"), "{line}");
+    git(
+        &cluster,
+        &["rm", "-q", "--cached", "pki/node-01/kubelet-key.pem"],
+    );
+    cluster.kpki(&["issue", "kubelet", "node-01"]).success();
+}
+
+#[test]
 fn verify_finds_plaintext_keys_tracked_anywhere_in_the_repository() {
     let cluster = Cluster::initialized(&config_with_keys());
     commit_all(&cluster);
