@@ -160,6 +160,9 @@ pub static WIRES: &[Wire] = &[
     wire(Etcd, "peerTrustedCaFile", "etcd-ca", Cert),
 ];
 
+/// The Kubernetes CA, every Kubernetes component's `caFile`.
+pub const KUBERNETES_CA: &str = "kubernetes-ca";
+
 /// The files the front-proxy CA goes into: kube-apiserver's `--requestheader-client-ca-file`,
 /// for which nixpkgs has no option (it goes into `apiserver.extraOpts`).
 pub const FRONT_PROXY_CA: &str = "front-proxy-ca";

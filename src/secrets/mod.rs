@@ -1007,7 +1007,7 @@ fn record(
     let mut record = Record {
         manifest,
         outputs: Some(crate::state::record::Outputs {
-            config: config.fingerprint.clone(),
+            config: outputs_key(config),
             stamps: OUTPUTS
                 .iter()
                 .map(|name| stamp(&store.secrets_path(name)))
@@ -1102,13 +1102,19 @@ fn outdated_outputs(
     Ok(outdated)
 }
 
+/// What the Nix files are rendered from besides the state: the config (with kpki's version) and
+/// kpki's NixOS module, so a changed module is written out even within one version.
+fn outputs_key(config: &Config) -> String {
+    pem::fingerprint(format!("{}\n{}", config.fingerprint, nix::MODULE).as_bytes())
+}
+
 /// Whether the manifest and the Nix files are what kpki last wrote (same stamps), from this
-/// config, and the plan changes none of the manifest's entries.
+/// config and module, and the plan changes none of the manifest's entries.
 fn outputs_current(state: &State, config: &Config, plan: &SealPlan<'_>) -> Result<bool> {
     let Some(recorded) = state.recorded_outputs() else {
         return Ok(false);
     };
-    if recorded.config != config.fingerprint || manifest_outdated(state, plan) {
+    if recorded.config != outputs_key(config) || manifest_outdated(state, plan) {
         return Ok(false);
     }
     Ok(output_stamps(state.store())? == recorded.stamps)

@@ -9,7 +9,7 @@ use super::Sealed;
 use crate::catalogue::{self, Item, Part, Scope};
 use crate::config::{Config, Role};
 use crate::pem::Kind;
-use crate::wiring::{FRONT_PROXY_CA, Service, WIRES, Wire};
+use crate::wiring::{FRONT_PROXY_CA, KUBERNETES_CA, Service, WIRES, Wire};
 
 /// A Nix string literal, written without allocating (the Nix files of a fleet have thousands).
 struct Str<'a>(&'a str);
@@ -140,27 +140,50 @@ pub fn check_unique_names(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `kpki.nix`: a NixOS module for every node. For the host it is evaluated on, it declares
+/// `kpki.nix`: a NixOS module for every node: kpki's module (`module.nix`, a function of the
+/// cluster's data) applied to this cluster's data. For the host it is evaluated on, it declares
 /// `age.secrets` for exactly the files that host may read, exposes their paths as `kpki.paths`,
 /// and with `kpki.wireServices` sets the TLS options of nixpkgs' etcd and Kubernetes services.
 pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
     let mut out = String::from(MODULE_HEAD);
-    let _ = writeln!(out, "  apiServer = {};", Str(&config.cluster.api_server));
+    let _ = writeln!(out, "    apiServer = {};", Str(&config.cluster.api_server));
     let _ = writeln!(
         out,
-        "  serviceCidr = {};",
+        "    serviceCidr = {};",
         Str(&config.cluster.service_cidr)
     );
-    out.push_str("  etcdMembers = [\n");
+    let ca = |profile| {
+        catalogue::shared_item(profile)
+            .expect("catalogued")
+            .file(Part::Cert)
+    };
+    let _ = writeln!(out, "    kubernetesCa = {};", Str(&ca(KUBERNETES_CA)));
+    let _ = writeln!(out, "    frontProxyCa = {};", Str(&ca(FRONT_PROXY_CA)));
+    let _ = writeln!(out, "    crl = {};", Str(&catalogue::crl_file()));
+    out.push_str("    etcdMembers = [\n");
     for node in config.nodes.iter().filter(|n| n.has(Role::Etcd)) {
         let _ = writeln!(
             out,
-            "    {{ name = {}; host = {}; }}",
+            "      {{ name = {}; host = {}; }}",
             Str(&node.name),
             Str(&url_host(node.addresses[0]))
         );
     }
-    out.push_str("  ];\n  nodes = {\n");
+    out.push_str("    ];\n");
+    nodes(&mut out, config, plan);
+    out.push_str("    wiring = {\n");
+    for service in Service::ALL {
+        wiring(&mut out, service);
+    }
+    out.push_str("    };\n  };\nin\n(\n");
+    out.push_str(MODULE);
+    out.push_str(") data\n");
+    out
+}
+
+/// The data's `nodes`: each node's roles, addresses and files (by pki path: the secret's name,
+/// its `.age` file, owner, mode and the fingerprint the manifest records).
+fn nodes(out: &mut String, config: &Config, plan: &super::SealPlan<'_>) {
     let mut by_node: HashMap<&str, Vec<(&Sealed<'_>, &str)>> = HashMap::new();
     for (s, standing) in plan.sealed.iter().zip(&plan.standings) {
         let Some(due) = &standing.due else { continue };
@@ -171,6 +194,7 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
                 .push((s, due.public.as_str()));
         }
     }
+    out.push_str("    nodes = {\n");
     for node in &config.nodes {
         let roles: Vec<String> = node.roles.iter().map(|r| string(r.name())).collect();
         let addresses: Vec<String> = node
@@ -178,10 +202,10 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
             .iter()
             .map(|a| string(&a.to_string()))
             .collect();
-        let _ = writeln!(out, "    {} = {{", Str(&node.name));
-        let _ = writeln!(out, "      roles = [ {} ];", roles.join(" "));
-        let _ = writeln!(out, "      addresses = [ {} ];", addresses.join(" "));
-        out.push_str("      files = {\n");
+        let _ = writeln!(out, "      {} = {{", Str(&node.name));
+        let _ = writeln!(out, "        roles = [ {} ];", roles.join(" "));
+        let _ = writeln!(out, "        addresses = [ {} ];", addresses.join(" "));
+        out.push_str("        files = {\n");
         for (s, fingerprint) in by_node.get(node.name.as_str()).into_iter().flatten() {
             let mode = match s.kind {
                 Kind::PrivateKey | Kind::Kubeconfig => "0400",
@@ -189,7 +213,7 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
             };
             let _ = writeln!(
                 out,
-                "        {} = secret {} ./{}.age {} {} {};",
+                "          {} = {{ name = {}; file = ./{}.age; owner = {}; mode = {}; fingerprint = {}; }};",
                 Str(&s.rel),
                 Str(&s.name),
                 s.rel,
@@ -198,14 +222,9 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
                 Str(fingerprint)
             );
         }
-        out.push_str("      };\n    };\n");
+        out.push_str("        };\n      };\n");
     }
-    out.push_str(MODULE_BODY);
-    for service in Service::ALL {
-        wiring(&mut out, service);
-    }
-    out.push_str("  ];\n}\n");
-    out
+    out.push_str("    };\n");
 }
 
 /// An address as a URL host: IPv6 bracketed.
@@ -222,166 +241,65 @@ const MODULE_HEAD: &str = r#"# Written by kpki from pki/kpki.toml; do not edit.
 # (config.networking.hostName) it declares age.secrets for exactly that host's files, sets
 # kpki.paths (pki path -> decrypted path), and with kpki.wireServices = true sets the TLS options
 # of nixpkgs' etcd and Kubernetes services (in place of services.kubernetes.easyCerts).
-{ config, lib, ... }:
+# Below: this cluster's data, then kpki's module applied to it.
 let
-  inherit (lib) mkIf mkMerge mkOption mkOverride types;
-  cfg = config.kpki;
-  k8s = config.services.kubernetes;
-  host = config.networking.hostName;
-  # Above nixpkgs' own defaults (mkDefault, 1000), below your plain definitions (100).
-  wire = mkOverride 900;
-  secret = name: file: owner: mode: fingerprint: { inherit name file owner mode fingerprint; };
+  data = {
 "#;
 
-/// After the cluster's data: the options and what every host gets.
-const MODULE_BODY: &str = r#"  };
-  node = nodes.${host} or null;
-  files = if node == null then { } else node.files;
-  has = role: node != null && builtins.elem role node.roles;
-  wired = role: enabled: cfg.wireServices && has role && enabled;
-  path = rel: config.age.secrets.${files.${rel}.name}.path;
-  own = file: path "${host}/${file}";
-  # What a unit reads, by fingerprint (from the manifest): a deploy restarts exactly the units
-  # whose files changed.
-  changes = rels: map (rel: files.${rel}.fingerprint) rels;
-  urlHost = a: if builtins.match ".*:.*" a != null then "[${a}]" else a;
-  url = port: a: "https://${urlHost a}:${toString port}";
-  address = builtins.head node.addresses;
-in
-{
-  options.kpki = {
-    wireServices = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Set the TLS options of nixpkgs' etcd and Kubernetes services on this host from kpki's files, as services.kubernetes.easyCerts would (which must then be off).";
-    };
-    paths = mkOption {
-      type = types.attrsOf types.str;
-      readOnly = true;
-      description = "The decrypted path of each kpki file this host receives, by its path under pki/ (\"kubernetes/ca.pem\", \"node-02/kubelet-key.pem\").";
-    };
-  };
+/// kpki's NixOS module, a function of the cluster's data (a real Nix file in the repository).
+pub const MODULE: &str = include_str!("module.nix");
 
-  config = mkMerge [
-    {
-      age.secrets = builtins.listToAttrs (map (f: {
-        inherit (f) name;
-        value = { inherit (f) file owner mode; group = f.owner; };
-      }) (builtins.attrValues files));
-      kpki.paths = builtins.mapAttrs (rel: f: config.age.secrets.${f.name}.path) files;
-      assertions = [{
-        assertion = !(cfg.wireServices && k8s.easyCerts);
-        message = "kpki.wireServices replaces services.kubernetes.easyCerts: set services.kubernetes.easyCerts = false (the kubernetes roles switch it on)";
-      }];
-    }
-    (mkIf (cfg.wireServices && node != null) {
-      services.kubernetes.caFile = wire (path "kubernetes/ca.pem");
-      # Every component's kubeconfig.server defaults to this (nixpkgs' own default is not a valid
-      # URL for an IPv6 address).
-      services.kubernetes.apiserverAddress = wire apiServer;
-    })
-"#;
-
-/// The section of one service: its file options (from [`WIRES`]), the values that are not files,
-/// and its restart triggers.
+/// The data's wiring of one service: its role, option set and unit, the file each of its file
+/// options takes (from [`WIRES`]), and the files whose change restarts it.
 fn wiring(out: &mut String, service: Service) {
-    let (role, enabled) = (service.role().name(), service.options());
-    let enable = match service {
-        Service::Etcd => "config.services.etcd.enable".to_string(),
-        _ => format!(
-            "k8s.{}.enable",
-            enabled.trim_start_matches("services.kubernetes.")
-        ),
-    };
-    let _ = writeln!(out, "    (mkIf (wired {} {enable}) {{", Str(role));
-    let _ = writeln!(out, "      {} = {{", service.options());
-    let mut read = Vec::new();
-    for w in WIRES.iter().filter(|w| w.service == service) {
-        let (expr, rel) = file_expr(w);
-        let _ = writeln!(out, "        {} = wire ({expr});", w.option);
-        if !read.contains(&rel) && (!service.reloads_certificates() || w.profile.ends_with("-ca")) {
-            read.push(rel);
-        }
-    }
-    out.push_str(&values(service));
-    out.push_str("      };\n");
-    if service == Service::Apiserver {
-        let ca = catalogue::shared_item(FRONT_PROXY_CA).expect("catalogued");
-        read.push(string(&ca.file(Part::Cert)));
-    }
+    let options = service.options();
+    let name = options.rsplit('.').next().expect("an option path");
     let _ = writeln!(
         out,
-        "      systemd.services.{}.restartTriggers = changes [ {} ];",
-        service.unit(),
-        read.join(" ")
+        "      {name} = {{ role = {}; options = {}; unit = {};",
+        Str(service.role().name()),
+        Str(options),
+        Str(service.unit())
     );
-    out.push_str("    })\n");
+    out.push_str("        files = [\n");
+    let mut restart = Vec::new();
+    for w in WIRES.iter().filter(|w| w.service == service) {
+        let file = file_ref(w);
+        let _ = writeln!(out, "          {{ option = {}; {file} }}", Str(w.option));
+        if !restart.contains(&file)
+            && (!service.reloads_certificates() || w.profile.ends_with("-ca"))
+        {
+            restart.push(file);
+        }
+    }
+    out.push_str("        ];\n");
+    if service == Service::Apiserver {
+        let ca = catalogue::shared_item(FRONT_PROXY_CA).expect("catalogued");
+        restart.push(format!("rel = {};", Str(&ca.file(Part::Cert))));
+    }
+    let restart: Vec<String> = restart.iter().map(|f| format!("{{ {f} }}")).collect();
+    let _ = writeln!(
+        out,
+        "        restart = [ {} ];\n      }};",
+        restart.join(" ")
+    );
 }
 
-/// The Nix expression of a wired file's path, and its name as a Nix string (for `changes`).
-fn file_expr(w: &Wire) -> (String, String) {
+/// A wired file as the data names it: `rel = "PKI PATH";` for a cluster-wide file, `own =
+/// "FILE";` for one of the host's own directory.
+fn file_ref(w: &Wire) -> String {
     let entry = catalogue::builtin(w.profile).expect("wired profiles are catalogued");
     match entry.scope {
         Scope::Cluster { .. } => {
             let item = Item::new(entry, None).expect("a cluster-wide entry");
-            let rel = string(&item.file(w.part));
-            (format!("path {rel}"), rel)
+            format!("rel = {};", Str(&item.file(w.part)))
         }
         Scope::Node(_) => {
             let file = match w.part {
                 Part::Cert => format!("{}.pem", entry.stem),
                 Part::Key => format!("{}-key.pem", entry.stem),
             };
-            (
-                format!("own {}", string(&file)),
-                format!("\"${{host}}/{file}\""),
-            )
+            format!("own = {};", Str(&file))
         }
     }
-}
-
-/// The options of a service that are not file paths.
-fn values(service: Service) -> String {
-    let front_proxy_ca = catalogue::shared_item(FRONT_PROXY_CA)
-        .expect("catalogued")
-        .file(Part::Cert);
-    let text = match service {
-        Service::Apiserver => concat!(
-            "        etcd.servers = wire (map (m: \"https://${m.host}:2379\") etcdMembers);\n",
-            "        advertiseAddress = wire address;\n",
-            "        bindAddress = wire (if urlHost address != address then \"::\" else \"0.0.0.0\");\n",
-            "        serviceClusterIpRange = wire serviceCidr;\n",
-            "        # nixpkgs has no option for the front-proxy CA; extraOpts is merged, not replaced.\n",
-            "        extraOpts = builtins.concatStringsSep \" \" [\n",
-            "          \"--requestheader-client-ca-file=${path \"FRONT_PROXY_CA\"}\"\n",
-            "          \"--requestheader-allowed-names=front-proxy-client\"\n",
-            "          \"--requestheader-username-headers=X-Remote-User\"\n",
-            "          \"--requestheader-group-headers=X-Remote-Group\"\n",
-            "          \"--requestheader-extra-headers-prefix=X-Remote-Extra-\"\n",
-            "        ];\n",
-        ),
-        Service::Kubelet => concat!(
-            "        # The kubelet's identity is system:node:NODE: its hostname must be the node name.\n",
-            "        hostname = wire host;\n",
-        ),
-        Service::Etcd => concat!(
-            "        name = wire host;\n",
-            "        clientCertAuth = wire true;\n",
-            "        peerClientCertAuth = wire true;\n",
-            "        listenClientUrls = wire (map (url 2379) node.addresses ++ [ \"https://[::1]:2379\" ]);\n",
-            "        advertiseClientUrls = wire (map (url 2379) node.addresses);\n",
-            "        listenPeerUrls = wire (map (url 2380) node.addresses);\n",
-            "        initialAdvertisePeerUrls = wire (map (url 2380) node.addresses);\n",
-            "        initialCluster = wire (map (m: \"${m.name}=https://${m.host}:2380\") etcdMembers);\n",
-            "        # Once a certificate is revoked (kpki revoke, kpki rotate --prune): etcd reads the\n",
-            "        # list at every connection, so a new one needs no restart.\n",
-            "        extraConf = mkIf (files ? \"CRL_FILE\") {\n",
-            "          CLIENT_CRL_FILE = wire (path \"CRL_FILE\");\n",
-            "          PEER_CRL_FILE = wire (path \"CRL_FILE\");\n",
-            "        };\n",
-        ),
-        Service::ControllerManager | Service::Scheduler | Service::Proxy => "",
-    };
-    text.replace("FRONT_PROXY_CA", &front_proxy_ca)
-        .replace("\"CRL_FILE\"", &string(&catalogue::crl_file()))
 }

@@ -23,14 +23,22 @@ fn nix_dir() -> std::path::PathBuf {
 /// module); the JSON of `tests/nix/eval.nix`, or the error text. With `KPKI_NIXPKGS_LIB` set to
 /// a checkout of nixpkgs' `lib`, the real module system evaluates instead of the stand-in.
 pub fn eval(cluster: &Cluster, host: &str, settings: &str) -> Result<Value, String> {
+    eval_module(
+        &format!("{}/secrets/kpki.nix", s(cluster.path())),
+        host,
+        settings,
+    )
+}
+
+/// [`eval`] of the module the Nix expression `module` gives.
+fn eval_module(module: &str, host: &str, settings: &str) -> Result<Value, String> {
     let lib = match std::env::var("KPKI_NIXPKGS_LIB") {
         Ok(path) if !path.is_empty() => format!("lib = import {path};"),
         _ => String::new(),
     };
     let expr = format!(
-        "import {}/eval.nix {{ {lib} module = {}/secrets/kpki.nix; hostName = \"{host}\"; settings = {settings}; }}",
+        "import {}/eval.nix {{ {lib} module = {module}; hostName = \"{host}\"; settings = {settings}; }}",
         s(&nix_dir()),
-        s(cluster.path())
     );
     let out = run(
         "nix-instantiate",
@@ -201,6 +209,45 @@ fn a_full_node_gets_every_option_easycerts_sets() {
     );
     assert_eq!(paths["kubernetes/ca.pem"], agenix("kpki-kubernetes-ca.pem"));
     assert_eq!(paths.len(), v["secrets"].as_object().unwrap().len());
+}
+
+#[test]
+fn kpkis_module_evaluates_on_its_own_with_data_written_by_hand() {
+    // src/secrets/module.nix is a function of the cluster's data: reviewable and testable as
+    // Nix, without kpki. One etcd node with two files, the etcd service wired to them.
+    let data = r#"{
+      apiServer = "https://[2001:db8::7]:6443"; serviceCidr = "fd00:10:96::/112";
+      kubernetesCa = "kubernetes/ca.pem"; frontProxyCa = "front-proxy/ca.pem"; crl = "etcd/crl.der";
+      etcdMembers = [ { name = "solo"; host = "[2001:db8::7]"; } ];
+      nodes.solo = {
+        roles = [ "etcd" ]; addresses = [ "2001:db8::7" ];
+        files = {
+          "etcd/ca.pem" = { name = "the-ca"; file = /x/ca.age; owner = "etcd"; mode = "0444"; fingerprint = "one"; };
+          "solo/etcd-server.pem" = { name = "the-cert"; file = /x/cert.age; owner = "etcd"; mode = "0444"; fingerprint = "two"; };
+        };
+      };
+      wiring.etcd = {
+        role = "etcd"; options = "services.etcd"; unit = "etcd";
+        files = [ { option = "trustedCaFile"; rel = "etcd/ca.pem"; } { option = "certFile"; own = "etcd-server.pem"; } ];
+        restart = [ { rel = "etcd/ca.pem"; } ];
+      };
+    }"#;
+    let module = format!(
+        "(import {}/src/secrets/module.nix {data})",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let v = eval_module(&module, "solo", ETCD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["etcd"]["ETCD_TRUSTED_CA_FILE"], agenix("the-ca"));
+    assert_eq!(v["etcd"]["ETCD_CERT_FILE"], agenix("the-cert"));
+    assert_eq!(
+        v["etcd"]["ETCD_INITIAL_CLUSTER"],
+        "solo=https://[2001:db8::7]:2380"
+    );
+    assert_eq!(v["restartTriggers"]["etcd"], serde_json::json!(["one"]));
+    assert_eq!(v["secrets"]["the-cert"]["mode"], "0444");
+    let other = eval_module(&module, "elsewhere", ETCD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(other["secrets"], serde_json::json!({}));
+    assert_eq!(other["etcd"]["ETCD_CERT_FILE"], Value::Null);
 }
 
 #[test]

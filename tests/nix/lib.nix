@@ -179,6 +179,15 @@ let
     optionalAttrs = cond: attrs: if cond then attrs else { };
     mapAttrs' = f: attrs: listToAttrs (map (n: f n attrs.${n}) (attrNames attrs));
     nameValuePair = name: value: { inherit name value; };
+    mapAttrsToList = f: attrs: map (n: f n attrs.${n}) (attrNames attrs);
+    splitString = sep: s: filter isString (builtins.split (lib.escapeRegex sep) s);
+    escapeRegex = builtins.replaceStrings [ "." "*" "+" "?" "[" "]" "(" ")" "|" "^" "$" "\\" ] [ "\\." "\\*" "\\+" "\\?" "\\[" "\\]" "\\(" "\\)" "\\|" "\\^" "\\$" "\\\\" ];
+    setAttrByPath = path: value: builtins.foldl' (acc: name: { ${name} = acc; }) value (lib.reverseList path);
+    reverseList = list: builtins.genList (i: builtins.elemAt list (length list - 1 - i)) (length list);
+    attrByPath = path: default: set:
+      if path == [ ] then set
+      else if isAttrs set && set ? ${head path} then lib.attrByPath (tail path) default set.${head path}
+      else default;
   };
 in
 lib
