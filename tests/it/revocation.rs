@@ -681,8 +681,16 @@ fn a_cluster_from_before_the_der_list_moves_over_with_the_next_init_or_rotate() 
     assert_eq!(crl_serials(&cluster.pki(CRL)), listed);
     let ignore = std::fs::read_to_string(cluster.pki(".gitignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "*.der"), "{ignore}");
-    let module = std::fs::read_to_string(cluster.path().join("secrets/kpki.nix")).unwrap();
-    assert!(module.contains(&format!("CLIENT_CRL_FILE = wire (path \"{CRL}\")")));
+    let wired = crate::nixos::eval(
+        &cluster,
+        "node-01",
+        "{ kpki.wireServices = true; services.etcd.enable = true; }",
+    )
+    .unwrap();
+    assert_eq!(
+        wired["etcd"]["ETCD_CLIENT_CRL_FILE"],
+        "/run/agenix/kpki-etcd-crl.der"
+    );
     assert_eq!(cluster.kpki(&["verify"]).code(), Some(0));
 
     let out = rotated.kpki(&["rotate"]).success().stdout();
