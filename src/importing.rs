@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::inspection::{facts, pem_certs, signed_by};
+use crate::inspection::{facts, signed_by};
 use crate::pem::{self, Material};
 use crate::state::State;
 use crate::store::{self, PEM_LIMIT};
@@ -266,7 +266,7 @@ fn adopt_file(from: &Path, to: &str) -> Result<Material> {
         pem::Kind::PrivateKey => pem::adopt_key(&bytes).map_err(bad),
         pem::Kind::PublicKeys if bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") => {
             let cert = pem::parse(pem::Kind::Certificates, &bytes).map_err(bad)?;
-            let spki = facts(&cert.blocks()[0]).map_err(bad)?.spki;
+            let spki = facts(cert.first()).map_err(bad)?.spki;
             Ok(pem::made(
                 pem::Kind::PublicKeys,
                 pem::encode("PUBLIC KEY", &spki),
@@ -295,11 +295,10 @@ fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
             ));
         };
         let spki = pem::key_spki(&key.text).map_err(|m| Error::file(from, m))?;
-        let blocks = public.blocks();
         let first = match public.kind {
-            pem::Kind::PublicKeys => blocks[0].to_vec(),
+            pem::Kind::PublicKeys => public.first().to_vec(),
             _ => {
-                facts(&blocks[0])
+                facts(public.first())
                     .map_err(|m| Error::file(public_from, m))?
                     .spki
             }
@@ -326,16 +325,15 @@ fn check_cas(
         let held = state.read(&rel)?;
         let Some((from, imported)) = read.get(&rel) else {
             if let Some(held) = held {
-                cas.insert(ca, held.blocks()[0].to_vec());
+                cas.insert(ca, held.first().to_vec());
             }
             continue;
         };
-        let blocks = imported.blocks();
-        let ca_facts = facts(&blocks[0]).map_err(|m| Error::file(from, m))?;
-        if blocks.len() != 1 || !ca_facts.is_ca {
+        let ca_facts = facts(imported.first()).map_err(|m| Error::file(from, m))?;
+        if imported.blocks().len() != 1 || !ca_facts.is_ca {
             return Err(Error::file(from, "is not one CA certificate"));
         }
-        if let Some(why) = unfit_ca(&blocks[0]) {
+        if let Some(why) = unfit_ca(imported.first()) {
             return Err(Error::file(from, why));
         }
         if let Some(held) = held
@@ -350,7 +348,7 @@ fn check_cas(
                 Some("import every node of one cluster into one cluster directory".into()),
             ));
         }
-        cas.insert(ca, blocks[0].to_vec());
+        cas.insert(ca, imported.first().to_vec());
     }
     Ok(cas)
 }
@@ -405,8 +403,7 @@ fn check_leaves(
                 ),
             ));
         };
-        let certs = pem_certs(&material.text).map_err(|m| Error::file(from, m))?;
-        let leaf = facts(&certs[0]).map_err(|m| Error::file(from, m))?;
+        let leaf = facts(material.first()).map_err(|m| Error::file(from, m))?;
         if leaf.is_ca
             || cas
                 .values()
@@ -417,7 +414,7 @@ fn check_leaves(
                 "is a CA certificate, or holds a CA's key, in the place of a leaf: refused",
             ));
         }
-        if !signed_by(&certs[0], ca_der) {
+        if !signed_by(material.first(), ca_der) {
             return Err(Error::file(
                 from,
                 format!("is not signed by the {} CA being adopted", ca.dir()),

@@ -82,7 +82,7 @@ impl Kind {
     }
 }
 
-/// A file's content, checked and re-encoded.
+/// A file's content, checked and re-encoded, with its DER blocks (decoded once).
 #[derive(Debug)]
 pub struct Material {
     pub kind: Kind,
@@ -91,35 +91,65 @@ pub struct Material {
     /// `sha256:HEX` of its public material: the canonical text of a certificate or public-key
     /// file, the SubjectPublicKeyInfo of a private key (never a hash of the key itself).
     pub fingerprint: String,
+    /// The DER of each block, in order; never empty.
+    blocks: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl Material {
-    /// Content kpki wrote or checked before and that is unchanged since (its file's stamp says
-    /// so): taken as it is, without parsing it again.
-    pub fn recorded(kind: Kind, text: Zeroizing<String>, fingerprint: String) -> Material {
-        Material {
+    /// A file's `bytes` that kpki wrote or checked before and that are unchanged since (the
+    /// file's stamp says so), with the fingerprint recorded then: framed, but the DER not
+    /// parsed or checked again.
+    pub fn recorded(kind: Kind, bytes: &[u8], fingerprint: String) -> Result<Material, String> {
+        let blocks = match kind {
+            Kind::CrlDer => unframed(bytes)?,
+            _ => frame(bytes, kind)?,
+        };
+        let text = match kind {
+            Kind::CrlDer => Zeroizing::new(encode(kind.label(), &blocks[0].der)),
+            _ => Zeroizing::new(String::from_utf8_lossy(bytes).into_owned()),
+        };
+        Ok(Material {
             kind,
             text,
             fingerprint,
-        }
+            blocks: blocks.into_iter().map(|b| b.der).collect(),
+        })
     }
 
     /// The file's bytes as kpki writes and seals them: the canonical text, or for a DER file
     /// its one block.
     pub fn file_bytes(&self) -> Zeroizing<Vec<u8>> {
         match self.kind {
-            Kind::CrlDer => self.blocks().swap_remove(0),
+            Kind::CrlDer => self.blocks[0].clone(),
             _ => Zeroizing::new(self.text.as_bytes().to_vec()),
         }
     }
 
-    /// The DER blocks of the canonical text.
-    pub fn blocks(&self) -> Vec<Zeroizing<Vec<u8>>> {
-        frame(self.text.as_bytes(), self.kind)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|b| b.der)
-            .collect()
+    /// The DER of every block, in order (at least one).
+    pub fn blocks(&self) -> &[Zeroizing<Vec<u8>>] {
+        &self.blocks
+    }
+
+    /// The DER of the first block: a file's own certificate (before its chain or, in a CA
+    /// bundle, the newest CA), its key, its list.
+    pub fn first(&self) -> &[u8] {
+        &self.blocks[0]
+    }
+
+    /// The certificates of a certificate file, in order; an error naming what it holds instead.
+    pub fn certificates(&self) -> Result<&[Zeroizing<Vec<u8>>], String> {
+        match self.kind {
+            Kind::Certificates => Ok(&self.blocks),
+            other => Err(format!("holds {} blocks, not certificates", other.noun())),
+        }
+    }
+
+    /// The public keys of a public-key file (the service-account file may hold two).
+    pub fn public_keys(&self) -> Result<&[Zeroizing<Vec<u8>>], String> {
+        match self.kind {
+            Kind::PublicKeys => Ok(&self.blocks),
+            other => Err(format!("holds {} blocks, not public keys", other.noun())),
+        }
     }
 }
 
@@ -164,6 +194,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
         kind,
         text,
         fingerprint,
+        blocks: blocks.into_iter().map(|b| b.der).collect(),
     })
 }
 

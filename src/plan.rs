@@ -215,9 +215,7 @@ fn read_authority(state: &State, name: CaName, allow_expired: bool) -> Result<Au
         .map(|m| m.text.to_string())
         .unwrap_or_default();
     let path = |part| state.store().pki_path(&item.file(part));
-    let facts = inspection::pem_certs(&cert.text)
-        .and_then(|certs| inspection::facts(&certs[0]))
-        .map_err(|m| Error::file(&path(Part::Cert), m))?;
+    let facts = inspection::facts(cert.first()).map_err(|m| Error::file(&path(Part::Cert), m))?;
     use rcgen::PublicKeyData;
     if key.subject_public_key_info() != facts.spki {
         return Err(Error::file(

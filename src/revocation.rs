@@ -17,7 +17,7 @@ use crate::catalogue::{self, CaName, Item, Kind, Part, Readers};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Role, Span};
 use crate::error::{Error, Result};
-use crate::inspection::{self, facts, pem_certs, signed_by};
+use crate::inspection::{self, facts, signed_by};
 use crate::issuing::{self, RevocationReason};
 use crate::pem;
 use crate::plan::{self, Action, Applied};
@@ -56,8 +56,7 @@ pub fn crl(state: &State) -> Result<Option<Crl>> {
         return Ok(None);
     };
     let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
-    let blocks = material.blocks();
-    let (_, list) = CertificateRevocationList::from_der(&blocks[0])
+    let (_, list) = CertificateRevocationList::from_der(material.first())
         .map_err(|e| bad(format!("is not a revocation list ({e})")))?;
     let ca = current_ca(state)?;
     let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca).map_err(|e| {
@@ -85,7 +84,7 @@ pub fn crl(state: &State) -> Result<Option<Crl>> {
 /// The DER of the certificate that signs for the etcd CA today.
 fn current_ca(state: &State) -> Result<Vec<u8>> {
     let bundle = inspection::ca_bundle(state, CA)?;
-    Ok(bundle.blocks()[0].to_vec())
+    Ok(bundle.first().to_vec())
 }
 
 /// The ledger's entries still in force at `now`.
@@ -147,7 +146,7 @@ pub fn complete_crl(state: &State) -> Result<Option<String>> {
     let [der, pem] = catalogue::crl_files();
     Ok(match (state.read(&der)?, state.read(&pem)?) {
         (None, Some(listed)) => {
-            state.put(&der, pem::made(pem::Kind::of(&der), &listed.blocks()[0]));
+            state.put(&der, pem::made(pem::Kind::of(&der), listed.first()));
             Some(der)
         }
         (Some(listed), None) => {
@@ -181,7 +180,7 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
     let text = issuing::revocation_list(&authority, number, &revoked, now, next_update)?;
     let [der, pem] = catalogue::crl_files();
     let listed = pem::made(pem::Kind::of(&pem), &text);
-    state.put(&der, pem::made(pem::Kind::of(&der), &listed.blocks()[0]));
+    state.put(&der, pem::made(pem::Kind::of(&der), listed.first()));
     state.put(&pem, listed);
     state.set_revocations(ledger);
     Ok([der, pem])
@@ -202,15 +201,15 @@ pub fn ledger(state: &State) -> Result<BTreeMap<String, Revocation>> {
 /// it names expired. So a lost, rolled back or edited ledger never un-revokes. An entry put
 /// back stays until the etcd CA expires (no leaf outlives it).
 fn carry_over(ledger: &mut BTreeMap<String, Revocation>, state: &State) -> Result<()> {
-    let bundle = inspection::ca_bundle(state, CA)?.blocks();
-    let ca_expiry = facts(&bundle[0])
+    let bundle = inspection::ca_bundle(state, CA)?;
+    let ca_expiry = facts(bundle.first())
         .map_err(|m| Error::file(&state.store().pki_path(&catalogue::ca_file(CA)), m))?
         .not_after;
     for list in last_lists(state) {
         let Ok((_, list)) = CertificateRevocationList::from_der(&list) else {
             continue;
         };
-        let signed = bundle.iter().any(|ca| {
+        let signed = bundle.blocks().iter().any(|ca| {
             x509_parser::certificate::X509Certificate::from_der(ca)
                 .is_ok_and(|(_, ca)| list.verify_signature(ca.public_key()).is_ok())
         });
@@ -239,13 +238,13 @@ fn last_lists(state: &State) -> Vec<Vec<u8>> {
     let mut lists = Vec::new();
     for rel in catalogue::crl_files() {
         if let Ok(Some(committed)) = state.read(&rel) {
-            lists.extend(committed.blocks().into_iter().map(|b| b.to_vec()));
+            lists.extend(committed.blocks().iter().map(|b| b.to_vec()));
         }
         let path = state.store().pki_path(&rel);
         if let Ok(Some(bytes)) = state.store().read(&path, crate::store::PEM_LIMIT)
             && let Ok(cached) = pem::parse(pem::Kind::of(&rel), &bytes)
         {
-            lists.extend(cached.blocks().into_iter().map(|b| b.to_vec()));
+            lists.extend(cached.blocks().iter().map(|b| b.to_vec()));
         }
     }
     lists
@@ -309,7 +308,7 @@ pub struct Unrevocable {
 fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Result<Ending> {
     let text = state.require(rel)?;
     let bad = |m: String| Error::file(&state.store().pki_path(rel), m);
-    let certs = pem_certs(&text.text).map_err(bad)?;
+    let certs = text.certificates().map_err(bad)?;
     let leaf = facts(&certs[0]).map_err(bad)?;
     if leaf.not_after <= now {
         return Ok(Ending::Expired);
@@ -381,11 +380,7 @@ fn serials_in_use(state: &State, config: &Config) -> Result<BTreeSet<String>> {
     for rel in etcd_leaves(config) {
         if let Some(m) = state.read(&rel)? {
             let bad = |m: String| Error::file(&state.store().pki_path(&rel), m);
-            serials.insert(
-                facts(&pem_certs(&m.text).map_err(bad)?[0])
-                    .map_err(bad)?
-                    .serial,
-            );
+            serials.insert(facts(m.first()).map_err(bad)?.serial);
         }
     }
     Ok(serials)

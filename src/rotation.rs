@@ -16,7 +16,7 @@ use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::status::{Assessed, State as RowState, readable};
-use crate::inspection::{facts, pem_certs, signed_by};
+use crate::inspection::{facts, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
 use crate::plan::{self, Action, Applied, Target};
@@ -85,18 +85,20 @@ pub fn renew(
 
 /// The first block of a file's canonical text.
 fn first_block(material: &pem::Material) -> pem::Material {
-    let blocks = material.blocks();
     let label = match material.kind {
         PemKind::PublicKeys => "PUBLIC KEY",
         _ => "CERTIFICATE",
     };
-    pem::made(material.kind, pem::encode(label, &blocks[0]))
+    pem::made(material.kind, pem::encode(label, material.first()))
 }
 
 /// The certificates of `pki/REL`, which must exist.
-fn certs_of(state: &State, rel: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+fn certs_of(state: &State, rel: &str) -> Result<Vec<Vec<u8>>> {
     let text = state.require(rel)?;
-    pem_certs(&text.text).map_err(|m| Error::file(&state.store().pki_path(rel), m))
+    let certs = text
+        .certificates()
+        .map_err(|m| Error::file(&state.store().pki_path(rel), m))?;
+    Ok(certs.iter().map(|c| c.to_vec()).collect())
 }
 
 /// Whether a rotation of `ca` is in progress: the old CA's key is kept beside the new one (and
@@ -190,7 +192,7 @@ fn not_yet_reissued(state: &State, config: &Config, ca: CaName, new: &[u8]) -> R
     let mut pending = Vec::new();
     for rel in leaf_files(state, config, ca)? {
         let signed = match state.read(&rel)? {
-            Some(m) => pem_certs(&m.text).is_ok_and(|c| signed_by(&c[0], new)),
+            Some(m) => signed_by(m.first(), new),
             None => true,
         };
         if !signed {

@@ -5,8 +5,6 @@ pub mod status;
 pub mod verify;
 
 use ::time::OffsetDateTime;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use x509_parser::prelude::*;
 
 use std::sync::Arc;
@@ -62,29 +60,6 @@ pub fn ca_bundle(state: &State, name: CaName) -> Result<Arc<Material>> {
         ));
     }
     Ok(bundle)
-}
-
-/// The certificates of a PEM file, in order.
-pub fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("is not valid PEM ({e})"))?;
-    if certs.is_empty() {
-        return Err("holds no certificate".into());
-    }
-    Ok(certs)
-}
-
-/// The public keys of a `PUBLIC KEY` PEM file (the service-account file may hold two).
-pub fn pem_public_keys(text: &str) -> Result<Vec<Vec<u8>>, String> {
-    let keys = SubjectPublicKeyInfoDer::pem_slice_iter(text.as_bytes())
-        .map(|k| k.map(|k| k.as_ref().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("is not valid PEM ({e})"))?;
-    if keys.is_empty() {
-        return Err("holds no public key".into());
-    }
-    Ok(keys)
 }
 
 pub use crate::pem::key_spki;

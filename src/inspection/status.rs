@@ -7,9 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{
-    Facts, ca_drift, drift, facts, key_pair_drift, pem_certs, recorded_drift, subject_names,
-};
+use super::{Facts, ca_drift, drift, facts, key_pair_drift, recorded_drift, subject_names};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::config::{Config, Span};
@@ -182,8 +180,7 @@ fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
         let rel = catalogue::ca_file(name);
         if let Ok(Some(text)) = pki.read(&rel) {
             let bad = |m: String| Error::file(&pki.store().pki_path(&rel), m);
-            let first = pem_certs(&text.text).map_err(bad)?;
-            cas.insert(name, facts(&first[0]).map_err(bad)?);
+            cas.insert(name, facts(text.first()).map_err(bad)?);
         }
     }
     Ok(cas)
@@ -237,10 +234,7 @@ impl Survey<'_> {
         if item.entry().kind == Kind::KeyPair
             && row.state == State::Ok
             && let Some(public) = readable(pki.require(&files[0]))?
-            && let Some(why) = public
-                .blocks()
-                .first()
-                .and_then(|k| key_pair_drift(k, config))
+            && let Some(why) = key_pair_drift(public.first(), config)
         {
             row.state = State::Drift;
             row.detail = Some(why);
@@ -345,7 +339,7 @@ impl Survey<'_> {
             return Ok((row, None));
         }
         let bad = |m: String| Error::file(&pki.store().pki_path(cert), m);
-        let leaf = facts(&pem_certs(&text.text).map_err(bad)?[0]).map_err(bad)?;
+        let leaf = facts(text.first()).map_err(bad)?;
         self.dated(&mut row, leaf.not_before, leaf.not_after);
         mark_stale(&mut row, [cert, key], stale);
         Ok((row, Some(Seen::Read(leaf))))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use time::OffsetDateTime;
 
-use super::{Facts, drift, facts, key_spki, pem_certs, pem_public_keys, signed_by};
+use super::{Facts, drift, facts, key_spki, signed_by};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
@@ -95,7 +95,7 @@ fn check_item(
             let Some((public, Some(private))) = pair(state, &cert, &key, &mut problems)? else {
                 return Ok(problems);
             };
-            let first = pem_public_keys(&public.text).map(|keys| keys[0].clone());
+            let first = public.public_keys().map(|keys| keys[0].to_vec());
             match (first, key_spki(&private.text)) {
                 (Ok(p), Ok(k)) if p == k => {}
                 (Err(e), _) => problems.push(format!("pki/{cert}: {e}")),
@@ -116,8 +116,7 @@ fn current_ca(state: &State, ca: CaName) -> Result<Option<Facts>> {
         .read(&rel)
         .ok()
         .flatten()
-        .and_then(|text| pem_certs(&text.text).ok())
-        .and_then(|certs| facts(&certs[0]).ok()))
+        .and_then(|bundle| facts(bundle.first()).ok()))
 }
 
 /// A public file's content and, when it could be read, its private key's.
@@ -153,7 +152,7 @@ fn check_ca(
     let Some((text, private)) = pair(state, &cert, &key, &mut problems)? else {
         return Ok(problems);
     };
-    let certs = match pem_certs(&text.text) {
+    let certs = match text.certificates() {
         Ok(c) => c,
         Err(e) => return Ok(vec![format!("pki/{cert}: {e}")]),
     };
@@ -220,7 +219,7 @@ fn check_leaf_files(
     let (Some((text, private)), Some(bundle)) = (pair, bundle) else {
         return Ok((problems, None));
     };
-    let (certs, cas) = match (pem_certs(&text.text), pem_certs(&bundle.text)) {
+    let (certs, cas) = match (text.certificates(), bundle.certificates()) {
         (Ok(c), Ok(b)) => (c, b),
         (Err(e), _) => return Ok((vec![format!("pki/{cert}: {e}")], None)),
         (_, Err(e)) => return Ok((vec![format!("pki/{ca_rel}: {e}")], None)),
@@ -327,10 +326,7 @@ fn check_revocation(state: &State, config: &Config, now: OffsetDateTime) -> Resu
         let Ok(Some(text)) = state.read(&cert) else {
             continue;
         };
-        let serial = pem_certs(&text.text)
-            .ok()
-            .and_then(|c| facts(&c[0]).ok())
-            .map(|f| f.serial);
+        let serial = facts(text.first()).ok().map(|f| f.serial);
         if let Some(serial) = serial.filter(|s| revoked.contains_key(s)) {
             problems.push(format!(
                 "pki/{cert}: revoked (serial {serial} is on {rel}): kpki issue {} reissues it",

@@ -491,8 +491,7 @@ fn certificate_facts(
         Err(e) => return Err(e),
     };
     let path = state.store().pki_path(&sealed.rel);
-    let first = material.blocks().into_iter().next().unwrap_or_default();
-    crate::inspection::public_facts(&first)
+    crate::inspection::public_facts(material.first())
         .map(Some)
         .map_err(|m| Error::file(&path, m))
 }
@@ -1132,9 +1131,8 @@ fn signed_manifest(
     let key = pem::parse_key(&state.require(&key_file)?.text)
         .map_err(|m| Error::file(&state.store().pki_path(&key_file), m))?;
     let cross = state.read(&catalogue::cross_file(CaName::Kubernetes))?;
-    let first = |m: &pem::Material| m.blocks().into_iter().next().map(|b| b.to_vec());
-    let cert_der = first(&cert).unwrap_or_default();
-    let cross_der = cross.as_deref().and_then(first);
+    let cert_der = cert.first().to_vec();
+    let cross_der = cross.as_deref().map(|m| m.first().to_vec());
     let mut manifest = plan.manifest();
     manifest.generation = trust::next_generation(state)?;
     let signer = trust::Signer {

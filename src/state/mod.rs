@@ -243,16 +243,12 @@ impl State {
             .record
             .files
             .get(rel)
-            .filter(|k| k.plain == Some(stamp))
-            .and_then(|k| Some((k, std::str::from_utf8(&bytes).ok()?)));
+            .filter(|k| k.plain == Some(stamp));
         let material = match recorded {
-            Some((known, text)) => Material::recorded(
-                Kind::of(rel),
-                zeroize::Zeroizing::new(text.to_string()),
-                known.public.clone(),
-            ),
-            None => pem::parse(Kind::of(rel), &bytes).map_err(|m| Error::file(&path, m))?,
-        };
+            Some(known) => Material::recorded(Kind::of(rel), &bytes, known.public.clone()),
+            None => pem::parse(Kind::of(rel), &bytes),
+        }
+        .map_err(|m| Error::file(&path, m))?;
         let material = Arc::new(material);
         lock(&self.plain).insert(rel.to_string(), material.clone());
         Ok(material)

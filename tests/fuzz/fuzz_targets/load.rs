@@ -1,23 +1,35 @@
 //! What the `pem` fuzz target feeds untrusted bytes to; the corpus replay test calls it too.
 
-/// Loads `data` every way kpki loads a file from disk: strictly as each kind of PKI file, as
-/// PEM certificates (and each one's facts), public keys, a private key, a DER certificate and
-/// an age header.
+/// Loads `data` every way kpki loads a file from disk: strictly as each kind of PKI file (and
+/// each certificate's facts), as kpki's own file taken on its record, a private key, a DER
+/// certificate and an age header.
 pub fn load(data: &[u8]) {
+    use kpki::pem::{Kind, Material};
     for kind in [
-        kpki::pem::Kind::Certificates,
-        kpki::pem::Kind::PrivateKey,
-        kpki::pem::Kind::PublicKeys,
+        Kind::Certificates,
+        Kind::PrivateKey,
+        Kind::PublicKeys,
+        Kind::Crl,
+        Kind::CrlDer,
     ] {
-        if let Ok(material) = kpki::pem::parse(kind, data) {
-            let _ = material.blocks();
+        for material in [
+            kpki::pem::parse(kind, data),
+            Material::recorded(kind, data, String::new()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for cert in material.certificates().unwrap_or_default() {
+                let _ = kpki::inspection::facts(cert);
+            }
+            let _ = (
+                material.first(),
+                material.public_keys(),
+                material.file_bytes(),
+            );
         }
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        for cert in kpki::inspection::pem_certs(text).unwrap_or_default() {
-            let _ = kpki::inspection::facts(&cert);
-        }
-        let _ = kpki::inspection::pem_public_keys(text);
         let _ = kpki::inspection::key_spki(text);
     }
     let _ = kpki::inspection::facts(data);
