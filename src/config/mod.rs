@@ -163,6 +163,8 @@ pub struct Cluster {
     pub service_cidr: String,
     /// The first address of the service CIDR: the in-cluster `kubernetes` service IP.
     pub service_ip: IpAddr,
+    /// The prefix length of `service_cidr`.
+    pub service_prefix: u8,
     /// The URL as written, for kubeconfigs.
     pub api_server: String,
     /// The host part of `api_server`, which the apiserver certificate must name.
@@ -229,13 +231,8 @@ impl Config {
                 renew.whole_seconds()
             ));
         }
-        let prefix = self
-            .cluster
-            .service_cidr
-            .rsplit_once('/')
-            .and_then(|(_, p)| p.parse::<u8>().ok());
-        if let (IpAddr::V6(_), Some(prefix)) = (self.cluster.service_ip, prefix)
-            && prefix < 108
+        if let IpAddr::V6(_) = self.cluster.service_ip
+            && self.cluster.service_prefix < 108
         {
             warnings.push(format!(
                 "cluster.service_cidr {} is larger than /108, the largest IPv6 service range kube-apiserver's default allocator accepts",
@@ -456,7 +453,7 @@ impl RawCluster {
                 self.domain
             ));
         }
-        let service_ip =
+        let (service_ip, service_prefix) =
             first_address(&self.service_cidr).map_err(|e| format!("cluster.service_cidr: {e}"))?;
         let api =
             api_server_url(&self.api_server).map_err(|e| format!("cluster.api_server: {e}"))?;
@@ -471,6 +468,7 @@ impl RawCluster {
             name: self.name,
             domain: self.domain.to_ascii_lowercase(),
             service_ip,
+            service_prefix,
             service_cidr: self.service_cidr,
             api_server: api.url,
             api_server_host: api.host,
@@ -652,25 +650,22 @@ fn unusable_address(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// The first usable address of a CIDR (network address + 1), as Kubernetes allocates it.
-fn first_address(cidr: &str) -> Result<IpAddr, String> {
-    let bad = || format!("\"{cidr}\" is not a CIDR (e.g. fd00:10:96::/112)");
-    let (addr, prefix) = cidr.split_once('/').ok_or_else(bad)?;
-    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
-    match addr {
-        IpAddr::V6(a) if prefix <= 126 => {
-            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-            Ok(IpAddr::V6(((u128::from(a) & mask) + 1).into()))
-        }
-        IpAddr::V4(a) if prefix <= 30 => {
-            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-            Ok(IpAddr::V4(((u32::from(a) & mask) + 1).into()))
-        }
-        _ => Err(format!(
+/// The first usable address of a CIDR (network address + 1), as Kubernetes allocates it, and
+/// the CIDR's prefix length.
+fn first_address(cidr: &str) -> Result<(IpAddr, u8), String> {
+    let net: ipnet::IpNet = cidr
+        .parse()
+        .map_err(|_| format!("\"{cidr}\" is not a CIDR (e.g. fd00:10:96::/112)"))?;
+    if net.max_prefix_len() - net.prefix_len() < 2 {
+        return Err(format!(
             "\"{cidr}\": the prefix leaves no room for a service"
-        )),
+        ));
     }
+    let first = match net.network() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+    };
+    Ok((first, net.prefix_len()))
 }
 
 /// An API server URL, strictly: `https://HOST[:PORT]` with an optional trailing `/`, where HOST
@@ -855,10 +850,22 @@ mod tests {
     #[test]
     fn first_addresses() {
         assert_eq!(
-            first_address("10.96.0.0/12").unwrap().to_string(),
-            "10.96.0.1"
+            first_address("10.96.0.0/12").unwrap(),
+            ("10.96.0.1".parse().unwrap(), 12)
         );
-        assert_eq!(first_address("fd00::5/64").unwrap().to_string(), "fd00::1");
-        assert!(first_address("fd00::/128").is_err());
+        assert_eq!(
+            first_address("fd00::5/64").unwrap(),
+            ("fd00::1".parse().unwrap(), 64)
+        );
+        for bad in [
+            "fd00::/128",
+            "fd00::/127",
+            "fd00::/129",
+            "fd00::",
+            "fd00::/x",
+            "10.0.0.0/31",
+        ] {
+            assert!(first_address(bad).is_err(), "{bad}");
+        }
     }
 }
