@@ -124,3 +124,12 @@ impl<T> InOrder<T> for Vec<Result<T>> {
         self.into_iter().collect()
     }
 }
+
+/// `Ok(None)` for what needs an identity that is not at hand; other errors stand.
+pub fn readable<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(Error::Identity { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -166,7 +166,7 @@ pub fn client(
     user: &str,
     server: &str,
 ) -> Result<Zeroizing<String>> {
-    let ca = crate::inspection::ca_bundle(state, CaName::Kubernetes)?;
+    let ca = state.ca_bundle(CaName::Kubernetes)?;
     let (cert, key) = (state.require(cert)?, state.require(key)?);
     Ok(Kubeconfig {
         cluster: &config.cluster.name,

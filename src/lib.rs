@@ -6,6 +6,7 @@
 //! `plan`; `rotation`; `report` (what a command says, printed by the binary); `commands`.
 
 pub mod agefile;
+pub mod assessment;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod kubeconfig;
 pub mod pem;
 pub mod plan;
 pub mod progress;
+pub mod prune;
 pub mod report;
 pub mod revocation;
 pub mod rollout;

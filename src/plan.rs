@@ -208,7 +208,7 @@ pub fn load_outgoing_authority(state: &State, name: CaName) -> Result<Authority>
 
 fn read_authority(state: &State, name: CaName, allow_expired: bool) -> Result<Authority> {
     let item = catalogue::ca_item(name);
-    let cert = inspection::ca_bundle(state, name)?;
+    let cert = state.ca_bundle(name)?;
     let key = load_key(state, &item.file(Part::Key))?;
     let chain = state
         .read(&catalogue::cross_file(name))?

@@ -1,5 +1,5 @@
-//! Revocation: the etcd CA's certificate revocation list, `kpki revoke`, and `kpki rotate
-//! --prune`, which carries out the removal of nodes and declarations from the config.
+//! Revocation: the etcd CA's certificate revocation list and `kpki revoke` (`prune.rs` carries
+//! out removals with it).
 //!
 //! etcd is the one consumer in a Kubernetes cluster that checks a CRL (`--client-crl-file`,
 //! `--peer-crl-file`); kube-apiserver and the kubelet have none. So certificates of the etcd CA
@@ -13,15 +13,14 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::catalogue::{self, CaName, Item, Kind, Part, Readers};
+use crate::catalogue::{self, CaName, Kind, Part};
 use crate::clock::{parse_rfc3339, rfc3339};
-use crate::config::{Config, Role, Span};
+use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::{self, facts, signed_by};
 use crate::issuing::{self, RevocationReason};
 use crate::pem;
 use crate::plan::{self, Action, Applied};
-use crate::secrets::SealPlan;
 use crate::secrets::manifest::{Reason, Revocation, Superseded};
 use crate::state::State;
 
@@ -83,7 +82,7 @@ pub fn crl(state: &State) -> Result<Option<Crl>> {
 
 /// The DER of the certificate that signs for the etcd CA today.
 fn current_ca(state: &State) -> Result<Vec<u8>> {
-    let bundle = inspection::ca_bundle(state, CA)?;
+    let bundle = state.ca_bundle(CA)?;
     Ok(bundle.first().to_vec())
 }
 
@@ -201,7 +200,7 @@ pub fn ledger(state: &State) -> Result<BTreeMap<String, Revocation>> {
 /// it names expired. So a lost, rolled back or edited ledger never un-revokes. An entry put
 /// back stays until the etcd CA expires (no leaf outlives it).
 fn carry_over(ledger: &mut BTreeMap<String, Revocation>, state: &State) -> Result<()> {
-    let bundle = inspection::ca_bundle(state, CA)?;
+    let bundle = state.ca_bundle(CA)?;
     let ca_expiry = facts(bundle.first())
         .map_err(|m| Error::file(&state.store().pki_path(&catalogue::ca_file(CA)), m))?
         .not_after;
@@ -305,7 +304,12 @@ pub struct Unrevocable {
 /// The current certificate of `pki/REL` and how it can be ended: revoked (the etcd CA), or
 /// only outlived (the other CAs); nothing to do when it has expired or no CA of the cluster
 /// signed it.
-fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Result<Ending> {
+pub(crate) fn ending(
+    state: &State,
+    rel: &str,
+    reason: Reason,
+    now: OffsetDateTime,
+) -> Result<Ending> {
     let text = state.require(rel)?;
     let bad = |m: String| Error::file(&state.store().pki_path(rel), m);
     let certs = text.certificates().map_err(bad)?;
@@ -313,7 +317,7 @@ fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Resu
     if leaf.not_after <= now {
         return Ok(Ending::Expired);
     }
-    let etcd = inspection::ca_bundle(state, CA)?;
+    let etcd = state.ca_bundle(CA)?;
     if etcd.blocks().iter().any(|ca| signed_by(&certs[0], ca)) {
         return Ok(Ending::Revoke(Revoke {
             file: rel.to_string(),
@@ -323,7 +327,7 @@ fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Resu
         }));
     }
     for ca in [CaName::Kubernetes, CaName::FrontProxy] {
-        let bundle = inspection::ca_bundle(state, ca)?;
+        let bundle = state.ca_bundle(ca)?;
         if bundle.blocks().iter().any(|c| signed_by(&certs[0], c)) {
             return Ok(Ending::Outlive(Unrevocable {
                 file: rel.to_string(),
@@ -339,7 +343,7 @@ fn ending(state: &State, rel: &str, reason: Reason, now: OffsetDateTime) -> Resu
 /// still valid: members that still trust the old CA accept them, so they are revoked with it.
 /// The ledger is in the manifest, which anyone who can push may edit: it counts only while a
 /// rotation is in progress, and never puts a certificate in use (of any file) on the list.
-fn superseded_of(
+pub(crate) fn superseded_of(
     state: &State,
     config: &Config,
     rel: &str,
@@ -411,180 +415,15 @@ pub fn forget_superseded(state: &State) {
     state.set_superseded(BTreeMap::new());
 }
 
-enum Ending {
+pub(crate) enum Ending {
     Revoke(Revoke),
     Outlive(Unrevocable),
     /// Expired, or signed by no CA of the cluster: nothing to end.
     Expired,
 }
 
-/// What a service-account key rotation after a removal does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningKey {
-    /// No removed node could read the signing key.
-    Untouched,
-    /// A rotation starts (with overlap: finishing stays the admin's call).
-    Rotate,
-    /// A rotation is already in progress: finish it, then start another.
-    Busy,
-}
-
-/// What `kpki rotate --prune` carries out.
-pub struct Prune<'c> {
-    /// The directories whose files go, each with the roles it held and lost (a node removed,
-    /// or one that lost a role; a declaration's cluster-wide directory has none).
-    pub removed: Vec<(String, Vec<Role>)>,
-    /// Files to delete, relative to `pki/` (their encrypted copies go too).
-    pub deleted: Vec<String>,
-    /// Certificates of the etcd CA to put on its CRL.
-    pub revoked: Vec<Revoke>,
-    /// Shared certificates whose key a removed node could read, reissued with new keys.
-    pub reissued: Vec<Item<'c>>,
-    pub signing_key: SigningKey,
-    /// Certificates that stay valid until they expire.
-    pub outlived: Vec<Unrevocable>,
-}
-
-impl Prune<'_> {
-    /// Whether there is nothing to prune.
-    pub fn is_empty(&self) -> bool {
-        self.deleted.is_empty()
-    }
-}
-
-/// Plans the removal of everything the manifest holds and the config no longer accounts for
-/// (`seal`'s leftovers), and of encrypted files nothing accounts for.
-pub fn plan_prune<'c>(
-    state: &State,
-    config: &'c Config,
-    seal: &SealPlan<'_>,
-    now: OffsetDateTime,
-) -> Result<Prune<'c>> {
-    let mut deleted: Vec<String> = seal.leftovers.iter().map(|(rel, _)| rel.clone()).collect();
-    let mut lost: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
-    let clusters = catalogue::cluster_dirs();
-    for rel in &deleted {
-        let (dir, file) = rel.split_once('/').unwrap_or((rel, ""));
-        let roles = lost.entry(dir.to_string()).or_default();
-        if !clusters.contains(dir) {
-            let current = config.nodes.iter().find(|n| n.name == dir);
-            roles.extend(
-                catalogue::role_of_node_file(file).filter(|r| !current.is_some_and(|n| n.has(*r))),
-            );
-        }
-    }
-    let mut revoked = Vec::new();
-    let mut outlived = Vec::new();
-    let mut end = |rel: &str, reason| -> Result<()> {
-        match ending(state, rel, reason, now)? {
-            Ending::Revoke(r) => revoked.push(r),
-            Ending::Outlive(u) => outlived.push(u),
-            Ending::Expired => {}
-        }
-        revoked.extend(superseded_of(state, config, rel, reason, now)?);
-        Ok(())
-    };
-    for rel in &deleted {
-        if pem::Kind::of(rel) == pem::Kind::Certificates {
-            end(rel, Reason::Removed)?;
-        }
-    }
-    let mut reissued = Vec::new();
-    let mut signing_key = SigningKey::Untouched;
-    for item in catalogue::items(config)
-        .into_iter()
-        .filter(|i| i.node().is_none())
-    {
-        if !readable_by_removed(&item, config, &lost) {
-            continue;
-        }
-        match item.entry().kind {
-            Kind::Leaf { .. } => {
-                end(&item.file(Part::Cert), Reason::Superseded)?;
-                reissued.push(item);
-            }
-            Kind::KeyPair => {
-                signing_key = if crate::rotation::in_progress(state, config)?
-                    .iter()
-                    .any(|r| r.what == "service-account")
-                {
-                    SigningKey::Busy
-                } else {
-                    SigningKey::Rotate
-                };
-            }
-            Kind::Ca(_) => {}
-        }
-    }
-    deleted.extend(
-        seal.orphans(state.store())?
-            .into_iter()
-            .filter_map(|rel| rel.strip_suffix(".age").map(String::from)),
-    );
-    Ok(Prune {
-        removed: lost
-            .into_iter()
-            .map(|(dir, roles)| (dir, roles.into_iter().collect()))
-            .collect(),
-        deleted,
-        revoked,
-        reissued,
-        signing_key,
-        outlived,
-    })
-}
-
-/// Whether a node that lost `lost` roles (by directory) could read `item`'s key and, if it is
-/// still in the config, can no longer.
-fn readable_by_removed(
-    item: &Item<'_>,
-    config: &Config,
-    lost: &BTreeMap<String, BTreeSet<Role>>,
-) -> bool {
-    let Readers::Selected(selection) = item.entry().key_readers else {
-        return false;
-    };
-    lost.iter().any(|(dir, roles)| {
-        let could = selection.roles.iter().any(|r| roles.contains(r));
-        let still = config
-            .nodes
-            .iter()
-            .find(|n| n.name == *dir)
-            .is_some_and(|n| selection.includes(n));
-        could && !still
-    })
-}
-
-/// Carries out `prune` on `state`: deletes, reissues, starts the signing-key rotation, and
-/// signs a CRL with the new revocations.
-pub fn apply_prune(
-    state: &State,
-    config: &Config,
-    prune: &Prune<'_>,
-    now: OffsetDateTime,
-) -> Result<Applied> {
-    for rel in &prune.deleted {
-        state.delete(rel);
-    }
-    let actions: Vec<Action<'_>> = prune
-        .reissued
-        .iter()
-        .map(|item| Action::item(*item, false))
-        .collect();
-    let mut applied = plan::apply(state, config, &actions, now)?;
-    if prune.signing_key == SigningKey::Rotate {
-        applied.merge(crate::rotation::start_sa(state, config)?);
-    }
-    if !prune.revoked.is_empty() {
-        record(state, &prune.revoked, now);
-        applied.written.extend(issue_crl(state, config, now)?);
-    }
-    applied.written.sort();
-    Ok(applied)
-}
-
 /// Adds `revoked` to the ledger.
-fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
+pub(crate) fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
     let mut ledger = state.revocations();
     for r in revoked {
         ledger.insert(

@@ -11,11 +11,11 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::assessment::{Assessed, Health, readable};
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
 use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
-use crate::inspection::status::{Assessed, State as RowState, readable};
 use crate::inspection::{facts, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
@@ -47,7 +47,7 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
                 .residual_seconds
                 .is_some_and(|s| s <= within.0.whole_seconds());
             let reason = match row.state {
-                RowState::Missing | RowState::Drift | RowState::Expired => {
+                Health::Missing | Health::Drift | Health::Expired => {
                     format!("{}: {}", row.state.word(), row.detail.unwrap_or_default())
                 }
                 _ if due || all => format!("expires {}", row.expires.unwrap_or_default()),

@@ -49,14 +49,14 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
     for a in &assessed {
         let Some(item) = a.item else { continue };
         match a.row.state {
-            assessment::State::Drift if adopted.contains(&item.file(Part::Cert)) => {
+            assessment::Health::Drift if adopted.contains(&item.file(Part::Cert)) => {
                 report.say(format_args!(
                     "drift {}: {}: kpki rotate reissues it under the same CA",
                     a.row.name,
                     a.row.detail.as_deref().unwrap_or_default()
                 ))
             }
-            assessment::State::Missing => missing.push(a.row.name.clone()),
+            assessment::Health::Missing => missing.push(a.row.name.clone()),
             _ => {}
         }
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use crate::assessment;
 use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
 use crate::cli::{
     ImportFrom, InitArgs, IssueArgs, KubeconfigArgs, RevokeArgs, RotateArgs, StatusArgs,
@@ -16,7 +17,6 @@ use crate::cli::{
 use crate::config::{Config, DEFAULT_CONFIG, Node, Role};
 use crate::error::{Error, Result};
 use crate::importing;
-use crate::inspection::{self, status as assessment};
 use crate::plan::{self, Applied, Target};
 use crate::report::{Report, abbreviate, did_you_mean};
 use crate::revocation;
@@ -304,7 +304,7 @@ fn drifted(state: &State, config: &Config) -> Result<Vec<String>> {
     match assessment::assess(state, config, &HashMap::new(), crate::clock::now()) {
         Ok(rows) => Ok(rows
             .into_iter()
-            .filter(|a| a.row.state == assessment::State::Drift)
+            .filter(|a| a.row.state == assessment::Health::Drift)
             .map(|a| a.row.name)
             .collect()),
         Err(Error::Identity { .. }) => Ok(Vec::new()),

@@ -134,7 +134,7 @@ pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> 
     let (state, config, recipients) = (&cluster.state, &cluster.config, &cluster.recipients);
     let now = crate::clock::now();
     let seal = secrets::plan(state, config, recipients, Depth::Changed)?;
-    let prune = revocation::plan_prune(state, config, &seal, now)?;
+    let prune = crate::prune::plan(state, config, &seal, now)?;
     if prune.is_empty() {
         report.say("nothing to prune: every file in secrets/ belongs to the config");
         return if plan_only {
@@ -149,7 +149,7 @@ pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> 
     if plan_only {
         return dry_run(report, "");
     }
-    let applied = revocation::apply_prune(state, config, &prune, now)?;
+    let applied = crate::prune::apply(state, config, &prune, now)?;
     let sealing = secrets::commit(state, config, recipients, Vec::new())?;
     report_applied(report, config, &applied, "wrote");
     report_sealing(report, &sealing);
@@ -158,7 +158,7 @@ pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> 
 }
 
 /// The plan of a prune, one line per step.
-pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
+pub(super) fn prune_plan(prune: &crate::prune::Prune<'_>) -> Vec<String> {
     let mut lines = Vec::new();
     for (dir, roles) in &prune.removed {
         let files: Vec<&String> = prune
@@ -210,13 +210,13 @@ pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
         ));
     }
     match prune.signing_key {
-        revocation::SigningKey::Rotate => lines.push(
+        crate::prune::SigningKey::Rotate => lines.push(
             "start a service-account key rotation (a removed node could read the signing key)".into(),
         ),
-        revocation::SigningKey::Busy => lines.push(
+        crate::prune::SigningKey::Busy => lines.push(
             "a removed node could read the service-account signing key, but a rotation of it is in progress: finish it, then run kpki rotate --service-account".into(),
         ),
-        revocation::SigningKey::Untouched => {}
+        crate::prune::SigningKey::Untouched => {}
     }
     for ca in catalogue::CAS {
         let outlived: Vec<String> = prune
@@ -238,12 +238,12 @@ pub(super) fn prune_plan(prune: &revocation::Prune<'_>) -> Vec<String> {
 }
 
 /// What to do after a prune.
-pub(super) fn prune_next(prune: &revocation::Prune<'_>) -> String {
+pub(super) fn prune_next(prune: &crate::prune::Prune<'_>) -> String {
     let mut next = String::from("next: deploy to every node");
     if !prune.revoked.is_empty() {
         next += " (etcd refuses the revoked certificates as soon as a member has the new CRL)";
     }
-    if prune.signing_key == revocation::SigningKey::Rotate {
+    if prune.signing_key == crate::prune::SigningKey::Rotate {
         next += "; finish the service-account rotation once old tokens have expired (kpki rotate --service-account --finish)";
     }
     if let Some(ca) = prune.outlived.first().map(|u| u.ca) {

@@ -1,21 +1,15 @@
 //! Reading the PKI back with x509-parser: what a certificate says, whether it still matches the
 //! catalogue under today's config (drift), and whether chains and key pairs hold together.
 
-pub mod status;
-pub mod verify;
-
 use ::time::OffsetDateTime;
+use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
-use std::sync::Arc;
-
-use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Usage};
+use crate::catalogue::{Item, Kind, Subject, Usage};
 use crate::config::Span;
 use crate::config::{Algorithm, Config, San};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::issuing;
-use crate::pem::Material;
-use crate::state::State;
 
 /// What kpki compares of a certificate.
 #[derive(Debug, Clone)]
@@ -35,31 +29,6 @@ pub struct Facts {
     pub authority_key_id: Option<Vec<u8>>,
     /// The serial number, lowercase hex of its bytes as encoded.
     pub serial: String,
-}
-
-/// The certificate file of the CA `name`: exactly one CA certificate, or two (new, then old)
-/// while a rotation is recorded (its previous key kept). A bundle with more CAs than that would
-/// make every reader trust a CA nobody rotated in, so it is refused.
-pub fn ca_bundle(state: &State, name: CaName) -> Result<Arc<Material>> {
-    let item = catalogue::ca_item(name);
-    let rel = item.file(Part::Cert);
-    let bundle = state.require(&rel)?;
-    let count = bundle.blocks().len();
-    let rotating = state.exists(&catalogue::previous_key_file(name))?;
-    if count > 1 + usize::from(rotating) {
-        return Err(Error::file(
-            &state.store().pki_path(&rel),
-            format!(
-                "holds {count} CA certificates, but {}",
-                if rotating {
-                    "a rotation has two (new and old)".to_string()
-                } else {
-                    format!("no rotation of the {} CA is recorded", name.dir())
-                }
-            ),
-        ));
-    }
-    Ok(bundle)
 }
 
 pub use crate::pem::key_spki;
@@ -108,13 +77,47 @@ pub fn facts(der: &[u8]) -> Result<Facts, String> {
     })
 }
 
+/// A certificate's public facts, as the signed manifest records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicFacts {
+    /// Lowercase hex.
+    pub serial: String,
+    pub issuer: String,
+    /// `CN=...` and one `O=...` per group, as the catalogue names them.
+    pub subject: String,
+    /// `sha256:HEX` of the sorted subject alternative names, one `DNS:`/`IP:` per line.
+    pub sans: String,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+    /// Its extended key usages: `server`, `client` or `server + client`. This and `key` are
+    /// missing from manifests written before kpki recorded them (the next writer adds them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+    /// Its key algorithm, as `keys.algorithm` names it (`other` for one kpki never makes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Lowercase hex of its authority key identifier, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+impl PublicFacts {
+    /// Whether these facts say all that drift is judged on, so a certificate known to be the
+    /// one recorded need not be read to assess it.
+    pub fn complete(&self) -> bool {
+        self.usage.is_some() && self.key.is_some()
+    }
+}
+
 /// The public facts the manifest records of the certificate `der`.
-pub fn public_facts(der: &[u8]) -> Result<crate::secrets::manifest::Facts, String> {
+pub fn public_facts(der: &[u8]) -> Result<PublicFacts, String> {
     let facts = facts(der)?;
     let issuer = X509Certificate::from_der(der)
         .map(|(_, c)| c.issuer().to_string())
         .unwrap_or_default();
-    Ok(crate::secrets::manifest::Facts {
+    Ok(PublicFacts {
         serial: facts.serial,
         issuer,
         subject: subject_line(&facts.subject),
@@ -351,7 +354,7 @@ fn algorithm_id(a: Option<Algorithm>) -> &'static str {
 pub fn recorded_drift(
     item: &Item<'_>,
     config: &Config,
-    leaf: &crate::secrets::manifest::Facts,
+    leaf: &PublicFacts,
     ca: Option<&Facts>,
 ) -> Option<String> {
     let Kind::Leaf { usage, .. } = item.entry().kind else {

@@ -168,7 +168,7 @@ pub struct Generations {
 /// The CA generations of `ca`, from its bundle; without an identity to read it, from the
 /// certificates the signed manifest records.
 pub fn generations(state: &State, ca: CaName) -> Result<Generations> {
-    let certs: Vec<Vec<u8>> = match inspection::ca_bundle(state, ca) {
+    let certs: Vec<Vec<u8>> = match state.ca_bundle(ca) {
         Ok(bundle) => bundle.blocks().iter().map(|b| b.to_vec()).collect(),
         Err(Error::Identity { .. }) => recorded_certificates(state, ca)?,
         Err(e) => return Err(e),

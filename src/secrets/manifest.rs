@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::inspection::PublicFacts;
 use crate::pem::fingerprint;
 use crate::store::Store;
 
@@ -30,41 +31,7 @@ pub struct Entry {
     /// For a certificate file, what anyone may know of its (first) certificate: expiry and
     /// names can be checked from the signed manifest without decrypting anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<Facts>,
-}
-
-/// A certificate's public facts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Facts {
-    /// Lowercase hex.
-    pub serial: String,
-    pub issuer: String,
-    /// `CN=...` and one `O=...` per group, as the catalogue names them.
-    pub subject: String,
-    /// `sha256:HEX` of the sorted subject alternative names, one `DNS:`/`IP:` per line.
-    pub sans: String,
-    /// RFC 3339.
-    pub not_before: String,
-    pub not_after: String,
-    /// Its extended key usages: `server`, `client` or `server + client`. This and `key` are
-    /// missing from manifests written before kpki recorded them (the next writer adds them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<String>,
-    /// Its key algorithm, as `keys.algorithm` names it (`other` for one kpki never makes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Lowercase hex of its authority key identifier, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-}
-
-impl Facts {
-    /// Whether these facts say all that drift is judged on, so a certificate known to be the
-    /// one recorded need not be read to assess it.
-    pub fn complete(&self) -> bool {
-        self.usage.is_some() && self.key.is_some()
-    }
+    pub certificate: Option<PublicFacts>,
 }
 
 /// Every encrypted file, by its path relative to `pki/` (and, with `.age`, to `secrets/`), and

@@ -464,7 +464,7 @@ fn certificate_facts(
     sealed: &Sealed<'_>,
     public: &str,
     depth: Depth,
-) -> Result<Option<manifest::Facts>> {
+) -> Result<Option<crate::inspection::PublicFacts>> {
     if sealed.kind != Kind::Certificates {
         return Ok(None);
     }
@@ -478,7 +478,9 @@ fn certificate_facts(
     // without decrypting); a file put into pki/ by other means is read, so that facts an
     // editor left behind are made anew.
     if depth == Depth::Changed
-        && committed.as_ref().is_some_and(manifest::Facts::complete)
+        && committed
+            .as_ref()
+            .is_some_and(crate::inspection::PublicFacts::complete)
         && state.as_recorded(&sealed.rel)? != Some(false)
     {
         return Ok(committed);

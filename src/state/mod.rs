@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use crate::agefile::{self as seal, Identity};
+use crate::catalogue::{self, CaName, Part};
 use crate::error::{Error, InOrder, Result};
 use crate::pem::{self, Kind, Material};
 use crate::secrets::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
@@ -252,6 +253,31 @@ impl State {
         let material = Arc::new(material);
         lock(&self.plain).insert(rel.to_string(), material.clone());
         Ok(material)
+    }
+
+    /// The certificate file of the CA `name`: exactly one CA certificate, or two (new, then old)
+    /// while a rotation is recorded (its previous key kept). A bundle with more CAs than that would
+    /// make every reader trust a CA nobody rotated in, so it is refused.
+    pub fn ca_bundle(&self, name: CaName) -> Result<Arc<Material>> {
+        let item = catalogue::ca_item(name);
+        let rel = item.file(Part::Cert);
+        let bundle = self.require(&rel)?;
+        let count = bundle.blocks().len();
+        let rotating = self.exists(&catalogue::previous_key_file(name))?;
+        if count > 1 + usize::from(rotating) {
+            return Err(Error::file(
+                &self.store().pki_path(&rel),
+                format!(
+                    "holds {count} CA certificates, but {}",
+                    if rotating {
+                        "a rotation has two (new and old)".to_string()
+                    } else {
+                        format!("no rotation of the {} CA is recorded", name.dir())
+                    }
+                ),
+            ));
+        }
+        Ok(bundle)
     }
 
     /// The trusted content of `pki/REL`: this run's change, else the fresh plaintext, else the

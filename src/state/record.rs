@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::store::{Stamp, Store};
 
 /// The record's name under `pki/.kpki/`.
-pub const FILE: &str = "cache";
+pub const FILE: &str = crate::store::RECORD_FILE;
 
 const HEADER: &str = "kpki cache 3";
 

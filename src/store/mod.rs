@@ -40,6 +40,10 @@ pub const PKI_GITIGNORE: &str = "# Written by kpki: plaintext stays out of git; 
 /// kpki's bookkeeping directory under `pki/` (git-ignored): the cache record and the journal.
 pub const STATE_DIR: &str = ".kpki";
 
+/// The cache record's name under [`STATE_DIR`]: what the state above knows of the files in
+/// place. Recovering from an interrupted commit drops it (the next run reads everything).
+pub const RECORD_FILE: &str = "cache";
+
 /// Room one written file may take beyond its bytes: blocks and inode for it and its directory
 /// entry, generously.
 const ROOM_PER_FILE: u64 = 8 * 1024;

@@ -459,7 +459,7 @@ pub(super) fn recover(store: &Store) -> Result<()> {
         }
     }
     sync(&[], &dirs)?;
-    remove_optional(&store.state_path(crate::state::record::FILE))?;
+    remove_optional(&store.state_path(super::RECORD_FILE))?;
     remove_optional(&journal)
 }
 

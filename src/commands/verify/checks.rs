@@ -6,10 +6,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use time::OffsetDateTime;
 
-use super::{Facts, drift, facts, key_spki, signed_by};
 use crate::catalogue::{self, CaName, Item, Kind, Part};
 use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
+use crate::inspection::{Facts, drift, facts, key_spki, signed_by};
 use crate::pem::Material;
 use crate::secrets::{self, Recipients, SealPlan, Stale};
 use crate::state::{Place, State};

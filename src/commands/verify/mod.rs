@@ -1,6 +1,8 @@
 //! `kpki verify`: the deep check, decrypting what an identity allows.
 
 use super::status::cache_notes;
+
+mod checks;
 use super::*;
 
 /// `kpki verify`; problems found set `report.needs_action`.
@@ -18,7 +20,7 @@ pub fn verify(ctx: &Context, report: &mut Report) -> Result<()> {
             hint: Some("pass -i FILE (an age identity or OpenSSH private key) or set KPKI_IDENTITY".into()),
         });
     }
-    let mut problems = inspection::verify::verify(&state, &config, &recipients, &seal)?;
+    let mut problems = checks::verify(&state, &config, &recipients, &seal)?;
     problems.sort();
     problems.dedup();
     not_an_admin(ctx, &recipients, &seal, &mut problems);
