@@ -117,7 +117,7 @@ struct Survey<'a> {
     config: &'a Config,
     cas: HashMap<CaName, Facts>,
     /// The revocation ledger: a live certificate on it (a rolled-back state) is reissued.
-    revoked: std::collections::BTreeMap<String, crate::secrets::manifest::Revocation>,
+    revoked: std::collections::BTreeMap<String, crate::manifest::Revocation>,
     stale: &'a HashMap<&'a str, &'a Stale>,
     at: OffsetDateTime,
 }

@@ -815,6 +815,10 @@ pub fn role_of_node_file(file: &str) -> Option<Role> {
 /// Every CA.
 pub const CAS: [CaName; 3] = [CaName::Kubernetes, CaName::Etcd, CaName::FrontProxy];
 
+/// The CA whose certificates can be revoked: etcd is the one consumer in a cluster that reads
+/// a revocation list.
+pub const REVOCABLE_CA: CaName = CaName::Etcd;
+
 /// Keeps the first occurrence of each SAN, in order.
 fn dedup(sans: Vec<San>) -> Vec<San> {
     let mut seen = std::collections::HashSet::new();

@@ -18,6 +18,7 @@ pub mod importing;
 pub mod inspection;
 pub mod issuing;
 pub mod kubeconfig;
+pub mod manifest;
 pub mod pem;
 pub mod plan;
 pub mod progress;

@@ -10,11 +10,11 @@ use time::OffsetDateTime;
 use crate::catalogue::{self, Item, Kind, Part, Readers};
 use crate::config::{Config, Role};
 use crate::error::Result;
+use crate::manifest::Reason;
 use crate::pem;
 use crate::plan::{self, Action, Applied};
 use crate::revocation::{Ending, Revoke, Unrevocable, ending, issue_crl, record, superseded_of};
 use crate::secrets::SealPlan;
-use crate::secrets::manifest::Reason;
 use crate::state::State;
 
 /// What a service-account key rotation after a removal does.

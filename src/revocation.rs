@@ -19,13 +19,13 @@ use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::{self, facts, signed_by};
 use crate::issuing::{self, RevocationReason};
+use crate::manifest::{Reason, Revocation, Superseded};
 use crate::pem;
 use crate::plan::{self, Action, Applied};
-use crate::secrets::manifest::{Reason, Revocation, Superseded};
 use crate::state::State;
 
 /// The CA whose certificates can be revoked.
-pub const CA: CaName = CaName::Etcd;
+pub const CA: CaName = catalogue::REVOCABLE_CA;
 
 /// How long a CRL is good for, at most (else `keys.ca_validity`, and never past the CA).
 const CRL_VALIDITY: time::Duration = time::Duration::days(365);
@@ -260,7 +260,7 @@ fn reason_of_code(code: Option<u8>) -> Reason {
 
 fn damaged_ledger(state: &State, serial: &str) -> Error {
     Error::file(
-        &state.store().secrets_path(crate::secrets::manifest::FILE),
+        &state.store().secrets_path(crate::manifest::FILE),
         format!("revoked.{serial}: not a serial number with RFC 3339 times"),
     )
 }
@@ -350,7 +350,7 @@ pub(crate) fn superseded_of(
     reason: Reason,
     now: OffsetDateTime,
 ) -> Result<Vec<Revoke>> {
-    if !crate::rotation::rotating(state, CA)? {
+    if !state.rotating(CA)? {
         return Ok(Vec::new());
     }
     let in_use = serials_in_use(state, config)?;

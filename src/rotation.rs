@@ -101,13 +101,6 @@ fn certs_of(state: &State, rel: &str) -> Result<Vec<Vec<u8>>> {
     Ok(certs.iter().map(|c| c.to_vec()).collect())
 }
 
-/// Whether a rotation of `ca` is in progress: the old CA's key is kept beside the new one (and
-/// `ca.pem` is the bundle new + old, which `inspection::ca_bundle` holds it to). Known from
-/// the manifest alone, without decrypting anything.
-pub fn rotating(state: &State, ca: CaName) -> Result<bool> {
-    state.exists(&catalogue::previous_key_file(ca))
-}
-
 /// A rotation in progress, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotation {
@@ -136,7 +129,7 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
     let mut found = Vec::new();
     for ca in catalogue::CAS {
         let rel = catalogue::ca_file(ca);
-        if !state.exists(&rel)? || !rotating(state, ca)? {
+        if !state.exists(&rel)? || !state.rotating(ca)? {
             continue;
         }
         let name = ca.dir();
@@ -232,7 +225,7 @@ pub fn plan_ca(
     let mut lines = Vec::new();
     let mut resealed = vec![ca_file.clone()];
     if finish {
-        if !rotating(state, ca)? {
+        if !state.rotating(ca)? {
             return Err(not_rotating(ca));
         }
         let new_ca = certs_of(state, &ca_file)?;
@@ -248,7 +241,7 @@ pub fn plan_ca(
         ));
         resealed.extend(leaves);
     } else {
-        if rotating(state, ca)? {
+        if state.rotating(ca)? {
             return Err(in_progress_error(ca));
         }
         lines.push(format!(
@@ -267,7 +260,7 @@ pub fn plan_ca(
         }
         resealed.extend(leaves);
         resealed.extend([catalogue::ca_item(ca).file(Part::Key), cross, previous]);
-        if ca == crate::revocation::CA && state.exists(&catalogue::crl_file())? {
+        if ca == catalogue::REVOCABLE_CA && state.exists(&catalogue::crl_file())? {
             lines.push(format!(
                 "sign {} anew (by the new CA)",
                 catalogue::crl_file()
@@ -320,7 +313,7 @@ pub fn start_ca(
     now: OffsetDateTime,
 ) -> Result<Applied> {
     let item = catalogue::ca_item(ca);
-    if rotating(state, ca)? {
+    if state.rotating(ca)? {
         return Err(in_progress_error(ca));
     }
     let old_cert = state.require(&item.file(Part::Cert))?;
@@ -395,7 +388,7 @@ pub struct Finished {
 /// and the cross-signed link are deleted.
 pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished> {
     let item = catalogue::ca_item(ca);
-    if !rotating(state, ca)? {
+    if !state.rotating(ca)? {
         return Err(not_rotating(ca));
     }
     let new_ca = certs_of(state, &item.file(Part::Cert))?;

@@ -13,9 +13,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::error::{Error, Result};
+use crate::manifest::{self, Link, Loaded, Manifest, Signature};
 use crate::pem::fingerprint;
-use crate::secrets::manifest::{self, Link, Loaded, Manifest, Signature};
-use crate::state::State;
 use crate::store::Store;
 
 /// The pin's name under `pki/.kpki/`.
@@ -343,11 +342,11 @@ fn ring_algorithm(
     }
 }
 
-/// The generation a write commits: one past the committed manifest's and this clone's pin
+/// The generation a write commits: one past the `committed` manifest's and this clone's pin
 /// (after `--allow-rollback`, the pin's is the higher).
-pub fn next_generation(state: &State) -> Result<u64> {
-    let pinned = Pin::load(state.store())?.map_or(0, |p| p.generation);
-    Ok(state.manifest().generation.max(pinned) + 1)
+pub fn next_generation(store: &Store, committed: &Manifest) -> Result<u64> {
+    let pinned = Pin::load(store)?.map_or(0, |p| p.generation);
+    Ok(committed.generation.max(pinned) + 1)
 }
 
 /// The signer's side: the Kubernetes CA (its certificate and key), and the cross-signed

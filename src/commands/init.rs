@@ -11,7 +11,7 @@ pub(super) fn refuse_nested(ctx: &Context, report: &mut Report) -> Result<()> {
     };
     for parent in dir.ancestors().skip(1) {
         let other = Store::new(parent);
-        if other.config_path().is_file() || other.secrets_path(secrets::manifest::FILE).is_file() {
+        if other.config_path().is_file() || other.secrets_path(crate::manifest::FILE).is_file() {
             if dir.starts_with(other.pki_dir()) || dir.starts_with(other.secrets_dir()) {
                 return Err(Error::usage(
                     format!(

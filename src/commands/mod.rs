@@ -91,7 +91,7 @@ fn parse_config(text: &str, path: &Path) -> Result<Config> {
 /// An existing cluster (a manifest or encrypted files in `secrets/`) whose config is gone is
 /// not a new cluster: refuse rather than start over with the default config.
 fn refuse_lost_config(store: &Store) -> Result<()> {
-    let sealed = store.secrets_path(secrets::manifest::FILE).exists()
+    let sealed = store.secrets_path(crate::manifest::FILE).exists()
         || store
             .list(&store.secrets_dir())?
             .iter()

@@ -26,7 +26,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
             );
         }
         (Some(ca), _) if request.finish => {
-            if rotation::rotating(&state, ca)? && !request.no_live_check {
+            if state.rotating(ca)? && !request.no_live_check {
                 super::rollout::gate(&state, &config, Some(ca), request.force, report)?;
             }
             let finished = rotation::finish_ca(&state, &config, ca)?;

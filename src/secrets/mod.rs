@@ -7,7 +7,6 @@
 //! manifest. [`commit`] then writes, in one transaction: this run's plaintext changes, the
 //! refreshed cache, every file to encrypt anew, the manifest, `secrets.nix` and `kpki.nix`.
 
-pub mod manifest;
 pub mod nix;
 
 use std::collections::{HashMap, HashSet};
@@ -20,11 +19,11 @@ use crate::agefile::{self as seal, Recipient};
 use crate::catalogue::{self, CaName, Part};
 use crate::config::{Config, Node, Role};
 use crate::error::{Error, InOrder, Result};
+use crate::manifest::{self, Entry, Manifest};
 use crate::pem::{self, Kind};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
 use crate::trust;
-use manifest::{Entry, Manifest};
 
 /// The admin recipients in effect, and a new identity to write when one must be generated.
 pub struct Admins {
@@ -1136,7 +1135,7 @@ fn signed_manifest(
     let cert_der = cert.first().to_vec();
     let cross_der = cross.as_deref().map(|m| m.first().to_vec());
     let mut manifest = plan.manifest();
-    manifest.generation = trust::next_generation(state)?;
+    manifest.generation = trust::next_generation(state.store(), state.manifest())?;
     let signer = trust::Signer {
         cert_der: &cert_der,
         key: &key,

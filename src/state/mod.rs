@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use crate::agefile::{self as seal, Identity};
 use crate::catalogue::{self, CaName, Part};
 use crate::error::{Error, InOrder, Result};
+use crate::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
 use crate::pem::{self, Kind, Material};
-use crate::secrets::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
 use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
@@ -253,6 +253,13 @@ impl State {
         let material = Arc::new(material);
         lock(&self.plain).insert(rel.to_string(), material.clone());
         Ok(material)
+    }
+
+    /// Whether a rotation of the CA `name` is in progress: the old CA's key is kept beside the
+    /// new one (and `ca.pem` is the bundle new + old, which [`State::ca_bundle`] holds it to).
+    /// Known from the manifest alone, without decrypting anything.
+    pub fn rotating(&self, name: CaName) -> Result<bool> {
+        self.exists(&catalogue::previous_key_file(name))
     }
 
     /// The certificate file of the CA `name`: exactly one CA certificate, or two (new, then old)

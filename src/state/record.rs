@@ -71,7 +71,7 @@ impl Record {
             let [rel, public, plain, hash, sealed] = f.as_slice() else {
                 return None;
             };
-            crate::secrets::manifest::safe_path(rel).then_some(())?;
+            crate::manifest::safe_path(rel).then_some(())?;
             let sealed = match (*hash, Stamp::parse(sealed)) {
                 ("-", _) | (_, None) => None,
                 (hash, Some(stamp)) => Some((hash.to_string(), stamp)),

@@ -17,6 +17,7 @@ mod init;
 mod interrupt;
 mod issue;
 mod kube;
+mod layers;
 mod lifecycle;
 mod locking;
 mod netns;
