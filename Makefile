@@ -50,9 +50,10 @@ test: ## Run the whole test suite (needs root, Go, openssl, age, etcd, nix-insta
 	cargo test --locked
 
 .PHONY: test-quick
-test-quick: ## Unit tests and the checks that need neither root nor other programs (a laptop's loop)
+test-quick: ## Unit tests, the commands' logic in process, and the checks that need neither root nor other programs (a laptop's loop)
 	cargo test --locked --lib
-	cargo test --locked --test it -- config_errors fuzz_corpus
+	cargo test --locked --test logic
+	cargo test --locked --test it -- config_errors:: fuzz_corpus:: layers::
 
 # The control plane the end-to-end test runs, built from k8s.io/kubernetes through the Go module
 # proxy (tests/k8s/go.mod pins the version), plus etcd 3.6, Kubernetes' fake container runtime for

@@ -1,0 +1,260 @@
+//! The logic of kpki's commands, in process, without root and without other programs: each
+//! test makes a cluster with the library (as `kpki init` does, in a temporary directory) and
+//! asks the planners what they would do, at dates of its choosing (every planner takes the
+//! time as a parameter). The real programs check the output in `tests/it`; here the decisions
+//! are checked, fast (`make test-quick`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use clap::Parser;
+use time::{Duration, OffsetDateTime};
+
+use kpki::assessment::{Health, assess};
+use kpki::catalogue::CaName;
+use kpki::cli::{Cli, Command};
+use kpki::commands::{self, Context};
+use kpki::config::{Config, DEFAULT_CONFIG, Span};
+use kpki::report::Report;
+use kpki::secrets::{self, Depth, Recipients};
+use kpki::state::{Access, State};
+use kpki::store::Store;
+
+/// A fixture's public line (`fixtures/NAME.pub`, or the admin identity's public key).
+fn public(name: &str) -> String {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    if name == "admin" {
+        let text = std::fs::read_to_string(fixtures.join("admin-identity.txt")).unwrap();
+        return text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .unwrap()
+            .to_string();
+    }
+    let key = format!("{name}_ssh_host_ed25519_key.pub");
+    std::fs::read_to_string(fixtures.join(key))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The default cluster with the test admin, host keys for node-01 and node-02 (node-03 has
+/// none), and a worker node-04.
+fn config() -> String {
+    let mut config = DEFAULT_CONFIG.replace(
+        "admins = []",
+        &format!("admins = [\"{}\"]", public("admin")),
+    );
+    for n in ["node-01", "node-02"] {
+        let at = config.find(&format!("name = \"{n}\"")).unwrap();
+        config.insert_str(at, &format!("host_key = \"{}\"\n", public(n)));
+    }
+    config
+        + &format!(
+            "\n[[node]]\nname = \"node-04\"\naddresses = [\"2001:db8::4\"]\nroles = [\"worker\"]\nhost_key = \"{}\"\n",
+            public("node-04")
+        )
+}
+
+/// A cluster directory, initialized.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(config: &str) -> Cluster {
+        let cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(cluster.dir.path().join("pki")).unwrap();
+        cluster.write_config(config);
+        cluster.run(&["init"]).unwrap();
+        cluster
+    }
+
+    fn write_config(&self, config: &str) {
+        std::fs::write(self.dir.path().join("pki/kpki.toml"), config).unwrap();
+    }
+
+    fn context(&self) -> Context {
+        let identity = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/admin-identity.txt");
+        Context {
+            store: Store::new(self.dir.path()),
+            identity: Some(identity),
+            trust: kpki::trust::Policy::default(),
+            accepted: vec!["all".into()],
+        }
+    }
+
+    /// Runs `kpki ARGS` in process, as the binary dispatches it; the command's report.
+    fn run(&self, args: &[&str]) -> kpki::error::Result<Report> {
+        let cli = Cli::try_parse_from(std::iter::once("kpki").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let (ctx, mut report) = (self.context(), Report::default());
+        match &cli.command {
+            Command::Init(a) => commands::init(&ctx, a, &mut report),
+            Command::Issue(a) => commands::issue(&ctx, a, &mut report),
+            Command::Rotate(a) => commands::rotate(&ctx, a, &mut report),
+            Command::Revoke(a) => commands::revoke(&ctx, a, &mut report),
+            other => panic!("not dispatched here: {other:?}"),
+        }?;
+        Ok(report)
+    }
+
+    /// The config, recipients and state, as a command opens them.
+    fn open(&self) -> (Config, Recipients, State) {
+        let ctx = self.context();
+        let path = ctx.store.config_path();
+        let config = Config::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        let admins = secrets::admins(&ctx.store, &config).unwrap();
+        let recipients = Recipients::new(&config, admins.recipients).unwrap();
+        let state = State::open(ctx.store, ctx.identity, Access::Read).unwrap();
+        (config, recipients, state)
+    }
+}
+
+/// The rows of an assessment at `at` whose health is `health`.
+fn rows(state: &State, config: &Config, at: OffsetDateTime, health: Health) -> BTreeSet<String> {
+    assess(state, config, &Default::default(), at)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.row.state == health)
+        .map(|a| a.row.name)
+        .collect()
+}
+
+#[test]
+fn the_assessment_follows_the_date_it_is_asked_about() {
+    let cluster = Cluster::new(&config());
+    let (config, _, state) = cluster.open();
+    let now = kpki::clock::now();
+    let total = assess(&state, &config, &Default::default(), now)
+        .unwrap()
+        .len();
+    assert_eq!(rows(&state, &config, now, Health::Ok).len(), total);
+    // Leaves live a year and are renewed 30 days before; CAs live ten years.
+    let renew = rows(&state, &config, now + Duration::days(340), Health::Renew);
+    let expired = rows(&state, &config, now + Duration::days(366), Health::Expired);
+    assert_eq!(renew, expired, "the same leaves, first due, then expired");
+    assert!(renew.contains("node-04/kubelet"), "{renew:?}");
+    assert!(!renew.iter().any(|r| r.ends_with("/ca")), "{renew:?}");
+    let cas = rows(&state, &config, now + Duration::days(3660), Health::Expired);
+    assert!(cas.contains("kubernetes/ca"), "{cas:?}");
+    // rotate picks exactly the rows due in its window, or all with --all.
+    let assessed = assess(
+        &state,
+        &config,
+        &Default::default(),
+        now + Duration::days(340),
+    )
+    .unwrap();
+    let picked = kpki::rotation::renewals(assessed, Span(Duration::days(30)), false);
+    assert_eq!(picked.len(), renew.len());
+    let assessed = assess(&state, &config, &Default::default(), now).unwrap();
+    assert!(kpki::rotation::renewals(assessed, Span(Duration::days(30)), false).is_empty());
+}
+
+#[test]
+fn a_replaced_host_key_makes_exactly_that_nodes_files_stale() {
+    let cluster = Cluster::new(&config());
+    let (config_before, recipients, state) = cluster.open();
+    let plan = secrets::plan(&state, &config_before, &recipients, Depth::All).unwrap();
+    assert_eq!(plan.stale_files().count(), 0, "a fresh init is current");
+    drop(state);
+    let rsa = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/node-03_ssh_host_rsa_key.pub");
+    let replaced = std::fs::read_to_string(rsa).unwrap();
+    cluster.write_config(&config().replace(&public("node-04"), replaced.trim()));
+    let (config, recipients, state) = cluster.open();
+    let plan = secrets::plan(&state, &config, &recipients, Depth::All).unwrap();
+    let stale: BTreeSet<&str> = plan.stale_files().map(|(s, _)| s.rel.as_str()).collect();
+    // node-04 holds its kubelet pairs, kube-proxy's pair and the Kubernetes CA; kube-proxy's
+    // and the CA's files go to other workers too, and are encrypted anew for the new key.
+    let expected: BTreeSet<&str> = [
+        "node-04/kubelet.pem",
+        "node-04/kubelet-key.pem",
+        "node-04/kubelet-serving.pem",
+        "node-04/kubelet-serving-key.pem",
+        "kubernetes/kube-proxy.pem",
+        "kubernetes/kube-proxy-key.pem",
+        "kubernetes/ca.pem",
+    ]
+    .into();
+    assert_eq!(stale, expected);
+}
+
+#[test]
+fn a_ca_rotation_is_in_progress_until_its_finish() {
+    let cluster = Cluster::new(&config());
+    cluster.run(&["rotate", "--ca", "etcd"]).unwrap();
+    let (config, _, state) = cluster.open();
+    assert!(state.rotating(CaName::Etcd).unwrap());
+    assert!(!state.rotating(CaName::Kubernetes).unwrap());
+    let running = kpki::rotation::in_progress(&state, &config).unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].what, "etcd");
+    assert!(running[0].pending.is_empty(), "{:?}", running[0].pending);
+    drop(state);
+    let refused = cluster.run(&["rotate", "--ca", "etcd"]).err().unwrap();
+    assert!(refused.to_string().contains("already"), "{refused}");
+    cluster
+        .run(&["rotate", "--ca", "etcd", "--finish", "--no-live-check"])
+        .unwrap();
+    let (config, _, state) = cluster.open();
+    assert!(
+        kpki::rotation::in_progress(&state, &config)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(state.ca_bundle(CaName::Etcd).unwrap().blocks().len(), 1);
+}
+
+#[test]
+fn a_revocation_outlives_a_ledger_that_lost_it() {
+    let cluster = Cluster::new(&config());
+    cluster
+        .run(&["revoke", "etcd/apiserver-etcd-client"])
+        .unwrap();
+    let (_, _, state) = cluster.open();
+    let ledger = state.revocations();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    // A pusher empties the ledger: the last signed list still names the serial.
+    state.set_revocations(Default::default());
+    let carried = kpki::revocation::ledger(&state).unwrap();
+    assert_eq!(
+        carried.keys().collect::<Vec<_>>(),
+        ledger.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn pruning_a_worker_deletes_its_files_and_reissues_what_it_could_read() {
+    let cluster = Cluster::new(&config());
+    let without = config();
+    let at = without.find("\n[[node]]\nname = \"node-04\"").unwrap();
+    cluster.write_config(&without[..at]);
+    let (config, recipients, state) = cluster.open();
+    let seal = secrets::plan(&state, &config, &recipients, Depth::Changed).unwrap();
+    let prune = kpki::prune::plan(&state, &config, &seal, kpki::clock::now()).unwrap();
+    let deleted: BTreeSet<&str> = prune.deleted.iter().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = [
+        "node-04/kubelet.pem",
+        "node-04/kubelet-key.pem",
+        "node-04/kubelet-serving.pem",
+        "node-04/kubelet-serving-key.pem",
+    ]
+    .into();
+    assert_eq!(deleted, expected);
+    assert!(
+        prune.revoked.is_empty(),
+        "a worker holds nothing of the etcd CA"
+    );
+    let reissued: Vec<String> = prune.reissued.iter().map(|i| i.name()).collect();
+    assert_eq!(
+        reissued,
+        ["kubernetes/kube-proxy"],
+        "the shared key node-04 could read"
+    );
+    let outlived: BTreeSet<&str> = prune.outlived.iter().map(|u| u.file.as_str()).collect();
+    assert!(outlived.contains("node-04/kubelet.pem"), "{outlived:?}");
+    assert_eq!(prune.signing_key, kpki::prune::SigningKey::Untouched);
+}
