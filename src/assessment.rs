@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
-use crate::clock::{parse_rfc3339, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, InOrder, Result};
 use crate::inspection::{
@@ -334,9 +334,7 @@ impl Survey<'_> {
             .files
             .get(cert)
             .and_then(|e| e.certificate.clone());
-        let dates = facts
-            .as_ref()
-            .and_then(|f| Some((parse_rfc3339(&f.not_before)?, parse_rfc3339(&f.not_after)?)));
+        let dates = facts.as_ref().map(|f| (f.not_before, f.not_after));
         let Some((not_before, not_after)) = dates else {
             row.detail = Some(format!("{cert}: not read (no identity)"));
             return (row, None);

@@ -32,11 +32,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// An RFC 3339 timestamp, as the manifest records them.
-pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &Rfc3339).ok()
-}
-
 /// The date of a timestamp, `2027-11-26`.
 pub fn date(t: OffsetDateTime) -> String {
     rfc3339(t).chars().take(10).collect()

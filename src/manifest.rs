@@ -65,7 +65,8 @@ pub struct Superseded {
     /// The file it was, relative to `pki/`.
     pub file: String,
     /// When it expires (RFC 3339).
-    pub not_after: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: time::OffsetDateTime,
 }
 
 /// A revoked certificate, listed on the etcd CA's revocation list until it would have expired.
@@ -77,9 +78,11 @@ pub struct Revocation {
     /// Why it was revoked.
     pub reason: Reason,
     /// When kpki revoked it (RFC 3339).
-    pub revoked: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked: time::OffsetDateTime,
     /// When it expires (RFC 3339); its entry goes from the list after that.
-    pub not_after: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: time::OffsetDateTime,
 }
 
 /// The signature table that ends a signed manifest.

@@ -14,7 +14,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::catalogue::{self, CaName, Kind, Part};
-use crate::clock::{parse_rfc3339, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::{self, facts, signed_by};
@@ -90,7 +90,7 @@ fn current_ca(state: &State) -> Result<Vec<u8>> {
 fn in_force(ledger: &BTreeMap<String, Revocation>, now: OffsetDateTime) -> BTreeSet<String> {
     ledger
         .iter()
-        .filter(|(_, r)| parse_rfc3339(&r.not_after).is_none_or(|t| t > now))
+        .filter(|(_, r)| r.not_after > now)
         .map(|(serial, _)| serial.clone())
         .collect()
 }
@@ -169,7 +169,7 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
         .map(|(serial, r)| {
             Ok(issuing::Revoked {
                 serial: unhex(serial).ok_or_else(|| damaged_ledger(state, serial))?,
-                at: parse_rfc3339(&r.revoked).ok_or_else(|| damaged_ledger(state, serial))?,
+                at: r.revoked,
                 reason: reason_code(r.reason),
             })
         })
@@ -220,11 +220,9 @@ fn carry_over(ledger: &mut BTreeMap<String, Revocation>, state: &State) -> Resul
             ledger.entry(serial).or_insert_with(|| Revocation {
                 file: "(kept from the last signed revocation list)".into(),
                 reason: reason_of_code(entry.reason_code().map(|(_, r)| r.0)),
-                revoked: rfc3339(
-                    OffsetDateTime::from_unix_timestamp(entry.revocation_date.timestamp())
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                ),
-                not_after: rfc3339(ca_expiry),
+                revoked: OffsetDateTime::from_unix_timestamp(entry.revocation_date.timestamp())
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                not_after: ca_expiry,
             });
         }
     }
@@ -359,7 +357,7 @@ pub(crate) fn superseded_of(
         .into_iter()
         .filter(|(serial, s)| s.file == rel && !in_use.contains(serial))
         .filter_map(|(serial, s)| {
-            let not_after = parse_rfc3339(&s.not_after).filter(|t| *t > now)?;
+            let not_after = Some(s.not_after).filter(|t| *t > now)?;
             Some(Revoke {
                 file: rel.to_string(),
                 serial,
@@ -401,7 +399,7 @@ pub fn note_superseded(state: &State, config: &Config, now: OffsetDateTime) -> R
                 r.serial,
                 Superseded {
                     file: rel,
-                    not_after: rfc3339(r.not_after),
+                    not_after: r.not_after,
                 },
             );
         }
@@ -431,8 +429,8 @@ pub(crate) fn record(state: &State, revoked: &[Revoke], now: OffsetDateTime) {
             Revocation {
                 file: r.file.clone(),
                 reason: r.reason,
-                revoked: rfc3339(now),
-                not_after: rfc3339(r.not_after),
+                revoked: now,
+                not_after: r.not_after,
             },
         );
     }

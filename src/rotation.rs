@@ -138,7 +138,7 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
             let recorded = state.manifest().files.get(&rel);
             let started = recorded
                 .and_then(|e| e.certificate.as_ref())
-                .and_then(|f| crate::clock::parse_rfc3339(&f.not_before))
+                .map(|f| f.not_before)
                 .map(|t| rfc3339(t + issuing::BACKDATE));
             found.push(Rotation {
                 what: name,

@@ -89,8 +89,10 @@ pub struct PublicFacts {
     /// `sha256:HEX` of the sorted subject alternative names, one `DNS:`/`IP:` per line.
     pub sans: String,
     /// RFC 3339.
-    pub not_before: String,
-    pub not_after: String,
+    #[serde(with = "::time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "::time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
     /// Its extended key usages: `server`, `client` or `server + client`. This and `key` are
     /// missing from manifests written before kpki recorded them (the next writer adds them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,8 +124,8 @@ pub fn public_facts(der: &[u8]) -> Result<PublicFacts, String> {
         issuer,
         subject: subject_line(&facts.subject),
         sans: sans_digest(&facts.subject.sans),
-        not_before: crate::clock::rfc3339(facts.not_before),
-        not_after: crate::clock::rfc3339(facts.not_after),
+        not_before: facts.not_before,
+        not_after: facts.not_after,
         usage: Some(usage_text(facts.server, facts.client).to_string()),
         key: Some(algorithm_id(facts.algorithm).to_string()),
         authority: facts.authority_key_id.as_deref().map(hex),
