@@ -124,8 +124,9 @@ pub struct RotateArgs {
     /// Print the plan only.
     #[arg(long)]
     pub dry_run: bool,
-    /// Keep the existing keys of renewed certificates.
-    #[arg(long)]
+    /// Keep the existing keys of renewed certificates (renewals and the start of a CA
+    /// rotation; a finish and the service-account key make no certificate).
+    #[arg(long, conflicts_with_all = ["service_account", "finish"])]
     pub keep_key: bool,
     /// Rotate this CA.
     #[arg(long, value_name = "NAME")]

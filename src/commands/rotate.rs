@@ -1,124 +1,89 @@
 //! `kpki rotate`: renewals, CA and service-account rotations, and `--prune`.
 
 use super::*;
+use crate::config::Span;
+
+/// What one `kpki rotate` does: its flags resolved into exactly one mode, each carrying only
+/// the flags that mean something to it (clap refuses the others, e.g. `--keep-key` with
+/// `--finish`).
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Renew what is due within the window (or everything), re-encrypt what is stale.
+    Renew {
+        within: Option<Span>,
+        all: bool,
+    },
+    StartCa(CaName),
+    FinishCa(CaName),
+    StartSa,
+    FinishSa,
+    Prune,
+}
+
+impl Mode {
+    fn of(request: &RotateArgs) -> Mode {
+        match (
+            request.prune,
+            request.ca,
+            request.service_account,
+            request.finish,
+        ) {
+            (true, ..) => Mode::Prune,
+            (_, Some(ca), _, false) => Mode::StartCa(ca),
+            (_, Some(ca), _, true) => Mode::FinishCa(ca),
+            (_, None, true, false) => Mode::StartSa,
+            (_, None, true, true) => Mode::FinishSa,
+            (_, None, false, _) => Mode::Renew {
+                within: request.within,
+                all: request.all,
+            },
+        }
+    }
+}
 
 /// `kpki rotate`.
 pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Result<()> {
-    if request.prune {
-        let cluster = cluster(ctx, report, Access::Write)?;
-        return prune(&cluster, request.dry_run, report);
-    }
-    let (within, ca) = (request.within, request.ca);
-    let (config, recipients, state) = cluster(ctx, report, Access::Write)?.parts();
-    let now = crate::clock::now();
-    let applied = match (ca, request.service_account) {
-        (Some(ca), _) if request.dry_run => {
-            let plan = rotation::plan_ca(&state, &config, ca, request.finish, request.keep_key)?;
-            for line in plan {
+    let mode = Mode::of(request);
+    let cluster = cluster(ctx, report, Access::Write)?;
+    let applied = match mode {
+        Mode::Prune => return prune(&cluster, request.dry_run, report),
+        Mode::Renew { within, all } => match renew(&cluster, within, all, request, report)? {
+            Some(applied) => applied,
+            None => return Ok(()),
+        },
+        Mode::StartCa(ca) | Mode::FinishCa(ca) if request.dry_run => {
+            let (state, config) = (&cluster.state, &cluster.config);
+            let finish = matches!(mode, Mode::FinishCa(_));
+            for line in rotation::plan_ca(state, config, ca, finish, request.keep_key)? {
                 report.step(true, line);
             }
             return dry_run(report, "");
         }
-        (None, true) if request.dry_run => {
-            return dry_run(
-                report,
-                &format!("{} the service-account key", finishing(request.finish)),
-            );
+        Mode::StartSa | Mode::FinishSa if request.dry_run => {
+            let what = finishing(matches!(mode, Mode::FinishSa));
+            return dry_run(report, &format!("{what} the service-account key"));
         }
-        (Some(ca), _) if request.finish => {
-            if state.rotating(ca)? && !request.no_live_check {
-                super::rollout::gate(&state, &config, Some(ca), request.force, report)?;
-            }
-            let finished = rotation::finish_ca(&state, &config, ca)?;
-            if ca == revocation::CA {
-                revocation::forget_superseded(&state);
-            }
-            for rel in &finished.removed {
-                report.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
-            }
-            finished.applied
+        Mode::StartCa(ca) => start_ca(&cluster, ca, request.keep_key)?,
+        Mode::FinishCa(ca) => {
+            gate(&cluster, Some(ca), request, report)?;
+            finish_ca(&cluster, ca, report)?
         }
-        (Some(ca), _) => {
-            if ca == revocation::CA {
-                revocation::note_superseded(&state, &config, now)?;
-            }
-            let mut applied = rotation::start_ca(&state, &config, ca, request.keep_key, now)?;
-            // The CRL is signed by the CA that signs today: the new one.
-            if ca == revocation::CA && revocation::crl(&state)?.is_some() {
-                applied
-                    .written
-                    .extend(revocation::issue_crl(&state, &config, now)?);
-            }
-            applied
-        }
-        (None, true) if request.finish => {
-            if rotation::sa_rotating(&state)? && !request.no_live_check {
-                super::rollout::gate(&state, &config, None, request.force, report)?;
-            }
-            rotation::finish_sa(&state)?
-        }
-        (None, true) => rotation::start_sa(&state, &config)?,
-        (None, false) => {
-            let within = within.unwrap_or(config.keys.renew_before);
-            // What is due does not depend on which encrypted copies are stale (that only
-            // turns an `ok` row into `stale-secret`): the two are made side by side.
-            let (seal, assessed) = rayon::join(
-                || secrets::plan(&state, &config, &recipients, Depth::Changed),
-                || assessment::assess(&state, &config, &HashMap::new(), now),
-            );
-            let seal = seal?;
-            let renewals = rotation::renewals(assessed?, within, request.all);
-            let plan = request.dry_run;
-            for r in &renewals {
-                report.step(plan, format_args!("renew {} ({})", r.name, r.reason));
-            }
-            let crl_due = revocation::crl_due(&state, now, within)?;
-            if let Some(why) = &crl_due {
-                report.step(
-                    plan,
-                    format_args!("sign {} anew ({why})", catalogue::crl_file()),
-                );
-            }
-            if plan {
-                for (s, why) in seal.stale_files() {
-                    report.step(
-                        plan,
-                        format_args!("re-encrypt secrets/{}.age ({})", s.rel, why.describe()),
-                    );
-                }
-                for rel in stale_cache(&state)? {
-                    report.step(plan, format_args!("refresh {rel} from secrets/"));
-                }
-                return dry_run(report, "");
-            }
-            if renewals.is_empty() && crl_due.is_none() {
-                // Nothing to renew: the plan made above is the plan to commit.
-                let sealing =
-                    secrets::commit_planned(&state, &config, &recipients, Vec::new(), seal)?;
-                report_sealing(report, &sealing);
-                if sealing.is_empty() {
-                    report.say("nothing to do: nothing is due, drifted or stale");
-                }
-                return Ok(());
-            }
-            let mut applied = rotation::renew(&state, &config, &renewals, request.keep_key, now)?;
-            if crl_due.is_some() {
-                applied
-                    .written
-                    .extend(revocation::issue_crl(&state, &config, now)?);
-            }
-            applied
+        Mode::StartSa => rotation::start_sa(&cluster.state, &cluster.config)?,
+        Mode::FinishSa => {
+            gate(&cluster, None, request, report)?;
+            rotation::finish_sa(&cluster.state)?
         }
     };
+    let (config, recipients, state) = cluster.parts();
     let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_applied(report, &config, &applied, "wrote");
     report_sealing(report, &sealing);
-    match ca {
-        Some(ca) if !request.finish => report.say(format_args!(
+    match mode {
+        Mode::StartCa(ca) => report.say(format_args!(
             "next: deploy, restart every node on the new certificates one at a time (kpki rollout shows who is behind), then run kpki rotate --ca {} --finish",
             ca.dir()
         )),
-        None if request.service_account && !request.finish => report.say(
+        Mode::StartSa => report.say(
             "next: deploy, restart the apiservers and controller-managers; once tokens signed with the old key have expired, run kpki rotate --service-account --finish",
         ),
         _ if applied.written.is_empty() && sealing.is_empty() => {
@@ -127,6 +92,119 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         _ => {}
     }
     Ok(())
+}
+
+/// Before finishing a rotation (of `ca`, or of the service-account key): asks the running
+/// cluster unless told not to.
+fn gate(
+    cluster: &Cluster,
+    ca: Option<CaName>,
+    request: &RotateArgs,
+    report: &mut Report,
+) -> Result<()> {
+    let (state, config) = (&cluster.state, &cluster.config);
+    let running = match ca {
+        Some(ca) => state.rotating(ca)?,
+        None => rotation::sa_rotating(state)?,
+    };
+    if running && !request.no_live_check {
+        super::rollout::gate(state, config, ca, request.force, report)?;
+    }
+    Ok(())
+}
+
+/// Starts the rotation of `ca`: a new CA, every leaf reissued under it; for the etcd CA, its
+/// superseded leaves recorded and the revocation list signed by the new CA.
+fn start_ca(cluster: &Cluster, ca: CaName, keep_key: bool) -> Result<Applied> {
+    let (state, config) = (&cluster.state, &cluster.config);
+    let now = crate::clock::now();
+    if ca == revocation::CA {
+        revocation::note_superseded(state, config, now)?;
+    }
+    let mut applied = rotation::start_ca(state, config, ca, keep_key, now)?;
+    // The CRL is signed by the CA that signs today: the new one.
+    if ca == revocation::CA && revocation::crl(state)?.is_some() {
+        applied
+            .written
+            .extend(revocation::issue_crl(state, config, now)?);
+    }
+    Ok(applied)
+}
+
+/// Finishes the rotation of `ca`: the old CA leaves the bundle, the chain link every leaf.
+fn finish_ca(cluster: &Cluster, ca: CaName, report: &mut Report) -> Result<Applied> {
+    let state = &cluster.state;
+    let finished = rotation::finish_ca(state, &cluster.config, ca)?;
+    if ca == revocation::CA {
+        revocation::forget_superseded(state);
+    }
+    for rel in &finished.removed {
+        report.say(format_args!("delete pki/{rel} and secrets/{rel}.age"));
+    }
+    Ok(finished.applied)
+}
+
+/// Renews what is due within `within` (default `keys.renew_before`), or every leaf with
+/// `all`, and signs the revocation list anew when it is due; `None` when the command is done
+/// (a dry run, or nothing but re-encryption, already committed).
+fn renew(
+    cluster: &Cluster,
+    within: Option<Span>,
+    all: bool,
+    request: &RotateArgs,
+    report: &mut Report,
+) -> Result<Option<Applied>> {
+    let (state, config, recipients) = (&cluster.state, &cluster.config, &cluster.recipients);
+    let now = crate::clock::now();
+    let within = within.unwrap_or(config.keys.renew_before);
+    // What is due does not depend on which encrypted copies are stale (that only turns an
+    // `ok` row into `stale-secret`): the two are made side by side.
+    let (seal, assessed) = rayon::join(
+        || secrets::plan(state, config, recipients, Depth::Changed),
+        || assessment::assess(state, config, &HashMap::new(), now),
+    );
+    let seal = seal?;
+    let renewals = rotation::renewals(assessed?, within, all);
+    let plan = request.dry_run;
+    for r in &renewals {
+        report.step(plan, format_args!("renew {} ({})", r.name, r.reason));
+    }
+    let crl_due = revocation::crl_due(state, now, within)?;
+    if let Some(why) = &crl_due {
+        report.step(
+            plan,
+            format_args!("sign {} anew ({why})", catalogue::crl_file()),
+        );
+    }
+    if plan {
+        for (s, why) in seal.stale_files() {
+            report.step(
+                plan,
+                format_args!("re-encrypt secrets/{}.age ({})", s.rel, why.describe()),
+            );
+        }
+        for rel in stale_cache(state)? {
+            report.step(plan, format_args!("refresh {rel} from secrets/"));
+        }
+        dry_run(report, "")?;
+        return Ok(None);
+    }
+    if renewals.is_empty() && crl_due.is_none() {
+        // Nothing to renew: the plan made above is the plan to commit.
+        let sealing = secrets::commit_planned(state, config, recipients, Vec::new(), seal)?;
+        report_sealing(report, &sealing);
+        if sealing.is_empty() {
+            report.say("nothing to do: nothing is due, drifted or stale");
+        }
+        return Ok(None);
+    }
+    let mut applied = rotation::renew(state, config, &renewals, request.keep_key, now)?;
+    if crl_due.is_some() {
+        applied
+            .written
+            .extend(revocation::issue_crl(state, config, now)?);
+    }
+    Ok(Some(applied))
 }
 
 /// `kpki rotate --prune`: removes what the config no longer accounts for, revokes, reissues.

@@ -233,6 +233,18 @@ fn cases() -> Vec<Case> {
             needles: &["not provided", "--ca", "--service-account"],
         },
         Case {
+            what: "--keep-key where no certificate is made",
+            damage: |_| {},
+            args: &["rotate", "--service-account", "--keep-key"],
+            needles: &["--keep-key", "cannot be used with", "--service-account"],
+        },
+        Case {
+            what: "--keep-key with a finish",
+            damage: |_| {},
+            args: &["rotate", "--ca", "etcd", "--finish", "--keep-key"],
+            needles: &["--keep-key", "cannot be used with", "--finish"],
+        },
+        Case {
             what: "a misspelled flag",
             damage: |_| {},
             args: &["rotate", "--dry-rn"],
