@@ -570,3 +570,101 @@ pub mod fault {
     #[cfg(not(debug_assertions))]
     pub fn lock_taken() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster directory with `pki/a.pem` holding "old", and a journal of a change that
+    /// writes "new" to `pki/a.pem` and `pki/b.pem` and removes `pki/c.pem`, its temporary files
+    /// written as `temps` says (None: that one never reached the disk).
+    fn interrupted(temps: [Option<&str>; 2]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let pki = dir.path().join("pki");
+        fs::create_dir_all(store.temp_dir()).unwrap();
+        fs::write(pki.join("a.pem"), "old").unwrap();
+        fs::write(pki.join("c.pem"), "gone").unwrap();
+        let renames: Vec<Rename> = ["a.pem", "b.pem"]
+            .iter()
+            .zip(temps)
+            .map(|(name, content)| {
+                let temp = store.temp_dir().join(format!("{TEMP_PREFIX}{name}"));
+                if let Some(content) = content {
+                    fs::write(&temp, content).unwrap();
+                }
+                Rename {
+                    temp,
+                    path: pki.join(name),
+                    hash: crate::pem::fingerprint(b"new"),
+                }
+            })
+            .collect();
+        write_journal(&store, &renames, &[pki.join("c.pem")]).unwrap();
+        (dir, store)
+    }
+
+    fn read(dir: &tempfile::TempDir, name: &str) -> Option<String> {
+        fs::read_to_string(dir.path().join("pki").join(name)).ok()
+    }
+
+    #[test]
+    fn a_journaled_change_whose_files_all_reached_the_disk_is_completed() {
+        let (dir, store) = interrupted([Some("new"), Some("new")]);
+        recover(&store).unwrap();
+        assert_eq!(read(&dir, "a.pem").as_deref(), Some("new"));
+        assert_eq!(read(&dir, "b.pem").as_deref(), Some("new"));
+        assert_eq!(read(&dir, "c.pem"), None, "the removal is carried out");
+        assert!(!store.journal_path().exists());
+        assert_eq!(fs::read_dir(store.temp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_rename_already_done_counts_as_reached() {
+        // a.pem was renamed into place before the interruption: its temporary file is gone.
+        let (dir, store) = interrupted([None, Some("new")]);
+        fs::write(dir.path().join("pki/a.pem"), "new").unwrap();
+        recover(&store).unwrap();
+        assert_eq!(read(&dir, "b.pem").as_deref(), Some("new"));
+        assert_eq!(read(&dir, "c.pem"), None);
+    }
+
+    #[test]
+    fn a_change_with_a_file_missing_is_undone_before_any_rename() {
+        let (dir, store) = interrupted([Some("new"), None]);
+        recover(&store).unwrap();
+        assert_eq!(
+            read(&dir, "a.pem").as_deref(),
+            Some("old"),
+            "nothing renamed"
+        );
+        assert_eq!(read(&dir, "b.pem"), None);
+        assert_eq!(
+            read(&dir, "c.pem").as_deref(),
+            Some("gone"),
+            "nothing removed"
+        );
+        assert!(!store.journal_path().exists());
+        assert_eq!(fs::read_dir(store.temp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_torn_temporary_file_is_not_renamed_into_place() {
+        let (dir, store) = interrupted([Some("new"), Some("ne")]);
+        recover(&store).unwrap();
+        assert_eq!(read(&dir, "a.pem").as_deref(), Some("old"));
+        assert_eq!(read(&dir, "b.pem"), None);
+    }
+
+    #[test]
+    fn a_journal_naming_a_path_outside_the_cluster_is_refused_untouched() {
+        let (dir, store) = interrupted([Some("new"), Some("new")]);
+        let journal = store.journal_path();
+        let text = fs::read_to_string(&journal).unwrap() + "D\t../outside\n";
+        fs::write(&journal, &text).unwrap();
+        let err = recover(&store).unwrap_err().to_string();
+        assert!(err.contains("is damaged"), "{err}");
+        assert_eq!(read(&dir, "a.pem").as_deref(), Some("old"));
+        assert_eq!(fs::read_to_string(&journal).unwrap(), text);
+    }
+}

@@ -17,7 +17,7 @@ use kpki::commands::{self, Context};
 use kpki::config::{Config, DEFAULT_CONFIG, Span};
 use kpki::report::Report;
 use kpki::secrets::{self, Depth, Recipients};
-use kpki::state::{Access, State};
+use kpki::state::{Access, Place, State};
 use kpki::store::Store;
 
 /// A fixture's public line (`fixtures/NAME.pub`, or the admin identity's public key).
@@ -101,6 +101,27 @@ impl Cluster {
         Ok(report)
     }
 
+    /// A copy of this cluster directory (another admin's clone).
+    fn copy(&self) -> Cluster {
+        let copy = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        copy_tree(self.dir.path(), copy.dir.path());
+        copy
+    }
+
+    /// Takes `other`'s `secrets/` as this clone's (a pull of another admin's commit).
+    fn pull(&self, other: &Cluster) {
+        let secrets = self.dir.path().join("secrets");
+        std::fs::remove_dir_all(&secrets).unwrap();
+        copy_tree(&other.dir.path().join("secrets"), &secrets);
+    }
+
+    /// Where `pki/REL` stands, as a fresh run sees it.
+    fn place(&self, rel: &str) -> Place {
+        self.open().2.place(rel).unwrap()
+    }
+
     /// The config, recipients and state, as a command opens them.
     fn open(&self) -> (Config, Recipients, State) {
         let ctx = self.context();
@@ -110,6 +131,19 @@ impl Cluster {
         let recipients = Recipients::new(&config, admins.recipients).unwrap();
         let state = State::open(ctx.store, ctx.identity, Access::Read).unwrap();
         (config, recipients, state)
+    }
+}
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
 
@@ -257,4 +291,30 @@ fn pruning_a_worker_deletes_its_files_and_reissues_what_it_could_read() {
     let outlived: BTreeSet<&str> = prune.outlived.iter().map(|u| u.file.as_str()).collect();
     assert!(outlived.contains("node-04/kubelet.pem"), "{outlived:?}");
     assert_eq!(prune.signing_key, kpki::prune::SigningKey::Untouched);
+}
+
+#[test]
+fn each_file_is_placed_by_what_pki_secrets_and_the_manifest_hold() {
+    let cluster = Cluster::new(&config());
+    let rel = "node-04/kubelet.pem";
+    assert!(matches!(cluster.place(rel), Place::Plain { .. }));
+    // Another admin issues node-04's kubelet certificate anew; this clone pulls it.
+    let other = cluster.copy();
+    other.run(&["issue", "kubelet", "node-04"]).unwrap();
+    cluster.pull(&other);
+    assert_eq!(cluster.place(rel), Place::Stale { sealed: true });
+    // A hand put another certificate there: not kpki's, and never sealed over the commit.
+    let foreign = std::fs::read(cluster.dir.path().join("pki/node-01/kubelet.pem")).unwrap();
+    std::fs::write(cluster.dir.path().join("pki").join(rel), foreign).unwrap();
+    assert_eq!(cluster.place(rel), Place::Changed { sealed: true });
+    std::fs::remove_file(cluster.dir.path().join("pki").join(rel)).unwrap();
+    assert_eq!(cluster.place(rel), Place::Sealed);
+    assert_eq!(cluster.place("node-09/kubelet.pem"), Place::Absent);
+    // The other admin removes node-04: its files here are left over from a removed state.
+    let without = config();
+    let at = without.find("\n[[node]]\nname = \"node-04\"").unwrap();
+    other.write_config(&without[..at]);
+    other.run(&["rotate", "--prune"]).unwrap();
+    cluster.pull(&other);
+    assert_eq!(cluster.place("node-04/kubelet-key.pem"), Place::Removed);
 }
