@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 pub use crate::config::{CaName, Usage};
 use crate::config::{Config, Declared, Node, Role, San, Span};
+use crate::pem::Kind as FileKind;
 
 /// What kind of material an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -799,6 +800,110 @@ pub fn crl_pem_file() -> String {
 /// Both files of the revocation list, the one etcd reads first.
 pub fn crl_files() -> [String; 2] {
     [crl_file(), crl_pem_file()]
+}
+
+/// Where the admin kubeconfig is kept, relative to `pki/` (it never exists there in plaintext).
+pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.kubeconfig";
+
+/// The revocation list's owner on the etcd nodes, which read it.
+const CRL_OWNER: &str = "etcd";
+
+/// One file kpki manages, as `secrets/` holds it: what it is and who may read it.
+pub struct ManagedFile<'c> {
+    /// The path under `pki/`; the encrypted copy is `secrets/REL.age`.
+    pub rel: String,
+    pub kind: FileKind,
+    /// Its `age.secrets` name on the nodes that read it.
+    pub name: String,
+    /// The user that owns it on a node.
+    pub owner: &'c str,
+    /// The nodes the catalogue gives it to; those with a host key can decrypt it.
+    pub readers: Vec<&'c Node>,
+}
+
+impl ManagedFile<'_> {
+    /// A file for the admins only.
+    fn admins_only<'c>(rel: String) -> ManagedFile<'c> {
+        ManagedFile {
+            name: String::new(),
+            kind: FileKind::of(&rel),
+            rel,
+            owner: "root",
+            readers: Vec::new(),
+        }
+    }
+}
+
+/// Every file kpki manages under `config`: both files of each item, those of the extra
+/// `users`, the rotation files and revocation lists that `exists` says are there, and the admin
+/// kubeconfig. Status, verify, sealing, the Nix files and the manifest all go by this list.
+pub fn files<'c>(
+    config: &'c Config,
+    users: &[String],
+    exists: impl Fn(&str) -> crate::error::Result<bool>,
+) -> crate::error::Result<Vec<ManagedFile<'c>>> {
+    let mut files: Vec<ManagedFile<'c>> = items(config)
+        .into_iter()
+        .flat_map(|item| {
+            [Part::Cert, Part::Key].map(|part| ManagedFile {
+                kind: FileKind::of(&item.file(part)),
+                rel: item.file(part),
+                name: secret_name(&item, part),
+                owner: item.entry().owner,
+                readers: item.readers(part, config),
+            })
+        })
+        .collect();
+    for user in users {
+        for part in [Part::Cert, Part::Key] {
+            files.push(ManagedFile::admins_only(user_file(user, part)));
+        }
+    }
+    for ca in CAS {
+        for rel in [cross_file(ca), previous_key_file(ca)] {
+            if exists(&rel)? {
+                files.push(ManagedFile::admins_only(rel));
+            }
+        }
+    }
+    for crl in crl_files() {
+        if exists(&crl)? {
+            files.push(ManagedFile {
+                kind: FileKind::of(&crl),
+                name: file_secret_name(&crl),
+                rel: crl,
+                owner: CRL_OWNER,
+                readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),
+            });
+        }
+    }
+    files.push(ManagedFile::admins_only(ADMIN_KUBECONFIG.to_string()));
+    Ok(files)
+}
+
+/// The `age.secrets` name of a file on a node: `kpki-DIR-FILE` for cluster-wide files and
+/// `kpki-FILE` for the node's own, so a service module reads the same name on every node.
+pub fn secret_name(item: &Item<'_>, part: Part) -> String {
+    let file = item.file(part);
+    let base = file.rsplit('/').next().unwrap_or_default();
+    match item.entry().scope {
+        Scope::Cluster { dir } => format!("kpki-{dir}-{base}"),
+        Scope::Node(_) => format!("kpki-{base}"),
+    }
+}
+
+/// The `age.secrets` name of a file outside the catalogue's items (the revocation list).
+pub fn file_secret_name(rel: &str) -> String {
+    format!("kpki-{}", rel.replace('/', "-"))
+}
+
+/// Whether `rel` is a CA's certificate or key file (`etcd/ca.pem`, `kubernetes/ca-key.pem`).
+pub fn is_ca_file(rel: &str) -> bool {
+    CAS.iter().any(|ca| {
+        [Part::Cert, Part::Key]
+            .iter()
+            .any(|p| ca_item(*ca).file(*p) == rel)
+    })
 }
 
 /// The role a node has when it holds the built-in per-node file `STEM.pem` or `STEM-key.pem`

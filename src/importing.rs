@@ -203,7 +203,7 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
     for (from, to) in table {
         let path = dir.join(from);
         let to = to.replace("{node}", node);
-        let is_ca = to.ends_with("/ca.pem") || to.ends_with("/ca-key.pem");
+        let is_ca = catalogue::is_ca_file(&to);
         if !path.exists() {
             if is_ca {
                 return Err(Error::file(

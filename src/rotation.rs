@@ -269,7 +269,7 @@ pub fn plan_ca(
         }
     }
     if ca == CaName::Kubernetes {
-        resealed.push(crate::secrets::ADMIN_KUBECONFIG.to_string());
+        resealed.push(catalogue::ADMIN_KUBECONFIG.to_string());
     }
     resealed.sort();
     lines.extend(

@@ -3,7 +3,7 @@
 //! easyCerts sets (`nixos/modules/services/cluster/kubernetes/pki.nix`), plus the front-proxy CA,
 //! which nixpkgs has no option for.
 
-use crate::catalogue::Part;
+use crate::catalogue::{Kind, Part};
 use crate::config::Role;
 
 /// A service of a node, as nixpkgs runs it.
@@ -80,6 +80,14 @@ pub struct Wire {
     /// The catalogue entry, by profile.
     pub profile: &'static str,
     pub part: Part,
+}
+
+impl Wire {
+    /// Whether the file is a CA certificate (which even a service that reloads its own
+    /// certificate reads only at start).
+    pub fn is_ca(&self) -> bool {
+        crate::catalogue::builtin(self.profile).is_some_and(|e| matches!(e.kind, Kind::Ca(_)))
+    }
 }
 
 const fn wire(service: Service, option: &'static str, profile: &'static str, part: Part) -> Wire {

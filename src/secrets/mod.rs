@@ -16,8 +16,9 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::agefile::{self as seal, Recipient};
+use crate::catalogue::ManagedFile;
 use crate::catalogue::{self, CaName, Part};
-use crate::config::{Config, Node, Role};
+use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
 use crate::manifest::{self, Entry, Manifest};
 use crate::pem::{self, Kind};
@@ -124,7 +125,7 @@ impl Recipients {
     }
 
     /// The canonical recipients of a file: the admins, then the host keys of its readers.
-    fn of(&self, sealed: &Sealed<'_>) -> Vec<String> {
+    fn of(&self, sealed: &ManagedFile<'_>) -> Vec<String> {
         let mut keys = self.admins.clone();
         // A set for the duplicates: a file for every host has thousands of readers.
         let mut seen: HashSet<String> = keys.iter().cloned().collect();
@@ -139,73 +140,10 @@ impl Recipients {
     }
 }
 
-/// One file of `secrets/`: what it holds and who may read it.
-pub struct Sealed<'c> {
-    /// The path under `pki/`; the encrypted copy is `secrets/REL.age`.
-    pub rel: String,
-    pub kind: Kind,
-    /// Its `age.secrets` name on the nodes that read it.
-    pub name: String,
-    /// The user that owns it on a node.
-    pub owner: &'c str,
-    /// The nodes the catalogue gives it to; those with a host key can decrypt it.
-    pub readers: Vec<&'c Node>,
-}
-
-/// Where the admin kubeconfig is kept, relative to `pki/` (it never exists there in plaintext).
-pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.kubeconfig";
-
-/// Every file that belongs in `secrets/`: the catalogue's, the extra users', the files of
-/// rotations in progress and the admin kubeconfig.
-pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<Sealed<'c>>> {
-    let mut sealed: Vec<Sealed<'c>> = catalogue::items(config)
-        .into_iter()
-        .flat_map(|item| {
-            [Part::Cert, Part::Key].map(|part| Sealed {
-                kind: Kind::of(&item.file(part)),
-                rel: item.file(part),
-                name: nix::secret_name(&item, part),
-                owner: item.entry().owner,
-                readers: item.readers(part, config),
-            })
-        })
-        .collect();
-    for user in users(state)? {
-        for part in [Part::Cert, Part::Key] {
-            sealed.push(admin_only(catalogue::user_file(&user, part)));
-        }
-    }
-    for ca in catalogue::CAS {
-        for rel in [catalogue::cross_file(ca), catalogue::previous_key_file(ca)] {
-            if state.exists(&rel)? {
-                sealed.push(admin_only(rel));
-            }
-        }
-    }
-    for crl in catalogue::crl_files() {
-        if state.exists(&crl)? {
-            sealed.push(Sealed {
-                kind: Kind::of(&crl),
-                name: nix::file_secret_name(&crl),
-                rel: crl,
-                owner: "etcd",
-                readers: config.nodes.iter().filter(|n| n.has(Role::Etcd)).collect(),
-            });
-        }
-    }
-    sealed.push(admin_only(ADMIN_KUBECONFIG.to_string()));
-    Ok(sealed)
-}
-
-/// A file for the admins only.
-fn admin_only<'c>(rel: String) -> Sealed<'c> {
-    Sealed {
-        name: String::new(),
-        kind: Kind::of(&rel),
-        rel,
-        owner: "root",
-        readers: Vec::new(),
-    }
+/// Every file of `secrets/` for this state: the catalogue's files, the extra users on record,
+/// and the rotation and revocation files that exist.
+pub fn sealed_files<'c>(state: &State, config: &'c Config) -> Result<Vec<ManagedFile<'c>>> {
+    catalogue::files(config, &users(state)?, |rel| state.exists(rel))
 }
 
 /// The extra client users (`kpki issue client`), by name.
@@ -275,7 +213,7 @@ pub enum Depth {
 
 /// What `secrets/` must hold, and how far each file is from it.
 pub struct SealPlan<'c> {
-    pub sealed: Vec<Sealed<'c>>,
+    pub sealed: Vec<ManagedFile<'c>>,
     /// Per sealed file, in the same order.
     pub standings: Vec<Standing>,
     /// Files the manifest lists that the config no longer accounts for (a removed node or
@@ -293,7 +231,7 @@ pub struct SealPlan<'c> {
 
 impl SealPlan<'_> {
     /// The files whose encrypted copy must be written again, with why.
-    pub fn stale_files(&self) -> impl Iterator<Item = (&Sealed<'_>, &Stale)> {
+    pub fn stale_files(&self) -> impl Iterator<Item = (&ManagedFile<'_>, &Stale)> {
         self.sealed
             .iter()
             .zip(&self.standings)
@@ -301,7 +239,7 @@ impl SealPlan<'_> {
     }
 
     /// Files whose content exists nowhere (a node added since the last init, say).
-    pub fn missing(&self) -> impl Iterator<Item = &Sealed<'_>> {
+    pub fn missing(&self) -> impl Iterator<Item = &ManagedFile<'_>> {
         self.sealed
             .iter()
             .zip(&self.standings)
@@ -460,7 +398,7 @@ fn ca_certificates(state: &State) -> Result<std::collections::BTreeMap<String, V
 /// the content cannot be read (no identity): the committed facts stand.
 fn certificate_facts(
     state: &State,
-    sealed: &Sealed<'_>,
+    sealed: &ManagedFile<'_>,
     public: &str,
     depth: Depth,
 ) -> Result<Option<crate::inspection::PublicFacts>> {
@@ -499,7 +437,7 @@ fn certificate_facts(
 
 /// The manifest's files that `sealed` lacks and whose encrypted copy still exists (one deleted
 /// by hand is gone for good), unless this run deleted them.
-fn leftovers(state: &State, sealed: &[Sealed<'_>]) -> Result<Vec<(String, Entry)>> {
+fn leftovers(state: &State, sealed: &[ManagedFile<'_>]) -> Result<Vec<(String, Entry)>> {
     let due: HashSet<&str> = sealed.iter().map(|s| s.rel.as_str()).collect();
     let changes = state.changes();
     let mut found = Vec::new();
@@ -518,7 +456,7 @@ fn leftovers(state: &State, sealed: &[Sealed<'_>]) -> Result<Vec<(String, Entry)
 fn standing(
     state: &State,
     config: &Config,
-    sealed: &Sealed<'_>,
+    sealed: &ManagedFile<'_>,
     due: Option<Entry>,
     depth: Depth,
     deep: bool,
@@ -576,7 +514,7 @@ fn standing(
 
 /// Whether an age header's stanzas differ from the due recipients: X25519 stanzas by number
 /// (they name no key), SSH stanzas by their key tag.
-fn header_problem(sealed: &Sealed<'_>, due: &Entry, bytes: &[u8]) -> Option<String> {
+fn header_problem(sealed: &ManagedFile<'_>, due: &Entry, bytes: &[u8]) -> Option<String> {
     let mut have = match seal::header_stanzas(bytes) {
         Ok(h) => h,
         Err(e) => return Some(e),
@@ -600,7 +538,11 @@ fn header_problem(sealed: &Sealed<'_>, due: &Entry, bytes: &[u8]) -> Option<Stri
 
 /// Whether a decrypted file differs from what the manifest vouches for; errors that name the
 /// file (an admin locked out, a damaged file) are problems too. Identity errors are not.
-fn content_problem(state: &State, config: &Config, sealed: &Sealed<'_>) -> Result<Option<String>> {
+fn content_problem(
+    state: &State,
+    config: &Config,
+    sealed: &ManagedFile<'_>,
+) -> Result<Option<String>> {
     let outcome = match sealed.kind {
         Kind::Kubeconfig => state.decrypt(&sealed.rel).and_then(|plain| {
             let due = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
@@ -965,7 +907,7 @@ fn encrypt_stale(
     recipients: &Recipients,
     plan: &SealPlan<'_>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let work: Vec<(&Sealed<'_>, &Entry)> = plan
+    let work: Vec<(&ManagedFile<'_>, &Entry)> = plan
         .sealed
         .iter()
         .zip(&plan.standings)

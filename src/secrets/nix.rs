@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use std::collections::HashMap;
 
-use super::Sealed;
+use crate::catalogue::ManagedFile;
 use crate::catalogue::{self, Item, Part, Scope};
 use crate::config::{Config, Role};
 use crate::pem::Kind;
@@ -82,28 +82,12 @@ pub fn secrets_nix(config: &Config, admins: &[String], plan: &super::SealPlan<'_
     out
 }
 
-/// The `age.secrets` name of a file on a node: `kpki-DIR-FILE` for cluster-wide files and
-/// `kpki-FILE` for the node's own, so a service module reads the same name on every node.
-pub fn secret_name(item: &Item<'_>, part: Part) -> String {
-    let file = item.file(part);
-    let base = file.rsplit('/').next().unwrap_or_default();
-    match item.entry().scope {
-        Scope::Cluster { dir } => format!("kpki-{dir}-{base}"),
-        Scope::Node(_) => format!("kpki-{base}"),
-    }
-}
-
-/// The `age.secrets` name of a file outside the catalogue's items (the revocation list).
-pub fn file_secret_name(rel: &str) -> String {
-    format!("kpki-{}", rel.replace('/', "-"))
-}
-
 /// Refuses a config in which two different files would get one `age.secrets` name on a host (a
 /// per-node declaration `etcd-crl` beside the cluster's `etcd/crl.pem`, say): the module's
 /// `listToAttrs` would silently keep one of them.
 pub fn check_unique_names(config: &Config) -> Result<(), String> {
     let mut seen: std::collections::HashMap<String, String> = Default::default();
-    let crls = catalogue::crl_files().map(|rel| (file_secret_name(&rel), rel));
+    let crls = catalogue::crl_files().map(|rel| (catalogue::file_secret_name(&rel), rel));
     let items = catalogue::items(config).into_iter().flat_map(|item| {
         [Part::Cert, Part::Key].map(|part| {
             let file = item.file(part);
@@ -111,7 +95,7 @@ pub fn check_unique_names(config: &Config) -> Result<(), String> {
                 Some(_) => format!("NODE/{}", file.rsplit('/').next().unwrap_or_default()),
                 None => file,
             };
-            (secret_name(&item, part), file)
+            (catalogue::secret_name(&item, part), file)
         })
     });
     for (name, file) in crls.into_iter().chain(items) {
@@ -184,7 +168,7 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
 /// The data's `nodes`: each node's roles, addresses and files (by pki path: the secret's name,
 /// its `.age` file, owner, mode and the fingerprint the manifest records).
 fn nodes(out: &mut String, config: &Config, plan: &super::SealPlan<'_>) {
-    let mut by_node: HashMap<&str, Vec<(&Sealed<'_>, &str)>> = HashMap::new();
+    let mut by_node: HashMap<&str, Vec<(&ManagedFile<'_>, &str)>> = HashMap::new();
     for (s, standing) in plan.sealed.iter().zip(&plan.standings) {
         let Some(due) = &standing.due else { continue };
         for node in &s.readers {
@@ -266,9 +250,7 @@ fn wiring(out: &mut String, service: Service) {
     for w in WIRES.iter().filter(|w| w.service == service) {
         let file = file_ref(w);
         let _ = writeln!(out, "          {{ option = {}; {file} }}", Str(w.option));
-        if !restart.contains(&file)
-            && (!service.reloads_certificates() || w.profile.ends_with("-ca"))
-        {
+        if !restart.contains(&file) && (!service.reloads_certificates() || w.is_ca()) {
             restart.push(file);
         }
     }
