@@ -496,6 +496,21 @@ pub fn ca_item(name: CaName) -> Item<'static> {
     shared(ca_entry(name))
 }
 
+/// The cluster admin's certificate (`kubernetes/admin`).
+pub fn admin() -> Item<'static> {
+    shared(builtin("admin").expect("the admin is catalogued"))
+}
+
+/// The service-account key pair.
+pub fn service_account() -> Item<'static> {
+    shared(builtin("service-account").expect("the service-account pair is catalogued"))
+}
+
+/// The kubelet's client certificate entry, one per worker.
+pub fn kubelet() -> Entry<'static> {
+    builtin("kubelet").expect("the kubelet is catalogued")
+}
+
 /// The certificate file of the CA `name`, relative to `pki/`.
 pub fn ca_file(name: CaName) -> String {
     ca_item(name).file(Part::Cert)

@@ -13,7 +13,7 @@ use crate::state::State;
 
 /// `pki/kubernetes/admin.pem`, whose key and CA the admin kubeconfig embeds.
 pub fn admin_item() -> Item<'static> {
-    catalogue::shared_item("admin").expect("admin is catalogued")
+    catalogue::admin()
 }
 
 /// `pki/kubernetes/ca.pem`, the CA bundle every kubeconfig trusts.

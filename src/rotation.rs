@@ -417,7 +417,7 @@ pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished>
 
 /// The service-account entry.
 fn sa_item() -> Item<'static> {
-    catalogue::shared_item("service-account").expect("catalogued")
+    catalogue::service_account()
 }
 
 /// How many public keys `sa.pem` holds (0 when it does not exist).

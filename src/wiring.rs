@@ -168,17 +168,10 @@ pub static WIRES: &[Wire] = &[
     wire(Etcd, "peerTrustedCaFile", "etcd-ca", Cert),
 ];
 
-/// The Kubernetes CA, every Kubernetes component's `caFile`.
-pub const KUBERNETES_CA: &str = "kubernetes-ca";
-
-/// The files the front-proxy CA goes into: kube-apiserver's `--requestheader-client-ca-file`,
-/// for which nixpkgs has no option (it goes into `apiserver.extraOpts`).
-pub const FRONT_PROXY_CA: &str = "front-proxy-ca";
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::{self, Kind, Readers, Scope};
+    use crate::catalogue::{self, Readers, Scope};
 
     #[test]
     fn every_wired_file_reaches_the_nodes_that_run_the_service() {
@@ -200,9 +193,5 @@ mod tests {
                 w.profile, w.part, w.service
             );
         }
-        assert!(matches!(
-            catalogue::builtin(FRONT_PROXY_CA).unwrap().kind,
-            Kind::Ca(_)
-        ));
     }
 }

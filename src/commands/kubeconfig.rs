@@ -77,7 +77,7 @@ pub(super) fn kubeconfig_client(
         }
         ("kubelet", node) => {
             let node = find_node(config, node, "`kubeconfig kubelet` needs a node")?;
-            let entry = catalogue::builtin("kubelet").expect("catalogued");
+            let entry = catalogue::kubelet();
             if !node.has(Role::Worker) {
                 return Err(Error::usage(
                     format!("node \"{}\" is not a worker and has no kubelet", node.name),

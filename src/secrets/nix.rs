@@ -6,10 +6,10 @@ use std::fmt::Write;
 use std::collections::HashMap;
 
 use crate::catalogue::ManagedFile;
-use crate::catalogue::{self, Item, Part, Scope};
+use crate::catalogue::{self, CaName, Item, Part, Scope};
 use crate::config::{Config, Role};
 use crate::pem::Kind;
-use crate::wiring::{FRONT_PROXY_CA, KUBERNETES_CA, Service, WIRES, Wire};
+use crate::wiring::{Service, WIRES, Wire};
 
 /// A Nix string literal, written without allocating (the Nix files of a fleet have thousands).
 struct Str<'a>(&'a str);
@@ -136,13 +136,9 @@ pub fn module_nix(config: &Config, plan: &super::SealPlan<'_>) -> String {
         "    serviceCidr = {};",
         Str(&config.cluster.service_cidr)
     );
-    let ca = |profile| {
-        catalogue::shared_item(profile)
-            .expect("catalogued")
-            .file(Part::Cert)
-    };
-    let _ = writeln!(out, "    kubernetesCa = {};", Str(&ca(KUBERNETES_CA)));
-    let _ = writeln!(out, "    frontProxyCa = {};", Str(&ca(FRONT_PROXY_CA)));
+    let ca = catalogue::ca_file;
+    let _ = writeln!(out, "    kubernetesCa = {};", Str(&ca(CaName::Kubernetes)));
+    let _ = writeln!(out, "    frontProxyCa = {};", Str(&ca(CaName::FrontProxy)));
     let _ = writeln!(out, "    crl = {};", Str(&catalogue::crl_file()));
     out.push_str("    etcdMembers = [\n");
     for node in config.nodes.iter().filter(|n| n.has(Role::Etcd)) {
@@ -256,8 +252,8 @@ fn wiring(out: &mut String, service: Service) {
     }
     out.push_str("        ];\n");
     if service == Service::Apiserver {
-        let ca = catalogue::shared_item(FRONT_PROXY_CA).expect("catalogued");
-        restart.push(format!("rel = {};", Str(&ca.file(Part::Cert))));
+        let ca = catalogue::ca_file(CaName::FrontProxy);
+        restart.push(format!("rel = {};", Str(&ca)));
     }
     let restart: Vec<String> = restart.iter().map(|f| format!("{{ {f} }}")).collect();
     let _ = writeln!(
