@@ -1,9 +1,11 @@
 //! kpki: the PKI of a Kubernetes cluster on NixOS, from one config file.
 //!
-//! Floors, each using only those below it: `error`, `clock`, `store`, `pem`, `agefile` and `cli` at the
-//! bottom; `config`; `catalogue`, `secrets::manifest`; `state` (the one reader of PKI material);
-//! `issuing`, `inspection`, `kubeconfig`; `secrets` (what secrets/ must hold, committing);
-//! `plan`; `rotation`; `report` (what a command says, printed by the binary); `commands`.
+//! Floors, each using only those below it (`tests/it/layers.rs` fails on a cycle): `error`,
+//! `clock`, `pem`, `progress`; `store`; `agefile`; `config`; `catalogue` (every file kpki
+//! manages), `cli`; `issuing`, `report`, `wiring`; `inspection` (what a certificate says);
+//! `manifest`; `trust`; `state` (the one reader of PKI material); `importing`, `kubeconfig`,
+//! `plan`, `rollout`; `revocation`, `secrets` (what secrets/ must hold, committing);
+//! `assessment`; `rotation`; `prune`; `commands`, one file per subcommand.
 
 pub mod agefile;
 pub mod assessment;
