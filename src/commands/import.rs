@@ -10,13 +10,12 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
         ImportFrom::Dir { source, maps } => (source, importing::Layout::Map(maps)),
     };
     let store = &ctx.store;
-    let config = config(store)?;
-    warn_config(report, &config);
-    let admins = secrets::admins(store, &config)?;
-    let recipients = Recipients::new(&config, admins.recipients.clone())?.accepting(&ctx.accepted);
-    let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
-    authenticate(ctx, &state, Access::Write, report)?;
-    state.audit()?;
+    let (cluster, admins) = open(ctx, report, Access::Write, || {
+        let config = config(store)?;
+        let admins = secrets::admins(store, &config)?;
+        Ok((config, admins))
+    })?;
+    let (config, recipients, state) = cluster.parts();
     let plan = importing::plan(&state, &config, dir, layout)?;
     for rel in &plan.kept {
         report.say(format_args!(

@@ -67,15 +67,15 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     if default {
         refuse_nested(ctx, report)?;
     }
-    warn_config(report, &config);
     if args.config_only {
+        warn_config(report, &config);
         return write_example_config(ctx, report, default);
     }
-    let admins = secrets::admins(store, &config)?;
-    let recipients = Recipients::new(&config, admins.recipients.clone())?.accepting(&ctx.accepted);
-    let state = State::open(store.clone(), ctx.identity.clone(), Access::Write)?;
-    authenticate(ctx, &state, Access::Write, report)?;
-    state.audit()?;
+    let (cluster, admins) = open(ctx, report, Access::Write, || {
+        let admins = secrets::admins(store, &config)?;
+        Ok((config, admins))
+    })?;
+    let (config, recipients, state) = cluster.parts();
     let actions = plan::missing(&state, &config)?;
     let mut applied = plan::apply(&state, &config, &actions, crate::clock::now())?;
     applied.written.extend(revocation::complete_crl(&state)?);

@@ -140,13 +140,36 @@ impl Cluster {
 
 /// Opens an initialized cluster; a writer first refuses plaintext changed outside kpki.
 fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster> {
+    let (cluster, admins) = open(ctx, report, access, || {
+        let config = config(&ctx.store)?;
+        let admins = secrets::admins(&ctx.store, &config)?;
+        Ok((config, admins))
+    })?;
+    if admins.generated.is_some() {
+        return Err(Error::usage(
+            "secrets.admins is empty and there is no pki/admin.agekey: kpki init has not run here",
+            Some("run kpki init first".into()),
+        ));
+    }
+    Ok(cluster)
+}
+
+/// Opens a cluster as every command does: `load` (the config and its admins) beside the
+/// committed state, then the config's warnings, the recipients (with those the admin
+/// accepted), the state authenticated, and for a writer the audit of plaintext changed outside
+/// kpki (for a reader, a note on an interrupted run). The admins come back too: `init` and
+/// `import` write a generated identity.
+fn open(
+    ctx: &Context,
+    report: &mut Report,
+    access: Access,
+    load: impl FnOnce() -> Result<(Config, secrets::Admins)> + Send,
+) -> Result<(Cluster, secrets::Admins)> {
     // The config and the committed state are read at once: at thousands of nodes each is a
-    // parse of megabytes of TOML.
-    // The host keys are parsed alongside too.
+    // parse of megabytes of TOML. The host keys are parsed alongside too.
     let (opened, state) = rayon::join(
         || -> Result<_> {
-            let config = config(&ctx.store)?;
-            let admins = secrets::admins(&ctx.store, &config)?;
+            let (config, admins) = load()?;
             let recipients = Recipients::new(&config, admins.recipients.clone())?;
             Ok((config, admins, recipients.accepting(&ctx.accepted)))
         },
@@ -154,12 +177,6 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
     );
     let (config, admins, recipients) = opened?;
     warn_config(report, &config);
-    if admins.generated.is_some() {
-        return Err(Error::usage(
-            "secrets.admins is empty and there is no pki/admin.agekey: kpki init has not run here",
-            Some("run kpki init first".into()),
-        ));
-    }
     let state = state?;
     authenticate(ctx, &state, access, report)?;
     match access {
@@ -168,11 +185,12 @@ fn cluster(ctx: &Context, report: &mut Report, access: Access) -> Result<Cluster
         }
         Access::Read => report_interrupted(&ctx.store, report),
     }
-    Ok(Cluster {
+    let cluster = Cluster {
         config,
         recipients,
         state,
-    })
+    };
+    Ok((cluster, admins))
 }
 
 /// Checks the committed manifest's signature and generation against this clone's pin: a
