@@ -237,7 +237,7 @@ pub fn cross_signed_ca(
 }
 
 /// One entry of a revocation list: a serial number (its bytes) and when it was revoked.
-pub struct Revoked {
+pub struct CrlEntry {
     pub serial: Vec<u8>,
     pub at: OffsetDateTime,
     pub reason: RevocationReason,
@@ -248,7 +248,7 @@ pub struct Revoked {
 pub fn revocation_list(
     ca: &Authority,
     number: u64,
-    revoked: &[Revoked],
+    revoked: &[CrlEntry],
     now: OffsetDateTime,
     next_update: OffsetDateTime,
 ) -> Result<String> {

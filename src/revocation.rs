@@ -167,7 +167,7 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
     let revoked = ledger
         .iter()
         .map(|(serial, r)| {
-            Ok(issuing::Revoked {
+            Ok(issuing::CrlEntry {
                 serial: unhex(serial).ok_or_else(|| damaged_ledger(state, serial))?,
                 at: r.revoked,
                 reason: reason_code(r.reason),

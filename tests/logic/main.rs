@@ -96,6 +96,7 @@ impl Cluster {
             Command::Issue(a) => commands::issue(&ctx, a, &mut report),
             Command::Rotate(a) => commands::rotate(&ctx, a, &mut report),
             Command::Revoke(a) => commands::revoke(&ctx, a, &mut report),
+            Command::Import { from } => commands::import(&ctx, from, &mut report),
             other => panic!("not dispatched here: {other:?}"),
         }?;
         Ok(report)
@@ -317,4 +318,114 @@ fn each_file_is_placed_by_what_pki_secrets_and_the_manifest_hold() {
     other.run(&["rotate", "--prune"]).unwrap();
     cluster.pull(&other);
     assert_eq!(cluster.place("node-04/kubelet-key.pem"), Place::Removed);
+}
+
+/// kubeadm's names for one control-plane node's files, and kpki's (written out here, apart
+/// from kpki's own table).
+const KUBEADM: [(&str, &str); 24] = [
+    ("ca.crt", "kubernetes/ca.pem"),
+    ("ca.key", "kubernetes/ca-key.pem"),
+    ("etcd/ca.crt", "etcd/ca.pem"),
+    ("etcd/ca.key", "etcd/ca-key.pem"),
+    ("front-proxy-ca.crt", "front-proxy/ca.pem"),
+    ("front-proxy-ca.key", "front-proxy/ca-key.pem"),
+    ("sa.pub", "service-account/sa.pem"),
+    ("sa.key", "service-account/sa-key.pem"),
+    ("apiserver.crt", "node-01/apiserver.pem"),
+    ("apiserver.key", "node-01/apiserver-key.pem"),
+    (
+        "apiserver-kubelet-client.crt",
+        "kubernetes/apiserver-kubelet-client.pem",
+    ),
+    (
+        "apiserver-kubelet-client.key",
+        "kubernetes/apiserver-kubelet-client-key.pem",
+    ),
+    (
+        "apiserver-etcd-client.crt",
+        "etcd/apiserver-etcd-client.pem",
+    ),
+    (
+        "apiserver-etcd-client.key",
+        "etcd/apiserver-etcd-client-key.pem",
+    ),
+    ("front-proxy-client.crt", "front-proxy/client.pem"),
+    ("front-proxy-client.key", "front-proxy/client-key.pem"),
+    ("etcd/server.crt", "node-01/etcd-server.pem"),
+    ("etcd/server.key", "node-01/etcd-server-key.pem"),
+    ("etcd/peer.crt", "node-01/etcd-peer.pem"),
+    ("etcd/peer.key", "node-01/etcd-peer-key.pem"),
+    ("etcd/healthcheck-client.crt", "-"),
+    ("etcd/healthcheck-client.key", "-"),
+    ("admin.conf", "-"),
+    ("README", "-"),
+];
+
+/// A kubeadm directory holding `from`'s files of node-01 under kubeadm's names (and files kpki
+/// takes nowhere, as a real one has).
+fn kubeadm_dir(from: &Cluster) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
+    for (name, rel) in KUBEADM {
+        let source = match rel {
+            "-" => from.dir.path().join("pki/kubernetes/admin.pem"),
+            rel => from.dir.path().join("pki").join(rel),
+        };
+        std::fs::copy(source, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn an_import_plans_each_file_by_what_the_cluster_already_holds() {
+    let kubeadm = kubeadm_dir(&Cluster::new(&config()));
+    let layout = || kpki::importing::Layout::Kubeadm { node: "node-01" };
+    // A new cluster directory with only its config: everything of node-01 is adopted.
+    let target = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::create_dir_all(target.dir.path().join("pki")).unwrap();
+    target.write_config(&config());
+    let (config, _, state) = target.open();
+    let plan = kpki::importing::plan(&state, &config, kubeadm.path(), layout()).unwrap();
+    let adopted: BTreeSet<&str> = plan.adopted.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = KUBEADM
+        .iter()
+        .map(|(_, rel)| *rel)
+        .filter(|rel| *rel != "-")
+        .collect();
+    assert_eq!(adopted, expected);
+    assert!(plan.kept.is_empty() && plan.unchanged.is_empty());
+    assert!(
+        plan.unused
+            .iter()
+            .any(|u| u.ends_with("healthcheck-client.crt")),
+        "{:?}",
+        plan.unused
+    );
+    drop(state);
+    let import = [
+        "import",
+        "kubeadm",
+        kubeadm.path().to_str().unwrap(),
+        "--node",
+        "node-01",
+    ];
+    target.run(&import).unwrap();
+    // Imported once, the same directory brings nothing new.
+    let (config, _, state) = target.open();
+    let again = kpki::importing::plan(&state, &config, kubeadm.path(), layout()).unwrap();
+    assert!(again.adopted.is_empty(), "{:?}", again.adopted.keys());
+    assert_eq!(again.unchanged.len(), expected.len());
+    // A CA key where a leaf's key belongs is refused, naming the file.
+    std::fs::copy(
+        kubeadm.path().join("ca.key"),
+        kubeadm.path().join("apiserver.key"),
+    )
+    .unwrap();
+    let refused = kpki::importing::plan(&state, &config, kubeadm.path(), layout())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("apiserver.key"), "{refused}");
 }
