@@ -841,7 +841,7 @@ impl ManagedFile<'_> {
     fn admins_only<'c>(rel: String) -> ManagedFile<'c> {
         ManagedFile {
             name: String::new(),
-            kind: FileKind::of(&rel),
+            kind: file_kind(&rel),
             rel,
             owner: "root",
             readers: Vec::new(),
@@ -861,7 +861,7 @@ pub fn files<'c>(
         .into_iter()
         .flat_map(|item| {
             [Part::Cert, Part::Key].map(|part| ManagedFile {
-                kind: FileKind::of(&item.file(part)),
+                kind: file_kind(&item.file(part)),
                 rel: item.file(part),
                 name: secret_name(&item, part),
                 owner: item.entry().owner,
@@ -884,7 +884,7 @@ pub fn files<'c>(
     for crl in crl_files() {
         if exists(&crl)? {
             files.push(ManagedFile {
-                kind: FileKind::of(&crl),
+                kind: file_kind(&crl),
                 name: file_secret_name(&crl),
                 rel: crl,
                 owner: CRL_OWNER,
@@ -910,6 +910,25 @@ pub fn secret_name(item: &Item<'_>, part: Part) -> String {
 /// The `age.secrets` name of a file outside the catalogue's items (the revocation list).
 pub fn file_secret_name(rel: &str) -> String {
     format!("kpki-{}", rel.replace('/', "-"))
+}
+
+/// The kind of `pki/REL`, by the catalogue: `*-key.pem` a private key, the service-account
+/// `sa.pem` public keys, the revocation list's two forms, `*.kubeconfig` a kubeconfig, any
+/// other `*.pem` certificates.
+pub fn file_kind(rel: &str) -> FileKind {
+    if rel.ends_with(".kubeconfig") {
+        FileKind::Kubeconfig
+    } else if rel.ends_with("-key.pem") {
+        FileKind::PrivateKey
+    } else if rel == service_account().file(Part::Cert) {
+        FileKind::PublicKeys
+    } else if rel == crl_pem_file() {
+        FileKind::Crl
+    } else if rel == crl_file() {
+        FileKind::CrlDer
+    } else {
+        FileKind::Certificates
+    }
 }
 
 /// Whether `rel` is a CA's certificate or key file (`etcd/ca.pem`, `kubernetes/ca-key.pem`).
@@ -978,6 +997,19 @@ pub fn node_items<'c>(config: &'c Config, node: &'c Node) -> impl Iterator<Item 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_follow_the_catalogue() {
+        use crate::pem::Kind;
+        assert_eq!(file_kind("kubernetes/ca.pem"), Kind::Certificates);
+        assert_eq!(file_kind("kubernetes/ca-key.pem"), Kind::PrivateKey);
+        assert_eq!(file_kind("service-account/sa.pem"), Kind::PublicKeys);
+        assert_eq!(file_kind("service-account/sa-key.pem"), Kind::PrivateKey);
+        assert_eq!(file_kind(ADMIN_KUBECONFIG), Kind::Kubeconfig);
+        assert_eq!(file_kind("etcd/crl.pem"), Kind::Crl);
+        assert_eq!(file_kind("etcd/crl.der"), Kind::CrlDer);
+        assert_eq!(file_kind("users/alice.pem"), Kind::Certificates);
+    }
     use crate::config::DEFAULT_CONFIG;
     use std::collections::HashSet;
     use std::path::Path;

@@ -262,7 +262,7 @@ fn adopt_file(from: &Path, to: &str) -> Result<Material> {
         .map(zeroize::Zeroizing::new)
         .ok_or_else(|| Error::file(from, "is missing"))?;
     let bad = |m: String| Error::file(from, m);
-    match pem::Kind::of(to) {
+    match catalogue::file_kind(to) {
         pem::Kind::PrivateKey => pem::adopt_key(&bytes).map_err(bad),
         pem::Kind::PublicKeys if bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") => {
             let cert = pem::parse(pem::Kind::Certificates, &bytes).map_err(bad)?;
@@ -284,7 +284,7 @@ fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
     {
         let public_rel = rel.replace("-key.pem", ".pem");
         let Some((public_from, public)) = read.get(&public_rel) else {
-            if pem::Kind::of(&public_rel) == pem::Kind::PublicKeys {
+            if catalogue::file_kind(&public_rel) == pem::Kind::PublicKeys {
                 continue;
             }
             return Err(Error::file(

@@ -29,24 +29,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of `pki/REL`, from its name: `*-key.pem` is a private key, the service-account
-    /// `sa.pem` holds public keys, `*.kubeconfig` a kubeconfig, any other `*.pem` certificates.
-    pub fn of(rel: &str) -> Kind {
-        if rel.ends_with(".kubeconfig") {
-            Kind::Kubeconfig
-        } else if rel.ends_with("-key.pem") {
-            Kind::PrivateKey
-        } else if rel == "service-account/sa.pem" {
-            Kind::PublicKeys
-        } else if rel == "etcd/crl.pem" {
-            Kind::Crl
-        } else if rel == "etcd/crl.der" {
-            Kind::CrlDer
-        } else {
-            Kind::Certificates
-        }
-    }
-
     /// The PEM label of its blocks.
     fn label(self) -> &'static str {
         match self {
@@ -451,14 +433,5 @@ mod tests {
         for (kind, text) in cases {
             assert!(parse(kind, text.as_bytes()).is_err(), "{kind:?}: {text}");
         }
-    }
-
-    #[test]
-    fn kinds_follow_file_names() {
-        assert_eq!(Kind::of("kubernetes/ca.pem"), Kind::Certificates);
-        assert_eq!(Kind::of("kubernetes/ca-key.pem"), Kind::PrivateKey);
-        assert_eq!(Kind::of("service-account/sa.pem"), Kind::PublicKeys);
-        assert_eq!(Kind::of("service-account/sa-key.pem"), Kind::PrivateKey);
-        assert_eq!(Kind::of("kubernetes/admin.kubeconfig"), Kind::Kubeconfig);
     }
 }

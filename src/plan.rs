@@ -290,7 +290,10 @@ fn apply_one(
         }
     };
     let cert_file = target.file(Part::Cert);
-    state.put(&cert_file, pem::made(pem::Kind::of(&cert_file), &public));
+    state.put(
+        &cert_file,
+        pem::made(catalogue::file_kind(&cert_file), &public),
+    );
     done.written.push(cert_file);
     applied
         .lock()

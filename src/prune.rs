@@ -84,7 +84,7 @@ pub fn plan<'c>(
         Ok(())
     };
     for rel in &deleted {
-        if pem::Kind::of(rel) == pem::Kind::Certificates {
+        if catalogue::file_kind(rel) == pem::Kind::Certificates {
             end(rel, Reason::Removed)?;
         }
     }

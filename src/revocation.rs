@@ -145,11 +145,11 @@ pub fn complete_crl(state: &State) -> Result<Option<String>> {
     let [der, pem] = catalogue::crl_files();
     Ok(match (state.read(&der)?, state.read(&pem)?) {
         (None, Some(listed)) => {
-            state.put(&der, pem::made(pem::Kind::of(&der), listed.first()));
+            state.put(&der, pem::made(catalogue::file_kind(&der), listed.first()));
             Some(der)
         }
         (Some(listed), None) => {
-            state.put(&pem, pem::made(pem::Kind::of(&pem), &*listed.text));
+            state.put(&pem, pem::made(catalogue::file_kind(&pem), &*listed.text));
             Some(pem)
         }
         _ => None,
@@ -178,8 +178,8 @@ pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<
         (now + CRL_VALIDITY.min(config.keys.ca_validity.0)).min(authority.not_after());
     let text = issuing::revocation_list(&authority, number, &revoked, now, next_update)?;
     let [der, pem] = catalogue::crl_files();
-    let listed = pem::made(pem::Kind::of(&pem), &text);
-    state.put(&der, pem::made(pem::Kind::of(&der), listed.first()));
+    let listed = pem::made(catalogue::file_kind(&pem), &text);
+    state.put(&der, pem::made(catalogue::file_kind(&der), listed.first()));
     state.put(&pem, listed);
     state.set_revocations(ledger);
     Ok([der, pem])
@@ -239,7 +239,7 @@ fn last_lists(state: &State) -> Vec<Vec<u8>> {
         }
         let path = state.store().pki_path(&rel);
         if let Ok(Some(bytes)) = state.store().read(&path, crate::store::PEM_LIMIT)
-            && let Ok(cached) = pem::parse(pem::Kind::of(&rel), &bytes)
+            && let Ok(cached) = pem::parse(catalogue::file_kind(&rel), &bytes)
         {
             lists.extend(cached.blocks().iter().map(|b| b.to_vec()));
         }

@@ -333,7 +333,7 @@ pub fn start_ca(
     ];
     let mut applied = Applied::default();
     for (rel, text) in writes {
-        state.put(&rel, pem::made(PemKind::of(&rel), &text));
+        state.put(&rel, pem::made(catalogue::file_kind(&rel), &text));
         applied.written.push(rel);
     }
     let targets = leaves_of(config, ca)

@@ -21,7 +21,7 @@ use crate::agefile::{self as seal, Identity};
 use crate::catalogue::{self, CaName, Part};
 use crate::error::{Error, InOrder, Result};
 use crate::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
-use crate::pem::{self, Kind, Material};
+use crate::pem::{self, Material};
 use crate::store::{PEM_LIMIT, Stamp, Store};
 pub use record::{Known, Record};
 
@@ -246,8 +246,10 @@ impl State {
             .get(rel)
             .filter(|k| k.plain == Some(stamp));
         let material = match recorded {
-            Some(known) => Material::recorded(Kind::of(rel), &bytes, known.public.clone()),
-            None => pem::parse(Kind::of(rel), &bytes),
+            Some(known) => {
+                Material::recorded(catalogue::file_kind(rel), &bytes, known.public.clone())
+            }
+            None => pem::parse(catalogue::file_kind(rel), &bytes),
         }
         .map_err(|m| Error::file(&path, m))?;
         let material = Arc::new(material);
@@ -338,7 +340,7 @@ impl State {
     fn read_sealed(&self, rel: &str) -> Result<Arc<Material>> {
         let path = self.store.secret_path(rel);
         let plaintext = self.decrypt(rel)?;
-        let material = pem::parse(Kind::of(rel), &plaintext)
+        let material = pem::parse(catalogue::file_kind(rel), &plaintext)
             .map_err(|m| Error::file(&path, format!("decrypted, it {m}")))?;
         let expected = self
             .loaded
