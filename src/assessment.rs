@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Target};
 use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, InOrder, Result};
@@ -68,8 +68,7 @@ pub struct Row {
 /// A row with what it describes: a catalogue item, or an extra user with the subject its
 /// file name gives it.
 pub struct Assessed<'c> {
-    pub item: Option<Item<'c>>,
-    pub user: Option<Subject>,
+    pub target: Target<'c>,
     pub row: Row,
     /// Assessed from the signed manifest's public facts: no identity to read the certificate.
     pub recorded: bool,
@@ -192,8 +191,7 @@ impl Survey<'_> {
         row.node = item.node().map(|n| n.name.clone());
         row.ca = ca.map(CaName::dir);
         Ok(Assessed {
-            item: Some(*item),
-            user: None,
+            target: Target::Item(Box::new(*item)),
             row,
             recorded: matches!(seen, Some(Seen::Recorded(_))),
         })
@@ -240,8 +238,7 @@ impl Survey<'_> {
         row.name = catalogue::user_name(user);
         row.ca = Some(CaName::Kubernetes.dir());
         Ok(Assessed {
-            item: None,
-            user: Some(Subject {
+            target: Target::User(Subject {
                 common_name: user.to_string(),
                 organizations,
                 sans: Vec::new(),

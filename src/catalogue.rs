@@ -749,6 +749,56 @@ pub fn user_name(user: &str) -> String {
     format!("{USERS_DIR}/{user}")
 }
 
+/// What kpki certifies: a catalogue item, or an extra user (whose subject is data, taken from
+/// `kpki issue client` or its certificate, not from the config).
+#[derive(Debug, Clone)]
+pub enum Target<'c> {
+    /// A catalogue item.
+    Item(Box<Item<'c>>),
+    /// An extra client of the Kubernetes CA (`pki/users/NAME.pem`) with this subject.
+    User(Subject),
+}
+
+impl Target<'_> {
+    /// Its certificate (or public key) file, or its key file, relative to `pki/`.
+    pub fn file(&self, part: Part) -> String {
+        match self {
+            Target::Item(item) => item.file(part),
+            Target::User(subject) => user_file(&subject.common_name, part),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Target::Item(item) => item.entry().kind,
+            Target::User(_) => USER_KIND,
+        }
+    }
+
+    pub fn subject(&self, config: &Config) -> Subject {
+        match self {
+            Target::Item(item) => item.subject(config),
+            Target::User(subject) => subject.clone(),
+        }
+    }
+
+    /// How it is named in messages, as `kpki status` names it.
+    pub fn name(&self) -> String {
+        match self {
+            Target::Item(item) => item.name(),
+            Target::User(subject) => user_name(&subject.common_name),
+        }
+    }
+
+    /// The validity its declaration sets, if any.
+    pub fn declared_validity(&self) -> Option<Span> {
+        match self {
+            Target::Item(item) => item.entry().validity,
+            Target::User(_) => None,
+        }
+    }
+}
+
 /// The directories of `pki/` that are no node's: the CAs', the service-account key's, the
 /// users'.
 pub fn cluster_dirs() -> std::collections::BTreeSet<&'static str> {

@@ -7,6 +7,7 @@
 //! `plan`, `rollout`; `revocation`, `secrets` (what secrets/ must hold, committing);
 //! `assessment`; `rotation`; `prune`; `commands`, one file per subcommand.
 
+pub mod actions;
 pub mod agefile;
 pub mod assessment;
 pub mod catalogue;
@@ -22,7 +23,6 @@ pub mod issuing;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod pem;
-pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod report;

@@ -201,21 +201,28 @@ impl Manifest {
                 format!("is not a kpki manifest ({})", e.message().trim()),
             )
         };
-        let (body, signed) = match text.find(SIGNATURE_TABLE) {
+        // The signed body is the text up to the signature table: kept by truncating the text,
+        // not copied (megabytes at thousands of nodes).
+        let signature = match text.find(SIGNATURE_TABLE) {
             Some(at) => {
-                let (body, tail) = text.split_at(at + 1);
-                let tail: Tail = toml::from_str(tail).map_err(not_a_manifest)?;
-                (body, Some((body.to_string(), tail.signature)))
+                let tail: Tail = toml::from_str(&text[at + 1..]).map_err(not_a_manifest)?;
+                Some((at + 1, tail.signature))
             }
-            None => (text.as_str(), None),
+            None => None,
         };
         let source = fingerprint(text.as_bytes());
         let kept = parsed(store, &stamp, &source);
         let from_cache = kept.is_some();
+        let body = &text[..signature.as_ref().map_or(text.len(), |(at, _)| *at)];
         let manifest = match kept {
             Some(manifest) => manifest,
             None => toml::from_str(body).map_err(not_a_manifest)?,
         };
+        let signed = signature.map(|(at, signature)| {
+            let mut body = text;
+            body.truncate(at);
+            (body, signature)
+        });
         Ok(Loaded {
             manifest,
             fingerprint: Some(source),

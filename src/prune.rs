@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use time::OffsetDateTime;
 
+use crate::actions::{self, Action, Applied};
 use crate::catalogue::{self, Item, Kind, Part, Readers};
 use crate::config::{Config, Role};
 use crate::error::Result;
 use crate::manifest::Reason;
 use crate::pem;
-use crate::plan::{self, Action, Applied};
 use crate::revocation::{Ending, Revoke, Unrevocable, ending, issue_crl, record, superseded_of};
-use crate::secrets::SealPlan;
+use crate::secrets::{Depth, SealPlan};
 use crate::state::State;
 
 /// What a service-account key rotation after a removal does.
@@ -116,7 +116,7 @@ pub fn plan<'c>(
         }
     }
     deleted.extend(
-        seal.orphans(state.store())?
+        seal.orphans(state, Depth::All)?
             .into_iter()
             .filter_map(|rel| rel.strip_suffix(".age").map(String::from)),
     );
@@ -165,12 +165,12 @@ pub fn apply(
     for rel in &prune.deleted {
         state.delete(rel);
     }
-    let actions: Vec<Action<'_>> = prune
+    let steps: Vec<Action<'_>> = prune
         .reissued
         .iter()
         .map(|item| Action::item(*item, false))
         .collect();
-    let mut applied = plan::apply(state, config, &actions, now)?;
+    let mut applied = actions::apply(state, config, &steps, now)?;
     if prune.signing_key == SigningKey::Rotate {
         applied.merge(crate::rotation::start_sa(state, config)?);
     }

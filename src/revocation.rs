@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use crate::actions::{self, Action, Applied};
 use crate::catalogue::{self, CaName, Kind, Part};
 use crate::clock::rfc3339;
 use crate::config::{Config, Span};
@@ -21,7 +22,6 @@ use crate::inspection::{self, facts, signed_by};
 use crate::issuing::{self, RevocationReason};
 use crate::manifest::{Reason, Revocation, Superseded};
 use crate::pem;
-use crate::plan::{self, Action, Applied};
 use crate::state::State;
 
 /// The CA whose certificates can be revoked.
@@ -159,7 +159,7 @@ pub fn complete_crl(state: &State) -> Result<Option<String>> {
 /// Signs a new CRL of the revocations in force at `now` (dropping expired ones from the ledger)
 /// into `pki/etcd/crl.der` and its PEM copy, numbered one past the current one.
 pub fn issue_crl(state: &State, config: &Config, now: OffsetDateTime) -> Result<[String; 2]> {
-    let authority = plan::load_authority(state, CA)?;
+    let authority = actions::load_authority(state, CA)?;
     let mut ledger = ledger(state)?;
     let live = in_force(&ledger, now);
     ledger.retain(|serial, _| live.contains(serial));
@@ -516,7 +516,7 @@ pub fn revoke(
         ));
     };
     let action = Action::item(*item, false);
-    let mut applied = plan::apply(state, config, &[action], now)?;
+    let mut applied = actions::apply(state, config, &[action], now)?;
     let mut revoked = vec![revoke];
     revoked.extend(superseded_of(
         state,

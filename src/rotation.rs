@@ -11,15 +11,15 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::actions::{self, Action, Applied};
 use crate::assessment::{Assessed, Health, readable};
-use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Subject, Target};
 use crate::clock::rfc3339;
 use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::{facts, signed_by};
 use crate::issuing;
 use crate::pem::{self, Kind as PemKind};
-use crate::plan::{self, Action, Applied, Target};
 use crate::state::State;
 
 /// One planned renewal and why.
@@ -35,12 +35,11 @@ pub fn renewals<'c>(assessed: Vec<Assessed<'c>>, within: Span, all: bool) -> Vec
     assessed
         .into_iter()
         .filter_map(|a| {
-            let target = match (a.item, a.user) {
-                (Some(item), _) if matches!(item.entry().kind, Kind::Leaf { .. }) => {
-                    Target::Item(Box::new(item))
+            let target = match a.target {
+                Target::Item(item) if !matches!(item.entry().kind, Kind::Leaf { .. }) => {
+                    return None;
                 }
-                (None, Some(user)) => Target::User(user),
-                _ => return None,
+                target => target,
             };
             let row = a.row;
             let due = row
@@ -70,7 +69,7 @@ pub fn renew(
     keep_key: bool,
     now: OffsetDateTime,
 ) -> Result<Applied> {
-    let actions = renewals
+    let steps = renewals
         .iter()
         .map(|r| {
             Ok(Action {
@@ -80,7 +79,7 @@ pub fn renew(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    plan::apply(state, config, &actions, now)
+    actions::apply(state, config, &steps, now)
 }
 
 /// The first block of a file's canonical text.
@@ -318,7 +317,7 @@ pub fn start_ca(
     }
     let old_cert = state.require(&item.file(Part::Cert))?;
     let old_key = state.require(&item.file(Part::Key))?;
-    let old = plan::load_outgoing_authority(state, ca)?;
+    let old = actions::load_outgoing_authority(state, ca)?;
     let users = users_of(state, ca)?;
     let key = issuing::generate_key(config.keys.algorithm)?;
     let subject = generation_subject(item.subject(config), now);
@@ -340,8 +339,8 @@ pub fn start_ca(
         .map(|item| Target::Item(Box::new(item)))
         .chain(users.into_iter().map(Target::User))
         .collect();
-    let actions = plan::issue(state, targets, keep_key, None)?;
-    applied.merge(plan::apply(state, config, &actions, now)?);
+    let steps = actions::issue(state, targets, keep_key, None)?;
+    applied.merge(actions::apply(state, config, &steps, now)?);
     applied.written.sort();
     Ok(applied)
 }

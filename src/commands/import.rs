@@ -34,19 +34,21 @@ pub fn import(ctx: &Context, from: &ImportFrom, report: &mut Report) -> Result<(
     }
     let adopted = importing::apply(&state, plan.adopted);
     let extras = first_run_files(store, &admins);
-    let sealing = secrets::commit(&state, &config, &recipients, extras)?;
+    let committed = secrets::commit(&state, &config, &recipients, extras)?;
     for (rel, from) in &adopted {
         report.say(format_args!("adopted pki/{rel} from {}", from.display()));
     }
     warn_generated(report, &admins);
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     let now = crate::clock::now();
     let seal = secrets::plan(&state, &config, &recipients, Depth::Changed)?;
     let assessed = assessment::assess(&state, &config, &assessment::stale_files(&seal), now)?;
     let adopted: std::collections::HashSet<String> = adopted.into_iter().map(|(r, _)| r).collect();
     let mut missing = Vec::new();
     for a in &assessed {
-        let Some(item) = a.item else { continue };
+        let Target::Item(item) = &a.target else {
+            continue;
+        };
         match a.row.state {
             assessment::Health::Drift if adopted.contains(&item.file(Part::Cert)) => {
                 report.say(format_args!(

@@ -76,8 +76,8 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
         Ok((config, admins))
     })?;
     let (config, recipients, state) = cluster.parts();
-    let actions = plan::missing(&state, &config)?;
-    let mut applied = plan::apply(&state, &config, &actions, crate::clock::now())?;
+    let steps = actions::missing(&state, &config)?;
+    let mut applied = actions::apply(&state, &config, &steps, crate::clock::now())?;
     applied.written.extend(revocation::complete_crl(&state)?);
     let mut extras = first_run_files(store, &admins);
     if default {
@@ -89,7 +89,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
     }
     let wrote_extras: Vec<String> = extras.iter().map(|e| shown(store, &e.path)).collect();
     let drifted = drifted(&state, &config)?;
-    let sealing = secrets::commit(&state, &config, &recipients, extras)?;
+    let committed = secrets::commit(&state, &config, &recipients, extras)?;
     let repairs = repair_key_modes(&state, &config)?;
     let repaired = repairs.len();
     for (rel, mode) in repairs {
@@ -122,7 +122,7 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
             abbreviate(many)
         )),
     }
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     if !drifted.is_empty() {
         report.warn(format_args!(
             "{} certificates drifted from the config ({}): run kpki rotate",
@@ -130,15 +130,15 @@ pub fn init(ctx: &Context, args: &InitArgs, report: &mut Report) -> Result<()> {
             abbreviate(&drifted)
         ));
     }
-    if applied.written.is_empty() && sealing.is_empty() && wrote_extras.is_empty() {
+    if applied.written.is_empty() && committed.is_empty() && wrote_extras.is_empty() {
         if drifted.is_empty() && repaired == 0 {
             report.say("nothing to do: every CA, key, certificate and secret is up to date");
         }
-    } else if !applied.written.is_empty() || !sealing.encrypted.is_empty() {
+    } else if !applied.written.is_empty() || !committed.encrypted.is_empty() {
         report.say(format_args!(
             "{} files created in pki/, {} encrypted into secrets/",
             in_pki(&config, &applied).len(),
-            sealing.encrypted.len()
+            committed.encrypted.len()
         ));
     }
     Ok(())

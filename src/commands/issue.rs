@@ -37,11 +37,11 @@ pub fn issue(ctx: &Context, request: &IssueArgs, report: &mut Report) -> Result<
             config.keys.renew_before.0.whole_days()
         ));
     }
-    let actions = plan::issue(&state, targets, request.keep_key, validity)?;
-    let applied = plan::apply(&state, &config, &actions, now)?;
-    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    let steps = actions::issue(&state, targets, request.keep_key, validity)?;
+    let applied = actions::apply(&state, &config, &steps, now)?;
+    let committed = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_applied(report, &config, &applied, "issued");
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     Ok(())
 }
 

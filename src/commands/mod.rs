@@ -9,19 +9,19 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use crate::actions::{self, Applied};
 use crate::assessment;
-use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Scope, Subject, Target};
 use crate::cli::{
     ImportFrom, InitArgs, IssueArgs, KubeconfigArgs, RevokeArgs, RotateArgs, StatusArgs,
 };
 use crate::config::{Config, DEFAULT_CONFIG, Node, Role};
 use crate::error::{Error, Result};
 use crate::importing;
-use crate::plan::{self, Applied, Target};
 use crate::report::{Report, abbreviate, did_you_mean};
 use crate::revocation;
 use crate::rotation;
-use crate::secrets::{self, Depth, Extra, Recipients, Sealing};
+use crate::secrets::{self, Committed, Depth, ExtraFile, Recipients};
 use crate::state::{ADMIN_IDENTITY, Access, Place, State};
 use crate::store::{self, Store};
 use crate::trust;
@@ -253,7 +253,7 @@ fn report_interrupted(store: &Store, report: &mut Report) {
 
 /// The file a cluster directory's first write brings besides the PKI and `pki/.gitignore`
 /// (which every commit keeps current): a generated admin identity.
-fn first_run_files(store: &Store, admins: &secrets::Admins) -> Vec<Extra> {
+fn first_run_files(store: &Store, admins: &secrets::Admins) -> Vec<ExtraFile> {
     let identity = admins.generated.as_ref().map(|identity| {
         extra(
             store.pki_path(ADMIN_IDENTITY),
@@ -300,8 +300,8 @@ fn shared_cas(state: &State) -> Result<Vec<String>> {
 }
 
 /// A file written with a command's changes.
-fn extra(path: std::path::PathBuf, contents: &[u8], mode: u32) -> Extra {
-    Extra {
+fn extra(path: std::path::PathBuf, contents: &[u8], mode: u32) -> ExtraFile {
+    ExtraFile {
         path,
         contents: Zeroizing::new(contents.to_vec()),
         mode,
@@ -352,26 +352,26 @@ fn report_applied(report: &mut Report, config: &Config, applied: &Applied, verb:
 }
 
 /// Prints what committing wrote.
-fn report_sealing(report: &mut Report, sealing: &Sealing) {
-    for file in &sealing.refreshed {
+fn report_committed(report: &mut Report, committed: &Committed) {
+    for file in &committed.refreshed {
         report.say(format_args!(
             "refreshed {file} from secrets/ (committed since this cache was made)"
         ));
     }
-    for file in &sealing.restored {
+    for file in &committed.restored {
         report.say(format_args!(
             "restored {file} from secrets/ (deleted from the cache)"
         ));
     }
-    report.files("encrypted", sealing.encrypted.clone());
-    for file in &sealing.written {
+    report.files("encrypted", committed.encrypted.clone());
+    for file in &committed.written {
         report.say(format_args!("wrote {file}"));
     }
-    if !sealing.new_recipients.is_empty() {
+    if !committed.new_recipients.is_empty() {
         report.say(format_args!(
             "encrypted to {} recipient(s) new to the signed state, as accepted: {}",
-            sealing.new_recipients.len(),
-            abbreviate(&sealing.new_recipients)
+            committed.new_recipients.len(),
+            abbreviate(&committed.new_recipients)
         ));
     }
 }

@@ -40,14 +40,14 @@ pub fn revoke(ctx: &Context, args: &RevokeArgs, report: &mut Report) -> Result<(
     }
     applied.written.sort();
     applied.written.dedup();
-    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    let committed = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_applied(report, &config, &applied, "wrote");
     let deleted: Vec<String> = deleted
         .iter()
         .flat_map(|rel| [format!("pki/{rel}"), format!("secrets/{rel}.age")])
         .collect();
     report.files("deleted", deleted);
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     if !applied.written.is_empty() {
         report.say("next: deploy to every node (etcd reads the new CRL at its next connection)");
     }

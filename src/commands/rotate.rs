@@ -75,9 +75,9 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         }
     };
     let (config, recipients, state) = cluster.parts();
-    let sealing = secrets::commit(&state, &config, &recipients, Vec::new())?;
+    let committed = secrets::commit(&state, &config, &recipients, Vec::new())?;
     report_applied(report, &config, &applied, "wrote");
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     match mode {
         Mode::StartCa(ca) => report.say(format_args!(
             "next: deploy, restart every node on the new certificates one at a time (kpki rollout shows who is behind), then run kpki rotate --ca {} --finish",
@@ -86,7 +86,7 @@ pub fn rotate(ctx: &Context, request: &RotateArgs, report: &mut Report) -> Resul
         Mode::StartSa => report.say(
             "next: deploy, restart the apiservers and controller-managers; once tokens signed with the old key have expired, run kpki rotate --service-account --finish",
         ),
-        _ if applied.written.is_empty() && sealing.is_empty() => {
+        _ if applied.written.is_empty() && committed.is_empty() => {
             report.say("nothing to do: nothing is due, drifted or stale")
         }
         _ => {}
@@ -191,9 +191,9 @@ fn renew(
     }
     if renewals.is_empty() && crl_due.is_none() {
         // Nothing to renew: the plan made above is the plan to commit.
-        let sealing = secrets::commit_planned(state, config, recipients, Vec::new(), seal)?;
-        report_sealing(report, &sealing);
-        if sealing.is_empty() {
+        let committed = secrets::commit_planned(state, config, recipients, Vec::new(), seal)?;
+        report_committed(report, &committed);
+        if committed.is_empty() {
             report.say("nothing to do: nothing is due, drifted or stale");
         }
         return Ok(None);
@@ -228,9 +228,9 @@ pub(super) fn prune(cluster: &Cluster, plan_only: bool, report: &mut Report) -> 
         return dry_run(report, "");
     }
     let applied = crate::prune::apply(state, config, &prune, now)?;
-    let sealing = secrets::commit(state, config, recipients, Vec::new())?;
+    let committed = secrets::commit(state, config, recipients, Vec::new())?;
     report_applied(report, config, &applied, "wrote");
-    report_sealing(report, &sealing);
+    report_committed(report, &committed);
     report.say(prune_next(&prune));
     Ok(())
 }

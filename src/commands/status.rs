@@ -170,18 +170,12 @@ pub fn overview(
     // Listing secrets/ for orphans is syscalls, assessing is parsing: side by side.
     let (assessed, orphans) = rayon::join(
         || assess(pki, config, &stale_files(seal), at),
-        || seal.orphans(pki.store()),
+        || seal.orphans(pki, Depth::Changed),
     );
     let assessed = assessed?;
     let covered: std::collections::HashSet<String> = assessed
         .iter()
-        .flat_map(|a| match (a.item, &a.user) {
-            (Some(item), _) => vec![item.file(Part::Cert), item.file(Part::Key)],
-            (None, Some(user)) => [Part::Cert, Part::Key]
-                .map(|p| catalogue::user_file(&user.common_name, p))
-                .to_vec(),
-            _ => Vec::new(),
-        })
+        .flat_map(|a| [a.target.file(Part::Cert), a.target.file(Part::Key)])
         .collect();
     let stale_secrets = seal
         .stale_files()

@@ -9,8 +9,10 @@
 
 pub mod nix;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+
+use crate::state::record::{FastMap, listing_hash};
 
 use rayon::prelude::*;
 use zeroize::Zeroizing;
@@ -291,8 +293,10 @@ impl SealPlan<'_> {
     }
 
     /// Encrypted files in `secrets/` that neither the manifest nor the config accounts for
-    /// (relative to `secrets/`): put there by hand, or left by an older kpki.
-    pub fn orphans(&self, store: &Store) -> Result<Vec<String>> {
+    /// (relative to `secrets/`): put there by hand, or left by an older kpki. Unless `depth` is
+    /// `All`, a directory the cache record saw holding exactly its known files, unchanged
+    /// since, is not listed again.
+    pub fn orphans(&self, state: &State, depth: Depth) -> Result<Vec<String>> {
         let known: HashSet<String> = self
             .sealed
             .iter()
@@ -300,8 +304,24 @@ impl SealPlan<'_> {
             .chain(self.leftovers.iter().map(|(rel, _)| rel))
             .map(|rel| format!("{rel}.age"))
             .collect();
+        let mut by_dir: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (dir, name) in known.iter().filter_map(|rel| rel.rsplit_once('/')) {
+            by_dir.entry(dir).or_default().push(name);
+        }
+        let store = state.store();
+        let settled = by_dir
+            .into_par_iter()
+            .filter(|_| depth == Depth::Changed)
+            .map(|(dir, mut names)| {
+                names.sort_unstable();
+                Ok(state
+                    .listed_as(dir, &names)?
+                    .then(|| store.secrets_path(dir)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let settled: HashSet<std::path::PathBuf> = settled.into_iter().flatten().collect();
         Ok(store
-            .list(&store.secrets_dir())?
+            .list_except(&store.secrets_dir(), |dir| settled.contains(dir))?
             .into_iter()
             .filter(|rel| rel.ends_with(".age") && !known.contains(rel))
             .collect())
@@ -578,7 +598,7 @@ fn admin_kubeconfig_fingerprint(
 
 /// A file outside `pki/` and `secrets/`'s PKI files that a command writes with its changes: the
 /// config, `pki/.gitignore`, a generated identity.
-pub struct Extra {
+pub struct ExtraFile {
     pub path: PathBuf,
     pub contents: Zeroizing<Vec<u8>>,
     pub mode: u32,
@@ -586,7 +606,7 @@ pub struct Extra {
 
 /// What [`commit`] changed, relative to the cluster directory.
 #[derive(Debug, Default)]
-pub struct Sealing {
+pub struct Committed {
     /// Files encrypted anew into `secrets/`.
     pub encrypted: Vec<String>,
     /// Other files written (manifest, Nix files, refreshed plaintext).
@@ -600,7 +620,7 @@ pub struct Sealing {
     pub new_recipients: Vec<String>,
 }
 
-impl Sealing {
+impl Committed {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
         self.encrypted.is_empty()
@@ -617,8 +637,8 @@ pub fn commit(
     state: &State,
     config: &Config,
     recipients: &Recipients,
-    extras: Vec<Extra>,
-) -> Result<Sealing> {
+    extras: Vec<ExtraFile>,
+) -> Result<Committed> {
     let plan = plan(state, config, recipients, Depth::Changed)?;
     commit_planned(state, config, recipients, extras, plan)
 }
@@ -628,15 +648,15 @@ pub fn commit_planned(
     state: &State,
     config: &Config,
     recipients: &Recipients,
-    extras: Vec<Extra>,
+    extras: Vec<ExtraFile>,
     plan: SealPlan<'_>,
-) -> Result<Sealing> {
+) -> Result<Committed> {
     let store = state.store();
     let new = new_recipients(state, config, &plan);
     refuse_unaccepted(recipients, &new)?;
     let divergent = state.audit()?;
     let mut txn = store.transaction();
-    let mut sealing = Sealing::default();
+    let mut committed = Committed::default();
     let changes = state.changes();
     for (rel, change) in &changes {
         match change {
@@ -657,7 +677,7 @@ pub fn commit_planned(
             }
             _ => txn.remove(store.pki_path(rel)),
         }
-        sealing.refreshed.push(format!("pki/{rel}"));
+        committed.refreshed.push(format!("pki/{rel}"));
     }
     // A file kpki had cached that a hand deleted: put back (one decryption per file, so a
     // fresh clone, which never had a cache, is not filled wholesale).
@@ -674,21 +694,21 @@ pub fn commit_planned(
             && state.place(&s.rel)? == Place::Sealed
         {
             cache(&mut txn, store, config, &s.rel, &*state.require(&s.rel)?);
-            sealing.restored.push(format!("pki/{}", s.rel));
+            committed.restored.push(format!("pki/{}", s.rel));
         }
     }
     if !config.plaintext_keys {
         for s in plan.sealed.iter().filter(|s| s.kind == Kind::PrivateKey) {
             if !changes.contains_key(&s.rel) && store.stamp(&store.pki_path(&s.rel))?.is_some() {
                 txn.remove(store.pki_path(&s.rel));
-                sealing.written.push(format!(
+                committed.written.push(format!(
                     "pki/{} (removed: secrets.plaintext_keys = false)",
                     s.rel
                 ));
             }
         }
     }
-    sealing.new_recipients = new.iter().map(NewRecipient::describe).collect();
+    committed.new_recipients = new.iter().map(NewRecipient::describe).collect();
     // Rendering the Nix files takes a while at a thousand nodes: alongside the encryption.
     let (encrypted, outputs) = rayon::join(
         || encrypt_stale(state, config, recipients, &plan),
@@ -703,7 +723,7 @@ pub fn commit_planned(
             store::PUBLIC_MODE,
             store::PUBLIC_DIR_MODE,
         );
-        sealing.encrypted.push(format!("secrets/{rel}.age"));
+        committed.encrypted.push(format!("secrets/{rel}.age"));
     }
     for (name, text) in outputs? {
         txn.write(
@@ -712,11 +732,11 @@ pub fn commit_planned(
             store::PUBLIC_MODE,
             store::PUBLIC_DIR_MODE,
         );
-        sealing.written.push(format!("secrets/{name}"));
+        committed.written.push(format!("secrets/{name}"));
     }
     if let Some(text) = store::pki_gitignore_update(store)? {
         let path = store.pki_path(".gitignore");
-        sealing.written.push("pki/.gitignore".to_string());
+        committed.written.push("pki/.gitignore".to_string());
         txn.write(
             path,
             Zeroizing::new(text.as_bytes().to_vec()),
@@ -732,7 +752,7 @@ pub fn commit_planned(
             store::PRIVATE_DIR_MODE,
         );
     }
-    sealing.encrypted.sort();
+    committed.encrypted.sort();
     let mut signed = None;
     if manifest_outdated(state, &plan) {
         let (text, pin, manifest) = signed_manifest(state, &plan)?;
@@ -742,7 +762,9 @@ pub fn commit_planned(
             store::PUBLIC_MODE,
             store::PUBLIC_DIR_MODE,
         );
-        sealing.written.push(format!("secrets/{}", manifest::FILE));
+        committed
+            .written
+            .push(format!("secrets/{}", manifest::FILE));
         signed = Some((pem::fingerprint(text.as_bytes()), pin, manifest));
     }
     let manifest_fp = match &signed {
@@ -761,7 +783,7 @@ pub fn commit_planned(
         }
         keep_parsed(state, None);
         trust::pin(store, state.verified())?;
-        return Ok(sealing);
+        return Ok(committed);
     }
     txn.commit(|written| {
         let stamp = |p: &std::path::Path| match written.get(p) {
@@ -777,7 +799,7 @@ pub fn commit_planned(
     };
     keep_parsed(state, written);
     trust::pin(store, pin.or(state.verified()))?;
-    Ok(sealing)
+    Ok(committed)
 }
 
 /// Keeps the parse of the manifest for the next command: the one this commit `written` (with
@@ -955,7 +977,8 @@ fn record(
                 .map(|name| stamp(&store.secrets_path(name)))
                 .collect::<Result<_>>()?,
         }),
-        files: HashMap::new(),
+        files: Default::default(),
+        dirs: listings(state, plan)?,
     };
     // Tens of thousands of entries, each two stamps: on every core.
     record.files = plan
@@ -979,6 +1002,35 @@ fn record(
         })
         .collect::<Result<_>>()?;
     Ok(record)
+}
+
+/// The listings of the directories of `secrets/` that hold sealed files: carried over while a
+/// directory's stamp is unchanged, else listed again once it has settled, so that readers find
+/// orphans without listing every directory ([`SealPlan::orphans`]).
+fn listings(state: &State, plan: &SealPlan<'_>) -> Result<FastMap<String, (store::Stamp, String)>> {
+    let store = state.store();
+    let dirs: BTreeSet<&str> = plan
+        .sealed
+        .iter()
+        .filter_map(|s| Some(s.rel.rsplit_once('/')?.0))
+        .collect();
+    let now = crate::clock::now();
+    let listed = dirs
+        .into_par_iter()
+        .map(|dir| {
+            let path = store.secrets_path(dir);
+            if let Some((stamp, hash)) = state.record().dirs.get(dir)
+                && store.dir_stamp(&path)? == Some(*stamp)
+            {
+                return Ok(Some((dir.to_string(), (*stamp, hash.clone()))));
+            }
+            Ok(store.settled_listing(&path, now)?.map(|(stamp, names)| {
+                let hash = listing_hash(names.iter().map(String::as_str));
+                (dir.to_string(), (stamp, hash))
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// `secrets.nix` and `kpki.nix` as they must read after `plan`.

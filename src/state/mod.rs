@@ -11,7 +11,7 @@
 
 pub mod record;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -23,6 +23,7 @@ use crate::error::{Error, InOrder, Result};
 use crate::manifest::{Loaded, Manifest, Revocation, Signature, Superseded};
 use crate::pem::{self, Material};
 use crate::store::{PEM_LIMIT, Stamp, Store};
+use record::FastMap;
 pub use record::{Known, Record};
 
 /// The generated admin identity, used when `secrets.admins` is empty.
@@ -62,14 +63,14 @@ pub struct State {
     loaded: Loaded,
     record: Record,
     identities: Identities,
-    places: Mutex<HashMap<String, Place>>,
+    places: Mutex<FastMap<String, Place>>,
     /// Stamps of files looked at this run, by path (as bytes: hashing a `Path` walks its
     /// components, and this map is asked tens of thousands of times).
-    stamps: Mutex<HashMap<std::ffi::OsString, Option<Stamp>>>,
+    stamps: Mutex<FastMap<std::ffi::OsString, Option<Stamp>>>,
     /// `pki/` files parsed this run, trusted or not.
-    plain: Mutex<HashMap<String, Arc<Material>>>,
+    plain: Mutex<FastMap<String, Arc<Material>>>,
     /// Trusted contents read this run.
-    contents: Mutex<HashMap<String, Arc<Material>>>,
+    contents: Mutex<FastMap<String, Arc<Material>>>,
     changes: Mutex<BTreeMap<String, Option<Arc<Material>>>>,
     /// The revocation ledger as this run changed it.
     revoked: Mutex<Option<BTreeMap<String, Revocation>>>,
@@ -197,6 +198,16 @@ impl State {
             (Some(k), Some(c)) => k.plain == Some(stamp) && k.public == c.public,
             _ => false,
         }))
+    }
+
+    /// Whether `secrets/DIR` holds exactly the sorted `names`, by the cache record: its stamp
+    /// is the one recorded with a listing of these names. Saves listing it.
+    pub fn listed_as(&self, dir: &str, names: &[&str]) -> Result<bool> {
+        let Some((stamp, hash)) = self.record.dirs.get(dir) else {
+            return Ok(false);
+        };
+        Ok(*hash == record::listing_hash(names.iter().copied())
+            && self.store.dir_stamp(&self.store.secrets_path(dir))? == Some(*stamp))
     }
 
     /// The stamp of a file below the cluster directory, looked at once per run.

@@ -5,12 +5,19 @@
 
 use std::collections::HashMap;
 
+/// A map keyed by paths, hashed with a per-process random seed (foldhash): keys a pusher
+/// chooses cannot be made to collide, and it costs a fraction of SipHash at 20,000 files.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::store::{Stamp, Store};
 
 /// The record's name under `pki/.kpki/`.
 pub const FILE: &str = crate::store::RECORD_FILE;
 
 const HEADER: &str = "kpki cache 3";
+
+/// The line between the files and the directory listings (a record without it has none).
+const DIRS: &str = "dirs";
 
 /// What kpki knew of one file when it last synced `pki/` with `secrets/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +45,20 @@ pub struct Record {
     /// The fingerprint of the manifest `pki/` was synced to; `None` without a record.
     pub manifest: Option<String>,
     pub outputs: Option<Outputs>,
-    pub files: HashMap<String, Known>,
+    pub files: FastMap<String, Known>,
+    /// Directories of `secrets/` (relative to it) whose names kpki listed: the stamp then and
+    /// the [`listing_hash`] of the names.
+    pub dirs: FastMap<String, (Stamp, String)>,
+}
+
+/// The fingerprint of a directory's sorted entry names.
+pub fn listing_hash<'a>(sorted: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = String::new();
+    for name in sorted {
+        text.push_str(name);
+        text.push('\n');
+    }
+    crate::pem::fingerprint(text.as_bytes())
 }
 
 impl Record {
@@ -65,8 +85,12 @@ impl Record {
             config,
             stamps: words.map(Stamp::parse).collect(),
         });
-        let mut files = HashMap::new();
-        for line in lines {
+        let mut files = FastMap::default();
+        let mut dirs = FastMap::default();
+        for line in lines.by_ref() {
+            if line == DIRS {
+                break;
+            }
             let f: Vec<&str> = line.split('\t').collect();
             let [rel, public, plain, hash, sealed] = f.as_slice() else {
                 return None;
@@ -85,10 +109,18 @@ impl Record {
                 },
             );
         }
+        for line in lines {
+            let [dir, stamp, hash] = line.split('\t').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            crate::manifest::safe_path(dir).then_some(())?;
+            dirs.insert(dir.to_string(), (Stamp::parse(stamp)?, hash.to_string()));
+        }
         Some(Record {
             manifest,
             outputs,
             files,
+            dirs,
         })
     }
 
@@ -120,6 +152,13 @@ impl Record {
                 stamp(k.plain.as_ref())
             ));
         }
+        out.push_str(DIRS);
+        out.push('\n');
+        let mut dirs: Vec<(&String, &(Stamp, String))> = self.dirs.iter().collect();
+        dirs.sort_by_key(|(dir, _)| *dir);
+        for (dir, (stamp, hash)) in dirs {
+            out.push_str(&format!("{dir}\t{}\t{hash}\n", stamp.render()));
+        }
         out
     }
 }
@@ -142,8 +181,12 @@ mod tests {
                 config: "sha256:cd".into(),
                 stamps: vec![Some(stamp), None],
             }),
-            files: HashMap::new(),
+            files: FastMap::default(),
+            dirs: FastMap::default(),
         };
+        record
+            .dirs
+            .insert("node-01".into(), (stamp, listing_hash(["a.pem.age"])));
         record.files.insert(
             "etcd/ca.pem".into(),
             Known {
@@ -164,6 +207,7 @@ mod tests {
         assert_eq!(again.manifest, record.manifest);
         assert_eq!(again.outputs, record.outputs);
         assert_eq!(again.files, record.files);
+        assert_eq!(again.dirs, record.dirs);
         assert!(Record::parse("kpki cache 2\n").is_none());
         // A record made before anything was committed reads back as such.
         let empty = Record::default().render();

@@ -320,6 +320,42 @@ impl Store {
         }
     }
 
+    /// A directory's stamp and the sorted names in it, or `None` when it was changed while
+    /// read, or so recently that a change within the file system's clock tick would not show
+    /// in its stamp (the "racy git" problem, solved as git's untracked cache does): such a
+    /// listing is not kept.
+    pub fn settled_listing(
+        &self,
+        dir: &Path,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<(Stamp, Vec<String>)>> {
+        let Some(before) = self.dir_stamp(dir)? else {
+            return Ok(None);
+        };
+        if before.mtime_ns.max(before.ctime_ns) > now.unix_timestamp_nanos() - SETTLED_NS {
+            return Ok(None);
+        }
+        let mut names = fs::read_dir(dir)
+            .and_then(|entries| {
+                entries
+                    .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .map_err(|e| Error::io(dir, e))?;
+        names.sort();
+        Ok((self.dir_stamp(dir)? == Some(before)).then_some((before, names)))
+    }
+
+    /// The stamp of a real directory (no link), `None` when there is none at `dir`.
+    pub fn dir_stamp(&self, dir: &Path) -> Result<Option<Stamp>> {
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(Some(Stamp::of(&meta))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
     /// Refuses a path below the cluster directory that passes through a symbolic link: a link
     /// could make kpki read or write key material outside it.
     pub fn refuse_links(&self, path: &Path) -> Result<()> {
@@ -377,29 +413,61 @@ impl Store {
 
     /// The names (relative to `dir`, `/`-separated) of the regular files below `dir`, sorted.
     pub fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        self.list_except(dir, |_| false)
+    }
+
+    /// [`Store::list`], but not below the directories (children of `dir`) that `skip` names,
+    /// which are not even opened.
+    pub fn list_except(&self, dir: &Path, skip: impl Fn(&Path) -> bool) -> Result<Vec<String>> {
         self.refuse_links(dir)?;
+        // Read here, not walked: a walker opens every directory it meets, even past its depth.
+        let top = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
         let mut found = Vec::new();
-        for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e)
-                    if e.io_error()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(Error::file(dir, e.to_string())),
+        for entry in top {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let (Ok(kind), Some(name)) = (entry.file_type(), name.to_str()) else {
+                continue;
             };
-            if entry.file_type().is_file()
-                && let Some(rel) = entry.path().strip_prefix(dir).ok().and_then(Path::to_str)
-            {
-                found.push(rel.to_string());
+            let path = entry.path();
+            if kind.is_file() {
+                found.push(name.to_string());
+            } else if kind.is_dir() && !skip(&path) {
+                let below = walk(&path)?;
+                let files = below.iter().filter(|e| e.file_type().is_file());
+                found.extend(files.filter_map(|e| {
+                    let rel = e.path().strip_prefix(dir).ok()?.to_str()?;
+                    Some(rel.to_string())
+                }));
             }
         }
         found.sort();
         Ok(found)
     }
 }
+
+/// The entries below `dir` (links not followed); one that vanishes while listed is left out.
+fn walk(dir: &Path) -> Result<Vec<walkdir::DirEntry>> {
+    let mut entries = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        match entry {
+            Ok(e) => entries.push(e),
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {}
+            Err(e) => return Err(Error::file(dir, e.to_string())),
+        }
+    }
+    Ok(entries)
+}
+
+/// How old a directory's last change must be for its listing to be kept: well above any
+/// file system's timestamp tick.
+const SETTLED_NS: i128 = 2_000_000_000;
 
 /// `KPKI_LOCK_TIMEOUT` in seconds (default 10), at most a day.
 fn lock_timeout() -> u64 {
@@ -550,4 +618,28 @@ pub fn write_outside(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
             .map_err(|e| Error::io(path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_is_kept_only_once_its_directory_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let sub = dir.path().join("secrets/node-01");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("b.pem.age"), "").unwrap();
+        fs::write(sub.join("a.pem.age"), "").unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        // Just changed: a file added within the same clock tick would not show in its stamp.
+        assert_eq!(store.settled_listing(&sub, now).unwrap(), None);
+        let later = now + time::Duration::seconds(3);
+        let (stamp, names) = store.settled_listing(&sub, later).unwrap().unwrap();
+        assert_eq!(names, ["a.pem.age", "b.pem.age"]);
+        assert_eq!(store.dir_stamp(&sub).unwrap(), Some(stamp));
+        assert_eq!(store.dir_stamp(&dir.path().join("missing")).unwrap(), None);
+        assert_eq!(store.dir_stamp(&sub.join("a.pem.age")).unwrap(), None);
+    }
 }

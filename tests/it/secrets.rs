@@ -421,3 +421,56 @@ fn the_docs_nix_examples_parse() {
         run_ok("nix-instantiate", &["--parse", s(file.path())]);
     }
 }
+
+#[test]
+fn encrypted_files_put_there_by_hand_are_found_in_directories_kpki_listed_before() {
+    let cluster = Cluster::initialized(&config_with_keys());
+    // A writer run long enough after init (by kpki's clock) keeps the listing of every
+    // directory of secrets/, so that readers need not list them again.
+    cluster
+        .kpki_env(&["rotate"], &[("KPKI_CLOCK_OFFSET", "10")])
+        .success();
+    cluster.kpki(&["status"]).success();
+    let secrets = cluster.path().join("secrets");
+    std::fs::copy(
+        secrets.join("node-01/kubelet.pem.age"),
+        secrets.join("node-01/spare.pem.age"),
+    )
+    .unwrap();
+    // The directory's mtime put back: its change time still tells.
+    run_ok(
+        "touch",
+        &[
+            "-r",
+            s(&secrets.join("node-02")),
+            s(&secrets.join("node-01")),
+        ],
+    );
+    std::fs::create_dir(secrets.join("extra")).unwrap();
+    std::fs::copy(
+        secrets.join("node-02/kubelet.pem.age"),
+        secrets.join("extra/other.pem.age"),
+    )
+    .unwrap();
+    let status = cluster.kpki(&["status"]).finds();
+    assert!(
+        status.contains("secrets: 2 in neither the manifest nor the config")
+            && status.contains("extra/other.pem.age, node-01/spare.pem.age"),
+        "{status}"
+    );
+    let verify = cluster.kpki(&["verify"]).finds();
+    for rel in ["node-01/spare.pem.age", "extra/other.pem.age"] {
+        assert!(
+            verify.contains(&format!(
+                "secrets/{rel}: in neither the manifest nor the config"
+            )),
+            "{verify}"
+        );
+    }
+    cluster
+        .kpki_env(&["rotate", "--prune"], &[("KPKI_CLOCK_OFFSET", "10")])
+        .success();
+    assert!(!secrets.join("node-01/spare.pem.age").exists());
+    assert!(!secrets.join("extra/other.pem.age").exists());
+    cluster.kpki(&["status"]).success();
+}

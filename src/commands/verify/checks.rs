@@ -277,7 +277,6 @@ fn check_secrets(
     recipients: &Recipients,
     plan: &SealPlan<'_>,
 ) -> Result<Vec<String>> {
-    let store = state.store();
     let mut problems: Vec<String> = plan
         .stale_files()
         .map(|(s, why)| match why {
@@ -290,7 +289,7 @@ fn check_secrets(
             "secrets/{rel}.age: no longer in the config (a removed node or declaration): kpki rotate --prune removes it"
         )
     }));
-    problems.extend(plan.orphans(store)?.into_iter().map(|rel| {
+    problems.extend(plan.orphans(state, secrets::Depth::All)?.into_iter().map(|rel| {
         format!(
             "secrets/{rel}: in neither the manifest nor the config: kpki rotate --prune deletes it"
         )

@@ -11,62 +11,13 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use time::OffsetDateTime;
 
-use crate::catalogue::{self, CaName, Item, Kind, Part, Subject};
+use crate::catalogue::{self, CaName, Item, Kind, Part, Target};
 use crate::config::{Algorithm, Config, Span};
 use crate::error::{Error, InOrder, Result};
 use crate::inspection;
 use crate::issuing::{self, Authority};
 use crate::pem;
 use crate::state::State;
-
-/// What an action (re)issues.
-#[derive(Debug, Clone)]
-pub enum Target<'c> {
-    /// A catalogue item.
-    Item(Box<Item<'c>>),
-    /// An extra client of the Kubernetes CA (`pki/users/NAME.pem`) with this subject.
-    User(Subject),
-}
-
-impl Target<'_> {
-    /// Its certificate (or public key) file, or its key file, relative to `pki/`.
-    pub fn file(&self, part: Part) -> String {
-        match self {
-            Target::Item(item) => item.file(part),
-            Target::User(subject) => catalogue::user_file(&subject.common_name, part),
-        }
-    }
-
-    fn kind(&self) -> Kind {
-        match self {
-            Target::Item(item) => item.entry().kind,
-            Target::User(_) => catalogue::USER_KIND,
-        }
-    }
-
-    fn subject(&self, config: &Config) -> Subject {
-        match self {
-            Target::Item(item) => item.subject(config),
-            Target::User(subject) => subject.clone(),
-        }
-    }
-
-    /// How it is named in messages, as `kpki status` names it.
-    fn name(&self) -> String {
-        match self {
-            Target::Item(item) => item.name(),
-            Target::User(subject) => catalogue::user_name(&subject.common_name),
-        }
-    }
-
-    /// The validity its declaration sets, if any.
-    fn declared_validity(&self) -> Option<Span> {
-        match self {
-            Target::Item(item) => item.entry().validity,
-            Target::User(_) => None,
-        }
-    }
-}
 
 /// One planned step: (re)create a target's certificate or public key, with a new key unless
 /// `keep_key`.
