@@ -129,6 +129,14 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// The name of its certificate (or public key) file, or of its key file, in its directory.
+    pub fn file_name(&self, part: Part) -> String {
+        match part {
+            Part::Cert => format!("{}.pem", self.stem),
+            Part::Key => format!("{}-key.pem", self.stem),
+        }
+    }
+
     /// The entry of a `[[certificate]]` declaration.
     pub fn declared(d: &'a Declared) -> Entry<'a> {
         let selection = Selection {
@@ -645,10 +653,7 @@ impl<'c> Item<'c> {
 
     /// The path of one part, relative to `pki/`.
     pub fn file(&self, part: Part) -> String {
-        match part {
-            Part::Cert => format!("{}/{}.pem", self.dir(), self.entry.stem),
-            Part::Key => format!("{}/{}-key.pem", self.dir(), self.entry.stem),
-        }
+        format!("{}/{}", self.dir(), self.entry.file_name(part))
     }
 
     /// The subject and SANs this item must have under `config`.
@@ -830,6 +835,14 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
             "{name:?} is not a user name (letters, digits, '.', '_', '-', '@'; at most 64; not starting with '.' or '-', not ending in -key)"
         ))
     }
+}
+
+/// The extra user whose certificate `rel` (under `pki/`) is, if it is one: the inverse of
+/// [`user_file`] for the certificate part.
+pub fn user_of(rel: &str) -> Option<&str> {
+    let name = rel.strip_prefix(USERS_DIR)?.strip_prefix('/')?;
+    name.strip_suffix(".pem")
+        .filter(|user| check_user_name(user).is_ok())
 }
 
 /// The path under `pki/` of an extra client's certificate or key.

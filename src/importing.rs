@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::catalogue::{self, CaName, Item, Kind, Part};
-use crate::config::Config;
+use crate::catalogue::{self, CaName, Item, Kind, Part, Scope};
+use crate::config::{Config, Node};
 use crate::error::{Error, Result};
 use crate::inspection::{facts, signed_by};
 use crate::pem::{self, Material};
@@ -31,101 +31,115 @@ pub enum Layout<'a> {
     Map(&'a [(String, String)]),
 }
 
-/// kubeadm's files and where they go under `pki/` (`{node}`: the node imported).
-const KUBEADM: &[(&str, &str)] = &[
-    ("ca.crt", "kubernetes/ca.pem"),
-    ("ca.key", "kubernetes/ca-key.pem"),
-    ("etcd/ca.crt", "etcd/ca.pem"),
-    ("etcd/ca.key", "etcd/ca-key.pem"),
-    ("front-proxy-ca.crt", "front-proxy/ca.pem"),
-    ("front-proxy-ca.key", "front-proxy/ca-key.pem"),
-    ("sa.pub", "service-account/sa.pem"),
-    ("sa.key", "service-account/sa-key.pem"),
-    ("apiserver.crt", "{node}/apiserver.pem"),
-    ("apiserver.key", "{node}/apiserver-key.pem"),
+/// kubeadm's files and the catalogue entry (by profile) and part each becomes; a per-node
+/// entry's is the imported node's.
+const KUBEADM: &[(&str, &str, Part)] = &[
+    ("ca.crt", "kubernetes-ca", Part::Cert),
+    ("ca.key", "kubernetes-ca", Part::Key),
+    ("etcd/ca.crt", "etcd-ca", Part::Cert),
+    ("etcd/ca.key", "etcd-ca", Part::Key),
+    ("front-proxy-ca.crt", "front-proxy-ca", Part::Cert),
+    ("front-proxy-ca.key", "front-proxy-ca", Part::Key),
+    ("sa.pub", "service-account", Part::Cert),
+    ("sa.key", "service-account", Part::Key),
+    ("apiserver.crt", "apiserver", Part::Cert),
+    ("apiserver.key", "apiserver", Part::Key),
     (
         "apiserver-kubelet-client.crt",
-        "kubernetes/apiserver-kubelet-client.pem",
+        "apiserver-kubelet-client",
+        Part::Cert,
     ),
     (
         "apiserver-kubelet-client.key",
-        "kubernetes/apiserver-kubelet-client-key.pem",
+        "apiserver-kubelet-client",
+        Part::Key,
     ),
     (
         "apiserver-etcd-client.crt",
-        "etcd/apiserver-etcd-client.pem",
+        "apiserver-etcd-client",
+        Part::Cert,
     ),
     (
         "apiserver-etcd-client.key",
-        "etcd/apiserver-etcd-client-key.pem",
+        "apiserver-etcd-client",
+        Part::Key,
     ),
-    ("front-proxy-client.crt", "front-proxy/client.pem"),
-    ("front-proxy-client.key", "front-proxy/client-key.pem"),
-    ("etcd/server.crt", "{node}/etcd-server.pem"),
-    ("etcd/server.key", "{node}/etcd-server-key.pem"),
-    ("etcd/peer.crt", "{node}/etcd-peer.pem"),
-    ("etcd/peer.key", "{node}/etcd-peer-key.pem"),
+    ("front-proxy-client.crt", "front-proxy-client", Part::Cert),
+    ("front-proxy-client.key", "front-proxy-client", Part::Key),
+    ("etcd/server.crt", "etcd-server", Part::Cert),
+    ("etcd/server.key", "etcd-server", Part::Key),
+    ("etcd/peer.crt", "etcd-peer", Part::Cert),
+    ("etcd/peer.key", "etcd-peer", Part::Key),
 ];
 
-/// easyCerts' files (names from nixpkgs' kubernetes modules) and where they go. Its one CA is
-/// all three of kpki's; its etcd certificate serves both clients and peers.
-const EASYCERTS: &[(&str, &str)] = &[
-    ("ca.pem", "kubernetes/ca.pem"),
-    ("ca-key.pem", "kubernetes/ca-key.pem"),
-    ("ca.pem", "etcd/ca.pem"),
-    ("ca-key.pem", "etcd/ca-key.pem"),
-    ("ca.pem", "front-proxy/ca.pem"),
-    ("ca-key.pem", "front-proxy/ca-key.pem"),
-    ("service-account.pem", "service-account/sa.pem"),
-    ("service-account-key.pem", "service-account/sa-key.pem"),
-    ("kube-apiserver.pem", "{node}/apiserver.pem"),
-    ("kube-apiserver-key.pem", "{node}/apiserver-key.pem"),
+/// easyCerts' files (names from nixpkgs' kubernetes modules) and what each becomes, as for
+/// kubeadm. Its one CA is all three of kpki's; its etcd certificate serves both clients and
+/// peers.
+const EASYCERTS: &[(&str, &str, Part)] = &[
+    ("ca.pem", "kubernetes-ca", Part::Cert),
+    ("ca-key.pem", "kubernetes-ca", Part::Key),
+    ("ca.pem", "etcd-ca", Part::Cert),
+    ("ca-key.pem", "etcd-ca", Part::Key),
+    ("ca.pem", "front-proxy-ca", Part::Cert),
+    ("ca-key.pem", "front-proxy-ca", Part::Key),
+    ("service-account.pem", "service-account", Part::Cert),
+    ("service-account-key.pem", "service-account", Part::Key),
+    ("kube-apiserver.pem", "apiserver", Part::Cert),
+    ("kube-apiserver-key.pem", "apiserver", Part::Key),
     (
         "kube-apiserver-kubelet-client.pem",
-        "kubernetes/apiserver-kubelet-client.pem",
+        "apiserver-kubelet-client",
+        Part::Cert,
     ),
     (
         "kube-apiserver-kubelet-client-key.pem",
-        "kubernetes/apiserver-kubelet-client-key.pem",
+        "apiserver-kubelet-client",
+        Part::Key,
     ),
     (
         "kube-apiserver-etcd-client.pem",
-        "etcd/apiserver-etcd-client.pem",
+        "apiserver-etcd-client",
+        Part::Cert,
     ),
     (
         "kube-apiserver-etcd-client-key.pem",
-        "etcd/apiserver-etcd-client-key.pem",
+        "apiserver-etcd-client",
+        Part::Key,
     ),
-    ("kube-apiserver-proxy-client.pem", "front-proxy/client.pem"),
+    (
+        "kube-apiserver-proxy-client.pem",
+        "front-proxy-client",
+        Part::Cert,
+    ),
     (
         "kube-apiserver-proxy-client-key.pem",
-        "front-proxy/client-key.pem",
+        "front-proxy-client",
+        Part::Key,
     ),
-    ("cluster-admin.pem", "kubernetes/admin.pem"),
-    ("cluster-admin-key.pem", "kubernetes/admin-key.pem"),
+    ("cluster-admin.pem", "admin", Part::Cert),
+    ("cluster-admin-key.pem", "admin", Part::Key),
     (
         "kube-controller-manager-client.pem",
-        "kubernetes/controller-manager.pem",
+        "controller-manager",
+        Part::Cert,
     ),
     (
         "kube-controller-manager-client-key.pem",
-        "kubernetes/controller-manager-key.pem",
+        "controller-manager",
+        Part::Key,
     ),
-    ("kube-scheduler-client.pem", "kubernetes/scheduler.pem"),
-    (
-        "kube-scheduler-client-key.pem",
-        "kubernetes/scheduler-key.pem",
-    ),
-    ("kube-proxy-client.pem", "kubernetes/kube-proxy.pem"),
-    ("kube-proxy-client-key.pem", "kubernetes/kube-proxy-key.pem"),
-    ("kubelet.pem", "{node}/kubelet-serving.pem"),
-    ("kubelet-key.pem", "{node}/kubelet-serving-key.pem"),
-    ("kubelet-client.pem", "{node}/kubelet.pem"),
-    ("kubelet-client-key.pem", "{node}/kubelet-key.pem"),
-    ("etcd.pem", "{node}/etcd-server.pem"),
-    ("etcd-key.pem", "{node}/etcd-server-key.pem"),
-    ("etcd.pem", "{node}/etcd-peer.pem"),
-    ("etcd-key.pem", "{node}/etcd-peer-key.pem"),
+    ("kube-scheduler-client.pem", "scheduler", Part::Cert),
+    ("kube-scheduler-client-key.pem", "scheduler", Part::Key),
+    ("kube-proxy-client.pem", "kube-proxy", Part::Cert),
+    ("kube-proxy-client-key.pem", "kube-proxy", Part::Key),
+    ("kubelet.pem", "kubelet-serving", Part::Cert),
+    ("kubelet-key.pem", "kubelet-serving", Part::Key),
+    ("kubelet-client.pem", "kubelet", Part::Cert),
+    ("kubelet-client-key.pem", "kubelet", Part::Key),
+    ("etcd.pem", "etcd-server", Part::Cert),
+    ("etcd-key.pem", "etcd-server", Part::Key),
+    ("etcd.pem", "etcd-peer", Part::Cert),
+    ("etcd-key.pem", "etcd-peer", Part::Key),
 ];
 
 /// What an import brings, checked.
@@ -182,7 +196,7 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
         Layout::EasyCerts { node } => (EASYCERTS, node),
         Layout::Map(maps) => return mapped(config, dir, maps),
     };
-    let Some(found) = config.nodes.iter().find(|n| n.name == node) else {
+    let Some(imported) = config.nodes.iter().find(|n| n.name == node) else {
         return Err(Error::usage(
             format!("--node {node}: no such node in pki/kpki.toml"),
             Some("add the node to the config first (its name, addresses and roles)".into()),
@@ -190,7 +204,7 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
     };
     // A worker never holds the CA keys or the service-account key: any found in its files were
     // put there by someone, and adopting them would hand that someone the cluster.
-    if !found.has(crate::config::Role::ControlPlane) {
+    if !imported.has(crate::config::Role::ControlPlane) {
         return Err(Error::usage(
             format!(
                 "--node {node} is not a control-plane node: the CA keys and the service-account key are adopted only from a control-plane node's files"
@@ -200,9 +214,9 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
     }
     let files = catalogue_files(config);
     let mut found = Vec::new();
-    for (from, to) in table {
+    for &(from, profile, part) in table {
         let path = dir.join(from);
-        let to = to.replace("{node}", node);
+        let to = import_file(profile, imported, part);
         let is_ca = catalogue::is_ca_file(&to);
         if !path.exists() {
             if is_ca {
@@ -224,6 +238,15 @@ fn sources(config: &Config, dir: &Path, layout: Layout<'_>) -> Result<Vec<(PathB
         found.push((path, to));
     }
     Ok(found)
+}
+
+/// The file under `pki/` that a table's `profile` and `part` name, for `node` when per-node.
+fn import_file(profile: &str, node: &Node, part: Part) -> String {
+    let entry = catalogue::builtin(profile).expect("the import tables name built-in entries");
+    let node = matches!(entry.scope, Scope::Node(_)).then_some(node);
+    Item::new(entry, node)
+        .expect("an entry bound as its scope says")
+        .file(part)
 }
 
 /// The files `--map FILE=PATH` names, each checked to be a file of the catalogue.
@@ -466,4 +489,16 @@ pub fn apply(
             (rel, from)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_import_tables_name_built_in_entries() {
+        for &(from, profile, _) in KUBEADM.iter().chain(EASYCERTS) {
+            assert!(catalogue::builtin(profile).is_some(), "{from}: {profile}");
+        }
+    }
 }

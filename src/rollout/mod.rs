@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::catalogue::CaName;
+use crate::catalogue::{self, CaName, Part};
 use crate::config::{Config, Node, Role};
 use crate::error::{Error, Result};
 use crate::inspection;
@@ -63,13 +63,14 @@ impl Service {
 
     /// The file under `pki/` of the certificate it serves on `node`.
     fn leaf(self, node: &str) -> String {
-        let stem = match self {
+        let profile = match self {
             Service::EtcdClient => "etcd-server",
             Service::EtcdPeer => "etcd-peer",
             Service::Apiserver => "apiserver",
             Service::Kubelet => "kubelet-serving",
         };
-        format!("{node}/{stem}.pem")
+        let entry = catalogue::builtin(profile).expect("served certificates are catalogued");
+        format!("{node}/{}", entry.file_name(Part::Cert))
     }
 
     fn runs_on(self, node: &Node) -> bool {

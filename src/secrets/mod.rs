@@ -153,11 +153,7 @@ pub fn users(state: &State) -> Result<Vec<String>> {
     Ok(state
         .listed(catalogue::USERS_DIR)?
         .iter()
-        .filter_map(|rel| {
-            let name = rel.strip_prefix(catalogue::USERS_DIR)?.strip_prefix('/')?;
-            name.strip_suffix(".pem")
-                .filter(|u| catalogue::check_user_name(u).is_ok())
-        })
+        .filter_map(|rel| catalogue::user_of(rel))
         .map(String::from)
         .collect())
 }
@@ -229,6 +225,16 @@ pub struct SealPlan<'c> {
     pub generation: u64,
     /// Each CA's certificates, as the manifest records them.
     pub cas: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A plan holds public facts only (paths, fingerprints, recipients); like the [`State`]'s
+/// bookkeeping, it is left to the process exit to free at once (4% of a no-op `rotate` at
+/// 5,000 nodes went to freeing it allocation by allocation).
+impl Drop for SealPlan<'_> {
+    fn drop(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.sealed));
+        std::mem::forget(std::mem::take(&mut self.standings));
+    }
 }
 
 impl SealPlan<'_> {

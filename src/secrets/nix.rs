@@ -272,12 +272,6 @@ fn file_ref(w: &Wire) -> String {
             let item = Item::new(entry, None).expect("a cluster-wide entry");
             format!("rel = {};", Str(&item.file(w.part)))
         }
-        Scope::Node(_) => {
-            let file = match w.part {
-                Part::Cert => format!("{}.pem", entry.stem),
-                Part::Key => format!("{}-key.pem", entry.stem),
-            };
-            format!("own = {};", Str(&file))
-        }
+        Scope::Node(_) => format!("own = {};", Str(&entry.file_name(w.part))),
     }
 }

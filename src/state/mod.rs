@@ -506,14 +506,19 @@ impl State {
     /// The plaintext files of `pki/` that are not what the committed state says, each with its
     /// place: stale or removed (a teammate committed since) and changed outside kpki.
     pub fn divergent(&self) -> Result<Vec<(String, Place)>> {
-        let mut rels: BTreeSet<&String> = self.loaded.manifest.files.keys().collect();
-        rels.extend(self.record.files.keys());
-        let places = rels
+        // Every file the manifest or the record knows, each once: the record's by hash, then
+        // the manifest's it lacks (a sorted set of both was 5% of a no-op rotate at scale).
+        let manifest = &self.loaded.manifest.files;
+        let known = &self.record.files;
+        let rels: Vec<&String> = known
+            .keys()
+            .chain(manifest.keys().filter(|rel| !known.contains_key(*rel)))
+            .collect();
+        let mut divergent = rels
             .into_par_iter()
-            .map(|rel| Ok((rel.clone(), self.place(rel)?)))
+            .map(|rel| Ok((rel, self.place(rel)?)))
             .collect::<Vec<_>>()
-            .in_order()?;
-        Ok(places
+            .in_order()?
             .into_iter()
             .filter(|(_, p)| {
                 matches!(
@@ -521,7 +526,10 @@ impl State {
                     Place::Stale { .. } | Place::Removed | Place::Changed { .. }
                 )
             })
-            .collect())
+            .map(|(rel, p)| (rel.clone(), p))
+            .collect::<Vec<_>>();
+        divergent.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(divergent)
     }
 
     /// For a writer: refuses to work on plaintext changed outside kpki, naming every such file;
