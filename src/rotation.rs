@@ -182,7 +182,7 @@ pub fn in_progress(state: &State, config: &Config) -> Result<Vec<Rotation>> {
 /// not signed yet.
 fn not_yet_reissued(state: &State, config: &Config, ca: CaName, new: &[u8]) -> Result<Vec<String>> {
     let mut pending = Vec::new();
-    for rel in leaf_files(state, config, ca)? {
+    for [rel, _] in leaf_files(state, config, ca)? {
         let signed = match state.read(&rel)? {
             Some(m) => signed_by(m.first(), new),
             None => true,
@@ -194,15 +194,19 @@ fn not_yet_reissued(state: &State, config: &Config, ca: CaName, new: &[u8]) -> R
     Ok(pending)
 }
 
-/// The certificate files `ca` signs: its catalogue leaves and, for the Kubernetes CA, the
-/// extra users.
-fn leaf_files(state: &State, config: &Config, ca: CaName) -> Result<Vec<String>> {
-    let mut files: Vec<String> = leaves_of(config, ca).map(|i| i.file(Part::Cert)).collect();
+/// The certificate and key files of what `ca` signs: its catalogue leaves and, for the
+/// Kubernetes CA, the extra users.
+fn leaf_files(state: &State, config: &Config, ca: CaName) -> Result<Vec<[String; 2]>> {
+    let parts = [Part::Cert, Part::Key];
+    let mut files: Vec<[String; 2]> = leaves_of(config, ca)
+        .map(|i| parts.map(|p| i.file(p)))
+        .collect();
     if ca == CaName::Kubernetes {
+        let users = crate::secrets::users(state)?;
         files.extend(
-            crate::secrets::users(state)?
+            users
                 .iter()
-                .map(|u| catalogue::user_file(u, Part::Cert)),
+                .map(|u| parts.map(|p| catalogue::user_file(u, p))),
         );
     }
     Ok(files)
@@ -232,13 +236,13 @@ pub fn plan_ca(
             return Err(pending(ca, rel));
         }
         lines.push(format!("drop the old {name} CA from pki/{ca_file}"));
-        for rel in &leaves {
+        for [rel, _] in &leaves {
             lines.push(format!("drop the cross-signed link from pki/{rel}"));
         }
         lines.push(format!(
             "delete pki/{cross} and pki/{previous}, and their copies in secrets/"
         ));
-        resealed.extend(leaves);
+        resealed.extend(leaves.into_iter().map(|[cert, _]| cert));
     } else {
         if state.rotating(ca)? {
             return Err(in_progress_error(ca));
@@ -251,13 +255,12 @@ pub fn plan_ca(
         } else {
             "a new key"
         };
-        for rel in &leaves {
+        for [rel, _] in &leaves {
             lines.push(format!(
                 "reissue pki/{rel} under the new CA, with {key} and the cross-signed link"
             ));
-            resealed.push(rel.replace(".pem", "-key.pem"));
         }
-        resealed.extend(leaves);
+        resealed.extend(leaves.into_iter().flatten());
         resealed.extend([catalogue::ca_item(ca).file(Part::Key), cross, previous]);
         if ca == catalogue::REVOCABLE_CA && state.exists(&catalogue::crl_file())? {
             lines.push(format!(
@@ -396,7 +399,7 @@ pub fn finish_ca(state: &State, config: &Config, ca: CaName) -> Result<Finished>
     }
     let mut applied = Applied::default();
     let mut rewrite = vec![item.file(Part::Cert)];
-    for rel in leaf_files(state, config, ca)? {
+    for [rel, _] in leaf_files(state, config, ca)? {
         if state.exists(&rel)? && certs_of(state, &rel)?.len() > 1 {
             rewrite.push(rel);
         }

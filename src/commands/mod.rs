@@ -277,8 +277,7 @@ fn warn_generated(report: &mut Report, admins: &secrets::Admins) {
 fn shared_cas(state: &State) -> Result<Vec<String>> {
     let mut fingerprints = Vec::new();
     for ca in catalogue::CAS {
-        let rel = format!("{}/ca.pem", ca.dir());
-        fingerprints.push((ca, state.fingerprint(&rel)?));
+        fingerprints.push((ca, state.fingerprint(&catalogue::ca_file(ca))?));
     }
     let kubernetes = fingerprints[0].1.clone();
     let same: Vec<&str> = fingerprints[1..]
