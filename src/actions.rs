@@ -310,7 +310,7 @@ fn key_for(
     let key = issuing::generate_key(algorithm)?;
     state.put(
         key_file,
-        pem::made(pem::Kind::PrivateKey, issuing::key_pem(&key)),
+        pem::made(pem::FileKind::PrivateKey, issuing::key_pem(&key)),
     );
     done.written.push(key_file.to_string());
     Ok(key)

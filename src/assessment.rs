@@ -16,7 +16,7 @@ use crate::inspection::{
     Facts, ca_drift, drift, facts, key_pair_drift, recorded_drift, subject_names,
 };
 use crate::secrets::{SealPlan, Stale};
-use crate::state::State as Pki;
+use crate::state::State;
 
 /// What a row needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,7 +84,7 @@ pub fn stale_files<'p>(seal: &'p SealPlan<'_>) -> HashMap<&'p str, &'p Stale> {
 /// Assesses every item of the catalogue and every extra user as of `at`; `stale` marks rows
 /// whose encrypted copies must be written again.
 pub fn assess<'c>(
-    pki: &Pki,
+    pki: &State,
     config: &'c Config,
     stale: &HashMap<&str, &Stale>,
     at: OffsetDateTime,
@@ -112,7 +112,7 @@ pub fn assess<'c>(
 /// What every row is assessed against: the PKI, the config, the CAs that sign today, the files
 /// whose encrypted copies must be written again, and the moment.
 struct Survey<'a> {
-    pki: &'a Pki,
+    pki: &'a State,
     config: &'a Config,
     cas: HashMap<CaName, Facts>,
     /// The revocation ledger: a live certificate on it (a rolled-back state) is reissued.
@@ -122,7 +122,7 @@ struct Survey<'a> {
 }
 
 /// The first certificate of each CA's `ca.pem` that exists: the CA that signs today.
-fn current_cas(pki: &Pki) -> Result<HashMap<CaName, Facts>> {
+fn current_cas(pki: &State) -> Result<HashMap<CaName, Facts>> {
     let mut cas = HashMap::new();
     for name in catalogue::CAS {
         let rel = catalogue::ca_file(name);
@@ -385,7 +385,7 @@ impl Seen {
 pub use crate::error::readable;
 
 /// A path relative to the cluster directory, for a row's detail.
-fn shown(pki: &Pki, path: &std::path::Path) -> String {
+fn shown(pki: &State, path: &std::path::Path) -> String {
     path.strip_prefix(pki.store().root())
         .unwrap_or(path)
         .display()
@@ -412,7 +412,7 @@ fn mark_stale(row: &mut Row, files: [&String; 2], stale: &HashMap<&str, &Stale>)
 
 /// The row of the etcd CA's revocation list, when there is one: its next update is its
 /// expiry; it drifts when it is not what the manifest's revocations and the current CA make.
-pub fn crl_row(pki: &Pki, config: &Config, at: OffsetDateTime) -> Result<Option<Row>> {
+pub fn crl_row(pki: &State, config: &Config, at: OffsetDateTime) -> Result<Option<Row>> {
     let Some(Some(crl)) = readable(crate::revocation::crl(pki))? else {
         return Ok(None);
     };

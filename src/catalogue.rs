@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 pub use crate::config::{CaName, Usage};
 use crate::config::{Config, Declared, Node, Role, San, Span};
-use crate::pem::Kind as FileKind;
+use crate::pem::FileKind;
 
 /// What kind of material an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1070,15 +1070,17 @@ mod tests {
 
     #[test]
     fn kinds_follow_the_catalogue() {
-        use crate::pem::Kind;
-        assert_eq!(file_kind("kubernetes/ca.pem"), Kind::Certificates);
-        assert_eq!(file_kind("kubernetes/ca-key.pem"), Kind::PrivateKey);
-        assert_eq!(file_kind("service-account/sa.pem"), Kind::PublicKeys);
-        assert_eq!(file_kind("service-account/sa-key.pem"), Kind::PrivateKey);
-        assert_eq!(file_kind(ADMIN_KUBECONFIG), Kind::Kubeconfig);
-        assert_eq!(file_kind("etcd/crl.pem"), Kind::Crl);
-        assert_eq!(file_kind("etcd/crl.der"), Kind::CrlDer);
-        assert_eq!(file_kind("users/alice.pem"), Kind::Certificates);
+        assert_eq!(file_kind("kubernetes/ca.pem"), FileKind::Certificates);
+        assert_eq!(file_kind("kubernetes/ca-key.pem"), FileKind::PrivateKey);
+        assert_eq!(file_kind("service-account/sa.pem"), FileKind::PublicKeys);
+        assert_eq!(
+            file_kind("service-account/sa-key.pem"),
+            FileKind::PrivateKey
+        );
+        assert_eq!(file_kind(ADMIN_KUBECONFIG), FileKind::Kubeconfig);
+        assert_eq!(file_kind("etcd/crl.pem"), FileKind::Crl);
+        assert_eq!(file_kind("etcd/crl.der"), FileKind::CrlDer);
+        assert_eq!(file_kind("users/alice.pem"), FileKind::Certificates);
     }
     use crate::config::DEFAULT_CONFIG;
     use std::collections::HashSet;

@@ -286,12 +286,12 @@ fn adopt_file(from: &Path, to: &str) -> Result<Material> {
         .ok_or_else(|| Error::file(from, "is missing"))?;
     let bad = |m: String| Error::file(from, m);
     match catalogue::file_kind(to) {
-        pem::Kind::PrivateKey => pem::adopt_key(&bytes).map_err(bad),
-        pem::Kind::PublicKeys if bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") => {
-            let cert = pem::parse(pem::Kind::Certificates, &bytes).map_err(bad)?;
+        pem::FileKind::PrivateKey => pem::adopt_key(&bytes).map_err(bad),
+        pem::FileKind::PublicKeys if bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") => {
+            let cert = pem::parse(pem::FileKind::Certificates, &bytes).map_err(bad)?;
             let spki = facts(cert.first()).map_err(bad)?.spki;
             Ok(pem::made(
-                pem::Kind::PublicKeys,
+                pem::FileKind::PublicKeys,
                 pem::encode("PUBLIC KEY", &spki),
             ))
         }
@@ -303,11 +303,11 @@ fn adopt_file(from: &Path, to: &str) -> Result<Material> {
 fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
     for (rel, (from, key)) in read
         .iter()
-        .filter(|(_, (_, m))| m.kind == pem::Kind::PrivateKey)
+        .filter(|(_, (_, m))| m.kind == pem::FileKind::PrivateKey)
     {
         let public_rel = rel.replace("-key.pem", ".pem");
         let Some((public_from, public)) = read.get(&public_rel) else {
-            if catalogue::file_kind(&public_rel) == pem::Kind::PublicKeys {
+            if catalogue::file_kind(&public_rel) == pem::FileKind::PublicKeys {
                 continue;
             }
             return Err(Error::file(
@@ -319,7 +319,7 @@ fn check_pairs(read: &BTreeMap<String, (PathBuf, Material)>) -> Result<()> {
         };
         let spki = pem::key_spki(&key.text).map_err(|m| Error::file(from, m))?;
         let first = match public.kind {
-            pem::Kind::PublicKeys => public.first().to_vec(),
+            pem::FileKind::PublicKeys => public.first().to_vec(),
             _ => {
                 facts(public.first())
                     .map_err(|m| Error::file(public_from, m))?
@@ -414,7 +414,7 @@ fn check_leaves(
         let Some(Kind::Leaf { ca, .. }) = files.get(rel).map(|i| i.entry().kind) else {
             continue;
         };
-        if material.kind != pem::Kind::Certificates {
+        if material.kind != pem::FileKind::Certificates {
             continue;
         }
         let Some(ca_der) = cas.get(&ca) else {

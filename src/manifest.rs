@@ -23,7 +23,7 @@ const HEADER: &str = "# Written by kpki: what each file in secrets/ holds (a SHA
 /// What one encrypted file holds and who can read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entry {
+pub struct FileEntry {
     /// `sha256:HEX` of the certificate or public key the file holds or belongs to.
     pub public: String,
     /// Canonical recipients, admins first.
@@ -43,7 +43,7 @@ pub struct Manifest {
     #[serde(default)]
     pub generation: u64,
     #[serde(default)]
-    pub files: BTreeMap<String, Entry>,
+    pub files: BTreeMap<String, FileEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked: BTreeMap<String, Revocation>,
     /// During a rotation of the etcd CA: the certificates of the old CA that the new CA's

@@ -13,7 +13,7 @@ const MAX_BLOCKS: usize = 8;
 
 /// What a file of the PKI holds, which decides how it is parsed and fingerprinted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum FileKind {
     /// One or more X.509 certificates: a certificate, a chain, or a CA bundle.
     Certificates,
     /// Exactly one PKCS#8 private key.
@@ -28,38 +28,38 @@ pub enum Kind {
     CrlDer,
 }
 
-impl Kind {
+impl FileKind {
     /// The PEM label of its blocks.
     fn label(self) -> &'static str {
         match self {
-            Kind::Certificates => "CERTIFICATE",
-            Kind::PrivateKey => "PRIVATE KEY",
-            Kind::PublicKeys => "PUBLIC KEY",
-            Kind::Kubeconfig => "",
-            Kind::Crl | Kind::CrlDer => "X509 CRL",
+            FileKind::Certificates => "CERTIFICATE",
+            FileKind::PrivateKey => "PRIVATE KEY",
+            FileKind::PublicKeys => "PUBLIC KEY",
+            FileKind::Kubeconfig => "",
+            FileKind::Crl | FileKind::CrlDer => "X509 CRL",
         }
     }
 
     /// What the file must hold, for errors.
     fn wanted(self) -> &'static str {
         match self {
-            Kind::Certificates => "only certificates",
-            Kind::PrivateKey => "exactly one PKCS#8 private key",
-            Kind::PublicKeys => "only public keys",
-            Kind::Kubeconfig => "a kubeconfig",
-            Kind::Crl => "exactly one revocation list",
-            Kind::CrlDer => "exactly one revocation list in DER",
+            FileKind::Certificates => "only certificates",
+            FileKind::PrivateKey => "exactly one PKCS#8 private key",
+            FileKind::PublicKeys => "only public keys",
+            FileKind::Kubeconfig => "a kubeconfig",
+            FileKind::Crl => "exactly one revocation list",
+            FileKind::CrlDer => "exactly one revocation list in DER",
         }
     }
 
     /// Its blocks, in words (errors never echo a PEM label that looks like a secret).
     fn noun(self) -> &'static str {
         match self {
-            Kind::Certificates => "certificate",
-            Kind::PrivateKey => "private-key",
-            Kind::PublicKeys => "public-key",
-            Kind::Kubeconfig => "kubeconfig",
-            Kind::Crl | Kind::CrlDer => "revocation-list",
+            FileKind::Certificates => "certificate",
+            FileKind::PrivateKey => "private-key",
+            FileKind::PublicKeys => "public-key",
+            FileKind::Kubeconfig => "kubeconfig",
+            FileKind::Crl | FileKind::CrlDer => "revocation-list",
         }
     }
 }
@@ -67,7 +67,7 @@ impl Kind {
 /// A file's content, checked and re-encoded, with its DER blocks (decoded once).
 #[derive(Debug)]
 pub struct Material {
-    pub kind: Kind,
+    pub kind: FileKind,
     /// The canonical text: each block re-encoded as rcgen writes it.
     pub text: Zeroizing<String>,
     /// `sha256:HEX` of its public material: the canonical text of a certificate or public-key
@@ -81,13 +81,13 @@ impl Material {
     /// A file's `bytes` that kpki wrote or checked before and that are unchanged since (the
     /// file's stamp says so), with the fingerprint recorded then: framed, but the DER not
     /// parsed or checked again.
-    pub fn recorded(kind: Kind, bytes: &[u8], fingerprint: String) -> Result<Material, String> {
+    pub fn recorded(kind: FileKind, bytes: &[u8], fingerprint: String) -> Result<Material, String> {
         let blocks = match kind {
-            Kind::CrlDer => unframed(bytes)?,
+            FileKind::CrlDer => unframed(bytes)?,
             _ => frame(bytes, kind)?,
         };
         let text = match kind {
-            Kind::CrlDer => Zeroizing::new(encode(kind.label(), &blocks[0].der)),
+            FileKind::CrlDer => Zeroizing::new(encode(kind.label(), &blocks[0].der)),
             _ => Zeroizing::new(String::from_utf8_lossy(bytes).into_owned()),
         };
         Ok(Material {
@@ -102,7 +102,7 @@ impl Material {
     /// its one block.
     pub fn file_bytes(&self) -> Zeroizing<Vec<u8>> {
         match self.kind {
-            Kind::CrlDer => self.blocks[0].clone(),
+            FileKind::CrlDer => self.blocks[0].clone(),
             _ => Zeroizing::new(self.text.as_bytes().to_vec()),
         }
     }
@@ -121,7 +121,7 @@ impl Material {
     /// The certificates of a certificate file, in order; an error naming what it holds instead.
     pub fn certificates(&self) -> Result<&[Zeroizing<Vec<u8>>], String> {
         match self.kind {
-            Kind::Certificates => Ok(&self.blocks),
+            FileKind::Certificates => Ok(&self.blocks),
             other => Err(format!("holds {} blocks, not certificates", other.noun())),
         }
     }
@@ -129,7 +129,7 @@ impl Material {
     /// The public keys of a public-key file (the service-account file may hold two).
     pub fn public_keys(&self) -> Result<&[Zeroizing<Vec<u8>>], String> {
         match self.kind {
-            Kind::PublicKeys => Ok(&self.blocks),
+            FileKind::PublicKeys => Ok(&self.blocks),
             other => Err(format!("holds {} blocks, not public keys", other.noun())),
         }
     }
@@ -144,15 +144,15 @@ pub fn fingerprint(bytes: &[u8]) -> String {
 
 /// Parses the bytes of a file of `kind`; the error says what is wrong, for the caller to
 /// prefix with the file's name.
-pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
-    if kind == Kind::Kubeconfig {
+pub fn parse(kind: FileKind, bytes: &[u8]) -> Result<Material, String> {
+    if kind == FileKind::Kubeconfig {
         return Err("a kubeconfig is not read back".into());
     }
     let blocks = match kind {
-        Kind::CrlDer => unframed(bytes)?,
+        FileKind::CrlDer => unframed(bytes)?,
         _ => frame(bytes, kind)?,
     };
-    if matches!(kind, Kind::PrivateKey | Kind::Crl) && blocks.len() != 1 {
+    if matches!(kind, FileKind::PrivateKey | FileKind::Crl) && blocks.len() != 1 {
         return Err(format!(
             "holds {} {} blocks, but it must hold {}",
             blocks.len(),
@@ -169,7 +169,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
         text.push_str(&encode(kind.label(), &block.der));
     }
     let fingerprint = match kind {
-        Kind::PrivateKey => fingerprint(&key_spki(&text)?),
+        FileKind::PrivateKey => fingerprint(&key_spki(&text)?),
         _ => fingerprint(text.as_bytes()),
     };
     Ok(Material {
@@ -181,7 +181,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Material, String> {
 }
 
 /// Builds the material of a file kpki made itself (a new key, a signed certificate).
-pub fn made(kind: Kind, bytes: impl AsRef<[u8]>) -> Material {
+pub fn made(kind: FileKind, bytes: impl AsRef<[u8]>) -> Material {
     parse(kind, bytes.as_ref()).unwrap_or_else(|e| panic!("kpki made an invalid {kind:?}: {e}"))
 }
 
@@ -204,14 +204,14 @@ fn unframed(bytes: &[u8]) -> Result<Vec<Block>, String> {
         return Err("is empty; it must hold exactly one revocation list in DER".into());
     }
     Ok(vec![Block {
-        label: Kind::CrlDer.label().to_string(),
+        label: FileKind::CrlDer.label().to_string(),
         der: Zeroizing::new(bytes.to_vec()),
     }])
 }
 
 /// Splits `bytes` into PEM blocks of `kind`'s label, refusing anything else: other labels,
 /// headers, text outside the blocks, bad base64.
-fn frame(bytes: &[u8], kind: Kind) -> Result<Vec<Block>, String> {
+fn frame(bytes: &[u8], kind: FileKind) -> Result<Vec<Block>, String> {
     frame_labels(bytes, &[kind.label()], kind.noun(), kind.wanted())
 }
 
@@ -318,8 +318,8 @@ pub fn adopt_key(bytes: &[u8]) -> Result<Material, String> {
             return Err("is encrypted: decrypt it first (openssl pkey -in FILE -out FILE)".into());
         }
     };
-    let text = Zeroizing::new(encode(Kind::PrivateKey.label(), &pkcs8));
-    parse(Kind::PrivateKey, text.as_bytes())
+    let text = Zeroizing::new(encode(FileKind::PrivateKey.label(), &pkcs8));
+    parse(FileKind::PrivateKey, text.as_bytes())
 }
 
 /// A SEC1 EC private key on P-256 or P-384, as PKCS#8 DER.
@@ -345,30 +345,30 @@ fn decode(noun: &str, body: &str) -> Result<Zeroizing<Vec<u8>>, String> {
 }
 
 /// Checks that one block's DER is what its label says, with nothing after it.
-fn check_der(kind: Kind, der: &[u8]) -> Result<(), String> {
+fn check_der(kind: FileKind, der: &[u8]) -> Result<(), String> {
     match kind {
-        Kind::Certificates => match x509_parser::certificate::X509Certificate::from_der(der) {
+        FileKind::Certificates => match x509_parser::certificate::X509Certificate::from_der(der) {
             Ok(([], _)) => Ok(()),
             Ok(_) => Err("a certificate with trailing data".into()),
             Err(e) => Err(format!("not a valid certificate ({e})")),
         },
-        Kind::PublicKeys => match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
+        FileKind::PublicKeys => match x509_parser::x509::SubjectPublicKeyInfo::from_der(der) {
             Ok(([], _)) => Ok(()),
             Ok(_) => Err("a public key with trailing data".into()),
             Err(e) => Err(format!("not a valid public key ({e})")),
         },
-        Kind::PrivateKey => {
+        FileKind::PrivateKey => {
             let pem = Zeroizing::new(encode(kind.label(), der));
             key_spki(&pem).map(|_| ())
         }
-        Kind::Crl | Kind::CrlDer => {
+        FileKind::Crl | FileKind::CrlDer => {
             match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
                 Ok(([], _)) => Ok(()),
                 Ok(_) => Err("a revocation list with trailing data".into()),
                 Err(e) => Err(format!("not a valid revocation list ({e})")),
             }
         }
-        Kind::Kubeconfig => Ok(()),
+        FileKind::Kubeconfig => Ok(()),
     }
 }
 
@@ -406,13 +406,16 @@ mod tests {
     #[test]
     fn rcgen_output_is_canonical() {
         let (key, cert) = key_and_cert();
-        assert_eq!(*parse(Kind::PrivateKey, key.as_bytes()).unwrap().text, key);
+        assert_eq!(
+            *parse(FileKind::PrivateKey, key.as_bytes()).unwrap().text,
+            key
+        );
         let bundle = cert.clone() + &cert;
-        let parsed = parse(Kind::Certificates, bundle.as_bytes()).unwrap();
+        let parsed = parse(FileKind::Certificates, bundle.as_bytes()).unwrap();
         assert_eq!(*parsed.text, bundle);
         assert_eq!(parsed.blocks().len(), 2);
         let crlf = cert.replace('\n', "\r\n");
-        let again = parse(Kind::Certificates, crlf.as_bytes()).unwrap();
+        let again = parse(FileKind::Certificates, crlf.as_bytes()).unwrap();
         assert_eq!(*again.text, cert);
     }
 
@@ -420,15 +423,15 @@ mod tests {
     fn anything_besides_the_blocks_is_refused() {
         let (key, cert) = key_and_cert();
         let cases = [
-            (Kind::Certificates, format!("{cert}{key}")),
-            (Kind::Certificates, format!("hello\n{cert}")),
-            (Kind::Certificates, format!("{cert}trailing\n")),
-            (Kind::Certificates, cert[..cert.len() / 2].to_string()),
-            (Kind::Certificates, String::new()),
-            (Kind::PrivateKey, format!("{key}{key}")),
-            (Kind::PrivateKey, format!("{key}{cert}")),
-            (Kind::PrivateKey, cert.clone()),
-            (Kind::PublicKeys, cert.clone()),
+            (FileKind::Certificates, format!("{cert}{key}")),
+            (FileKind::Certificates, format!("hello\n{cert}")),
+            (FileKind::Certificates, format!("{cert}trailing\n")),
+            (FileKind::Certificates, cert[..cert.len() / 2].to_string()),
+            (FileKind::Certificates, String::new()),
+            (FileKind::PrivateKey, format!("{key}{key}")),
+            (FileKind::PrivateKey, format!("{key}{cert}")),
+            (FileKind::PrivateKey, cert.clone()),
+            (FileKind::PublicKeys, cert.clone()),
         ];
         for (kind, text) in cases {
             assert!(parse(kind, text.as_bytes()).is_err(), "{kind:?}: {text}");

@@ -84,7 +84,7 @@ pub fn plan<'c>(
         Ok(())
     };
     for rel in &deleted {
-        if catalogue::file_kind(rel) == pem::Kind::Certificates {
+        if catalogue::file_kind(rel) == pem::FileKind::Certificates {
             end(rel, Reason::Removed)?;
         }
     }

@@ -19,7 +19,7 @@ use crate::config::{Config, Span};
 use crate::error::{Error, Result};
 use crate::inspection::{facts, signed_by};
 use crate::issuing;
-use crate::pem::{self, Kind as PemKind};
+use crate::pem::{self, FileKind};
 use crate::state::State;
 
 /// One planned renewal and why.
@@ -85,7 +85,7 @@ pub fn renew(
 /// The first block of a file's canonical text.
 fn first_block(material: &pem::Material) -> pem::Material {
     let label = match material.kind {
-        PemKind::PublicKeys => "PUBLIC KEY",
+        FileKind::PublicKeys => "PUBLIC KEY",
         _ => "CERTIFICATE",
     };
     pem::made(material.kind, pem::encode(label, material.first()))
@@ -449,11 +449,11 @@ pub fn start_sa(state: &State, config: &Config) -> Result<Applied> {
     let public = key.public_key_pem() + &old_public.text;
     state.put(
         &item.file(Part::Key),
-        pem::made(PemKind::PrivateKey, issuing::key_pem(&key)),
+        pem::made(FileKind::PrivateKey, issuing::key_pem(&key)),
     );
     state.put(
         &item.file(Part::Cert),
-        pem::made(PemKind::PublicKeys, &public),
+        pem::made(FileKind::PublicKeys, &public),
     );
     Ok(Applied {
         written: vec![item.file(Part::Cert), item.file(Part::Key)],

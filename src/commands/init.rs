@@ -150,7 +150,7 @@ pub(super) fn repair_key_modes(state: &State, config: &Config) -> Result<Vec<(St
     use std::os::unix::fs::PermissionsExt;
     let mut repaired = Vec::new();
     for sealed in secrets::sealed_files(state, config)? {
-        if sealed.kind != crate::pem::Kind::PrivateKey {
+        if sealed.kind != crate::pem::FileKind::PrivateKey {
             continue;
         }
         let path = state.store().pki_path(&sealed.rel);

@@ -336,7 +336,8 @@ fn in_pki(config: &Config, applied: &Applied) -> Vec<String> {
         .written
         .iter()
         .filter(|f| {
-            config.plaintext_keys || crate::catalogue::file_kind(f) != crate::pem::Kind::PrivateKey
+            config.plaintext_keys
+                || crate::catalogue::file_kind(f) != crate::pem::FileKind::PrivateKey
         })
         .map(|f| format!("pki/{f}"))
         .collect()

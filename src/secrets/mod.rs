@@ -22,8 +22,8 @@ use crate::catalogue::ManagedFile;
 use crate::catalogue::{self, CaName, Part};
 use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
-use crate::manifest::{self, Entry, Manifest};
-use crate::pem::{self, Kind};
+use crate::manifest::{self, FileEntry, Manifest};
+use crate::pem::{self, FileKind};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
 use crate::trust;
@@ -191,7 +191,7 @@ impl Stale {
 #[derive(Debug, Clone)]
 pub struct Standing {
     /// The manifest entry it must have; `None` when its content exists nowhere (missing).
-    pub due: Option<Entry>,
+    pub due: Option<FileEntry>,
     /// Why its encrypted copy must be written again, if it must.
     pub stale: Option<Stale>,
     /// The SHA-256 and stamp of its encrypted copy, when known to be good.
@@ -216,7 +216,7 @@ pub struct SealPlan<'c> {
     pub standings: Vec<Standing>,
     /// Files the manifest lists that the config no longer accounts for (a removed node or
     /// declaration), still in `secrets/`: kept, as committed, until `kpki rotate --prune`.
-    pub leftovers: Vec<(String, Entry)>,
+    pub leftovers: Vec<(String, FileEntry)>,
     /// The revocation ledger to commit.
     pub revoked: std::collections::BTreeMap<String, manifest::Revocation>,
     /// The certificates superseded by an etcd CA rotation in progress, to commit.
@@ -347,7 +347,7 @@ pub fn plan<'c>(
     let fingerprints = sealed
         .par_iter()
         .map(|s| match s.kind {
-            Kind::Kubeconfig => Ok(None),
+            FileKind::Kubeconfig => Ok(None),
             _ => state.fingerprint(&s.rel),
         })
         .collect::<Vec<_>>()
@@ -362,11 +362,11 @@ pub fn plan<'c>(
         .zip(&fingerprints)
         .map(|(s, fp)| {
             let fp = match s.kind {
-                Kind::Kubeconfig => admin_kubeconfig_fingerprint(config, &by_rel),
+                FileKind::Kubeconfig => admin_kubeconfig_fingerprint(config, &by_rel),
                 _ => fp.clone(),
             };
             let due = match fp {
-                Some(public) => Some(Entry {
+                Some(public) => Some(FileEntry {
                     certificate: certificate_facts(state, s, &public, depth)?,
                     public,
                     recipients: recipients.of(s),
@@ -428,7 +428,7 @@ fn certificate_facts(
     public: &str,
     depth: Depth,
 ) -> Result<Option<crate::inspection::PublicFacts>> {
-    if sealed.kind != Kind::Certificates {
+    if sealed.kind != FileKind::Certificates {
         return Ok(None);
     }
     let committed = state
@@ -463,7 +463,7 @@ fn certificate_facts(
 
 /// The manifest's files that `sealed` lacks and whose encrypted copy still exists (one deleted
 /// by hand is gone for good), unless this run deleted them.
-fn leftovers(state: &State, sealed: &[ManagedFile<'_>]) -> Result<Vec<(String, Entry)>> {
+fn leftovers(state: &State, sealed: &[ManagedFile<'_>]) -> Result<Vec<(String, FileEntry)>> {
     let due: HashSet<&str> = sealed.iter().map(|s| s.rel.as_str()).collect();
     let changes = state.changes();
     let mut found = Vec::new();
@@ -483,7 +483,7 @@ fn standing(
     state: &State,
     config: &Config,
     sealed: &ManagedFile<'_>,
-    due: Option<Entry>,
+    due: Option<FileEntry>,
     depth: Depth,
     deep: bool,
 ) -> Result<Standing> {
@@ -540,7 +540,7 @@ fn standing(
 
 /// Whether an age header's stanzas differ from the due recipients: X25519 stanzas by number
 /// (they name no key), SSH stanzas by their key tag.
-fn header_problem(sealed: &ManagedFile<'_>, due: &Entry, bytes: &[u8]) -> Option<String> {
+fn header_problem(sealed: &ManagedFile<'_>, due: &FileEntry, bytes: &[u8]) -> Option<String> {
     let mut have = match seal::header_stanzas(bytes) {
         Ok(h) => h,
         Err(e) => return Some(e),
@@ -554,7 +554,7 @@ fn header_problem(sealed: &ManagedFile<'_>, due: &Entry, bytes: &[u8]) -> Option
     let to_nodes =
         have.iter().any(|(kind, _)| kind.starts_with("ssh-")) && sealed.readers.is_empty();
     Some(
-        if to_nodes && sealed.rel.contains("/ca-") && sealed.kind == Kind::PrivateKey {
+        if to_nodes && sealed.rel.contains("/ca-") && sealed.kind == FileKind::PrivateKey {
             "a CA key is encrypted to a node".into()
         } else {
             "encrypted to other recipients than secrets.nix lists".into()
@@ -570,7 +570,7 @@ fn content_problem(
     sealed: &ManagedFile<'_>,
 ) -> Result<Option<String>> {
     let outcome = match sealed.kind {
-        Kind::Kubeconfig => state.decrypt(&sealed.rel).and_then(|plain| {
+        FileKind::Kubeconfig => state.decrypt(&sealed.rel).and_then(|plain| {
             let due = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
             Ok((due.as_bytes() != plain.as_slice()).then(|| {
                 "does not hold the admin kubeconfig kpki would write (edited, or taken from an older state)"
@@ -690,8 +690,8 @@ pub fn commit_planned(
     for s in &plan.sealed {
         let cached_before = state.known(&s.rel).is_some_and(|k| k.plain.is_some());
         let cacheable = match s.kind {
-            Kind::Kubeconfig => false,
-            Kind::PrivateKey => config.plaintext_keys,
+            FileKind::Kubeconfig => false,
+            FileKind::PrivateKey => config.plaintext_keys,
             _ => true,
         };
         if cached_before
@@ -704,7 +704,11 @@ pub fn commit_planned(
         }
     }
     if !config.plaintext_keys {
-        for s in plan.sealed.iter().filter(|s| s.kind == Kind::PrivateKey) {
+        for s in plan
+            .sealed
+            .iter()
+            .filter(|s| s.kind == FileKind::PrivateKey)
+        {
             if !changes.contains_key(&s.rel) && store.stamp(&store.pki_path(&s.rel))?.is_some() {
                 txn.remove(store.pki_path(&s.rel));
                 committed.written.push(format!(
@@ -921,8 +925,8 @@ fn cache(
 ) {
     let path = store.pki_path(rel);
     let mode = match material.kind {
-        Kind::PrivateKey if !config.plaintext_keys => return txn.remove(path),
-        Kind::PrivateKey => store::SECRET_MODE,
+        FileKind::PrivateKey if !config.plaintext_keys => return txn.remove(path),
+        FileKind::PrivateKey => store::SECRET_MODE,
         _ => store::PUBLIC_MODE,
     };
     txn.write(path, material.file_bytes(), mode, store::PRIVATE_DIR_MODE);
@@ -935,7 +939,7 @@ fn encrypt_stale(
     recipients: &Recipients,
     plan: &SealPlan<'_>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let work: Vec<(&ManagedFile<'_>, &Entry)> = plan
+    let work: Vec<(&ManagedFile<'_>, &FileEntry)> = plan
         .sealed
         .iter()
         .zip(&plan.standings)
@@ -946,7 +950,7 @@ fn encrypt_stale(
     work.par_iter()
         .map(|(s, entry)| {
             let plaintext = match s.kind {
-                Kind::Kubeconfig => {
+                FileKind::Kubeconfig => {
                     let text = crate::kubeconfig::admin(state, config, &config.cluster.api_server)?;
                     Zeroizing::new(text.as_bytes().to_vec())
                 }

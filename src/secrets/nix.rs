@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::catalogue::ManagedFile;
 use crate::catalogue::{self, CaName, Item, Part, Scope};
 use crate::config::{Config, Role};
-use crate::pem::Kind;
+use crate::pem::FileKind;
 use crate::wiring::{Service, WIRES, Wire};
 
 /// A Nix string literal, written without allocating (the Nix files of a fleet have thousands).
@@ -188,7 +188,7 @@ fn nodes(out: &mut String, config: &Config, plan: &super::SealPlan<'_>) {
         out.push_str("        files = {\n");
         for (s, fingerprint) in by_node.get(node.name.as_str()).into_iter().flatten() {
             let mode = match s.kind {
-                Kind::PrivateKey | Kind::Kubeconfig => "0400",
+                FileKind::PrivateKey | FileKind::Kubeconfig => "0400",
                 _ => "0444",
             };
             let _ = writeln!(

@@ -84,7 +84,7 @@ pub(super) fn sealed_only(state: &State, seal: &secrets::SealPlan<'_>) -> Result
     let cacheable = seal
         .sealed
         .iter()
-        .filter(|s| s.kind != crate::pem::Kind::Kubeconfig);
+        .filter(|s| s.kind != crate::pem::FileKind::Kubeconfig);
     let (mut unread, mut total) = (0, 0);
     for s in cacheable {
         unread += usize::from(state.place(&s.rel)? == Place::Sealed);

@@ -4,13 +4,13 @@
 /// each certificate's facts), as kpki's own file taken on its record, a private key, a DER
 /// certificate and an age header.
 pub fn load(data: &[u8]) {
-    use kpki::pem::{Kind, Material};
+    use kpki::pem::{FileKind, Material};
     for kind in [
-        Kind::Certificates,
-        Kind::PrivateKey,
-        Kind::PublicKeys,
-        Kind::Crl,
-        Kind::CrlDer,
+        FileKind::Certificates,
+        FileKind::PrivateKey,
+        FileKind::PublicKeys,
+        FileKind::Crl,
+        FileKind::CrlDer,
     ] {
         for material in [
             kpki::pem::parse(kind, data),
