@@ -12,8 +12,6 @@ pub mod nix;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
-use crate::state::record::{FastMap, listing_hash};
-
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
@@ -24,6 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
 use crate::manifest::{self, FileEntry, Manifest};
 use crate::pem::{self, FileKind};
+use crate::state::record::{FastMap, listing_hash};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
 use crate::trust;
@@ -310,28 +309,35 @@ impl SealPlan<'_> {
             .chain(self.leftovers.iter().map(|(rel, _)| rel))
             .map(|rel| format!("{rel}.age"))
             .collect();
-        let mut by_dir: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (dir, name) in known.iter().filter_map(|rel| rel.rsplit_once('/')) {
-            by_dir.entry(dir).or_default().push(name);
-        }
         let store = state.store();
-        let settled = by_dir
-            .into_par_iter()
-            .filter(|_| depth == Depth::Changed)
-            .map(|(dir, mut names)| {
-                names.sort_unstable();
-                Ok(state
-                    .listed_as(dir, &names)?
-                    .then(|| store.secrets_path(dir)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let settled: HashSet<std::path::PathBuf> = settled.into_iter().flatten().collect();
+        let settled = match depth {
+            Depth::All => HashSet::new(),
+            Depth::Changed => settled_dirs(state, &known)?,
+        };
         Ok(store
             .list_except(&store.secrets_dir(), |dir| settled.contains(dir))?
             .into_iter()
             .filter(|rel| rel.ends_with(".age") && !known.contains(rel))
             .collect())
     }
+}
+
+/// The directories of `secrets/` that hold exactly the `known` files (`DIR/NAME.age`) as the
+/// cache record saw them, unchanged since: they need not be listed.
+fn settled_dirs(state: &State, known: &HashSet<String>) -> Result<HashSet<PathBuf>> {
+    let mut by_dir: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (dir, name) in known.iter().filter_map(|rel| rel.rsplit_once('/')) {
+        by_dir.entry(dir).or_default().push(name);
+    }
+    let settled = by_dir
+        .into_par_iter()
+        .map(|(dir, mut names)| {
+            names.sort_unstable();
+            let path = state.store().secrets_path(dir);
+            Ok(state.listed_as(dir, &names)?.then_some(path))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(settled.into_iter().flatten().collect())
 }
 
 /// Compares every file that belongs in `secrets/` with the manifest; checks encrypted files as

@@ -51,12 +51,13 @@ pub struct Record {
     pub dirs: FastMap<String, (Stamp, String)>,
 }
 
-/// The fingerprint of a directory's sorted entry names.
+/// The fingerprint of a directory's sorted entry names, each ended by a NUL: the one byte no
+/// file name holds, so no crafted name (one with a newline, say) reads as several.
 pub fn listing_hash<'a>(sorted: impl IntoIterator<Item = &'a str>) -> String {
     let mut text = String::new();
     for name in sorted {
         text.push_str(name);
-        text.push('\n');
+        text.push('\0');
     }
     crate::pem::fingerprint(text.as_bytes())
 }
@@ -209,6 +210,11 @@ mod tests {
         assert_eq!(again.files, record.files);
         assert_eq!(again.dirs, record.dirs);
         assert!(Record::parse("kpki cache 2\n").is_none());
+        // One crafted name never hashes as the two names it spells.
+        assert_ne!(
+            listing_hash(["a.pem.age\nb.pem.age"]),
+            listing_hash(["a.pem.age", "b.pem.age"])
+        );
         // A record made before anything was committed reads back as such.
         let empty = Record::default().render();
         assert_eq!(Record::parse(&empty).unwrap().manifest, None);

@@ -335,13 +335,15 @@ impl Store {
         if before.mtime_ns.max(before.ctime_ns) > now.unix_timestamp_nanos() - SETTLED_NS {
             return Ok(None);
         }
-        let mut names = fs::read_dir(dir)
-            .and_then(|entries| {
-                entries
-                    .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-                    .collect::<std::io::Result<Vec<_>>>()
-            })
-            .map_err(|e| Error::io(dir, e))?;
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+            // A name that is not UTF-8 is no file of kpki's: such a directory is always listed.
+            let Ok(name) = name.into_string() else {
+                return Ok(None);
+            };
+            names.push(name);
+        }
         names.sort();
         Ok((self.dir_stamp(dir)? == Some(before)).then_some((before, names)))
     }
@@ -639,6 +641,11 @@ mod tests {
         let (stamp, names) = store.settled_listing(&sub, later).unwrap().unwrap();
         assert_eq!(names, ["a.pem.age", "b.pem.age"]);
         assert_eq!(store.dir_stamp(&sub).unwrap(), Some(stamp));
+        // A name that is not UTF-8 could pass for another once made readable: never kept.
+        use std::os::unix::ffi::OsStrExt;
+        fs::write(sub.join(std::ffi::OsStr::from_bytes(b"x\xff.pem.age")), "").unwrap();
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+        assert_eq!(store.settled_listing(&sub, later).unwrap(), None);
         assert_eq!(store.dir_stamp(&dir.path().join("missing")).unwrap(), None);
         assert_eq!(store.dir_stamp(&sub.join("a.pem.age")).unwrap(), None);
     }
