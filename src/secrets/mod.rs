@@ -725,14 +725,24 @@ pub fn commit_planned(
         }
     }
     committed.new_recipients = new.iter().map(NewRecipient::describe).collect();
-    // Rendering the Nix files takes a while at a thousand nodes: alongside the encryption.
-    let (encrypted, outputs) = rayon::join(
-        || encrypt_stale(state, config, recipients, &plan),
-        || outdated_outputs(state, config, recipients, &plan, Depth::Changed),
+    // Rendering the Nix files and signing the manifest take a while at a thousand nodes:
+    // alongside the encryption.
+    let ((encrypted, outputs), signed) = rayon::join(
+        || {
+            rayon::join(
+                || encrypt_stale(state, config, recipients, &plan),
+                || outdated_outputs(state, config, recipients, &plan, Depth::Changed),
+            )
+        },
+        || {
+            manifest_outdated(state, &plan)
+                .then(|| signed_manifest(state, &plan))
+                .transpose()
+        },
     );
     let mut hashes = HashMap::new();
-    for (rel, ciphertext) in encrypted? {
-        hashes.insert(rel.clone(), pem::fingerprint(&ciphertext));
+    for (rel, ciphertext, hash) in encrypted? {
+        hashes.insert(rel.clone(), hash);
         txn.write(
             store.secret_path(&rel),
             Zeroizing::new(ciphertext),
@@ -769,20 +779,21 @@ pub fn commit_planned(
         );
     }
     committed.encrypted.sort();
-    let mut signed = None;
-    if manifest_outdated(state, &plan) {
-        let (text, pin, manifest) = signed_manifest(state, &plan)?;
-        txn.write(
-            store.secrets_path(manifest::FILE),
-            Zeroizing::new(text.clone().into_bytes()),
-            store::PUBLIC_MODE,
-            store::PUBLIC_DIR_MODE,
-        );
-        committed
-            .written
-            .push(format!("secrets/{}", manifest::FILE));
-        signed = Some((pem::fingerprint(text.as_bytes()), pin, manifest));
-    }
+    let signed = match signed? {
+        Some((text, pin, manifest)) => {
+            txn.write(
+                store.secrets_path(manifest::FILE),
+                Zeroizing::new(text.clone().into_bytes()),
+                store::PUBLIC_MODE,
+                store::PUBLIC_DIR_MODE,
+            );
+            committed
+                .written
+                .push(format!("secrets/{}", manifest::FILE));
+            Some((pem::fingerprint(text.as_bytes()), pin, manifest))
+        }
+        None => None,
+    };
     let manifest_fp = match &signed {
         Some((fp, ..)) => Some(fp.clone()),
         None => state.manifest_fingerprint().map(str::to_string),
@@ -938,13 +949,14 @@ fn cache(
     txn.write(path, material.file_bytes(), mode, store::PRIVATE_DIR_MODE);
 }
 
-/// Encrypts every stale file from its trusted content; returns `(rel, ciphertext)` pairs.
+/// Encrypts every stale file from its trusted content; returns `(rel, ciphertext, its
+/// fingerprint)` triples.
 fn encrypt_stale(
     state: &State,
     config: &Config,
     recipients: &Recipients,
     plan: &SealPlan<'_>,
-) -> Result<Vec<(String, Vec<u8>)>> {
+) -> Result<Vec<(String, Vec<u8>, String)>> {
     let work: Vec<(&ManagedFile<'_>, &FileEntry)> = plan
         .sealed
         .iter()
@@ -969,7 +981,8 @@ fn encrypt_stale(
                 .collect();
             let ciphertext = seal::encrypt(&plaintext, &parsed, &s.rel)?;
             bar.inc();
-            Ok((s.rel.clone(), ciphertext))
+            let hash = pem::fingerprint(&ciphertext);
+            Ok((s.rel.clone(), ciphertext, hash))
         })
         .collect()
 }

@@ -6,7 +6,7 @@
 //! no rename ran), it removes the files written aside. Durability costs two `syncfs` per change,
 //! not one `fsync` per file.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -43,7 +43,7 @@ enum Op {
 pub struct Transaction {
     store: Store,
     /// The last word on each path.
-    ops: std::collections::BTreeMap<PathBuf, Op>,
+    ops: BTreeMap<PathBuf, Op>,
     writes: Vec<Pending>,
     removals: Vec<PathBuf>,
     /// Temporary files written but not yet renamed, removed if the commit fails.
@@ -104,9 +104,11 @@ impl Transaction {
                 Op::Remove => self.removals.push(path),
             }
         }
-        for path in self.writes.iter().map(|w| &w.path).chain(&self.removals) {
-            self.store.refuse_links(path)?;
-        }
+        self.writes
+            .par_iter()
+            .map(|w| &w.path)
+            .chain(&self.removals)
+            .try_for_each(|path| self.store.refuse_links(path))?;
         self.mark_writing()?;
         self.write_ignore_rules_first()?;
         let mut plaintext: Vec<&Path> = self
@@ -146,7 +148,7 @@ impl Transaction {
         dirs.extend(self.removals.iter().map(|p| parent(p).to_path_buf()));
         let renames: Vec<Rename> = self
             .temps
-            .iter()
+            .par_iter()
             .zip(&self.writes)
             .map(|(temp, w)| Rename {
                 temp: temp.clone(),
@@ -243,41 +245,61 @@ fn parent(path: &Path) -> &Path {
     path.parent().expect("written paths have a parent")
 }
 
-/// Writes every file aside into `temps`, in parallel by directory: a task creates a file's
-/// directory, then the temporary files of its files. One result per file, in order, while all
-/// goes well. Each worker thread writes into a directory of its own below `temps`: creating a
-/// file locks its directory, and tens of thousands of files in one directory would have the
-/// threads wait on each other.
+/// Writes every file aside into `temps`, in parallel, once every directory it needs exists;
+/// one result per file, in order, while all goes well. Each worker thread writes into a
+/// directory of its own below `temps`: creating a file locks its directory, and tens of
+/// thousands of files in one directory would have the threads wait on each other.
 fn write_temps(temps: &Path, writes: &[Pending]) -> Vec<Result<PathBuf>> {
-    let groups: Vec<&[Pending]> = writes
-        .chunk_by(|a, b| parent(&a.path) == parent(&b.path))
-        .collect();
-    groups
+    let made = make_dirs(temps, writes).and_then(|()| {
+        // tempfile makes a relative directory absolute, a `getcwd` per file: done once here.
+        std::path::absolute(temps).map_err(|e| Error::io(temps, e))
+    });
+    let absolute = match made {
+        Ok(absolute) => absolute,
+        Err(e) => return vec![Err(e)],
+    };
+    writes
         .par_iter()
-        .flat_map_iter(|group| {
-            let dir = parent(&group[0].path);
-            let shard = temps.join(rayon::current_thread_index().unwrap_or(0).to_string());
-            let made = fs::DirBuilder::new()
-                .recursive(true)
-                .mode(group[0].dir_mode)
-                .create(dir)
-                .map_err(|e| Error::io(dir, e))
-                .and_then(|()| {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(super::PRIVATE_DIR_MODE)
-                        .create(&shard)
-                        .map_err(|e| Error::io(&shard, e))
-                });
-            match made {
-                Err(e) => vec![Err(e)],
-                Ok(()) => group
-                    .iter()
-                    .map(|w| write_temp(&shard, &w.path, &w.contents, w.mode))
-                    .collect(),
-            }
+        .map(|w| {
+            let shard = rayon::current_thread_index().unwrap_or(0).to_string();
+            let temp = write_temp(&absolute.join(&shard), &w.path, &w.contents, w.mode)?;
+            // Kept in the form of `temps` (the journal names both relative to the cluster
+            // directory).
+            Ok(temps
+                .join(shard)
+                .join(temp.file_name().expect("a temporary file has a name")))
         })
         .collect()
+}
+
+/// Makes the worker threads' directories below `temps` and every missing directory `writes`
+/// need. A directory's parent is locked while an entry is made in it (and ext4 takes a while
+/// to place a new directory): the directories of one parent are made one after another, those
+/// of different parents (`pki/`, `secrets/`) side by side, so no thread spins on another's lock.
+fn make_dirs(temps: &Path, writes: &[Pending]) -> Result<()> {
+    let shards = (0..rayon::current_num_threads())
+        .map(|i| (temps.join(i.to_string()), super::PRIVATE_DIR_MODE));
+    let mut by_parent: BTreeMap<&Path, Vec<(PathBuf, u32)>> = BTreeMap::new();
+    for w in writes.chunk_by(|a, b| parent(&a.path) == parent(&b.path)) {
+        let dir = parent(&w[0].path);
+        by_parent
+            .entry(dir.parent().unwrap_or(dir))
+            .or_default()
+            .push((dir.to_path_buf(), w[0].dir_mode));
+    }
+    by_parent.entry(temps).or_default().extend(shards);
+    by_parent.into_par_iter().try_for_each(|(_, dirs)| {
+        dirs.iter().try_for_each(|(dir, mode)| {
+            if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+                return Ok(());
+            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(*mode)
+                .create(dir)
+                .map_err(|e| Error::io(dir, e))
+        })
+    })
 }
 
 /// Writes `contents` for `path` to a new temporary file in `dir` (created 0600, so a key is
@@ -295,12 +317,7 @@ fn write_temp(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<Pat
         .map_err(io)?;
     let (_, temp) = tmp.keep().map_err(|e| io(e.error))?;
     fault::operation_done();
-    // tempfile makes the path absolute; keep the form of `path` (the journal names both
-    // relative to the cluster directory).
-    Ok(match temp.file_name() {
-        Some(name) => dir.join(name),
-        None => temp,
-    })
+    Ok(temp)
 }
 
 /// The stamps of the files `writes` put in place.
@@ -315,14 +332,17 @@ fn stamps_in_place(writes: &[Pending]) -> Result<HashMap<PathBuf, Stamp>> {
 }
 
 /// Makes the written files (and renames so far) durable: one `syncfs` per filesystem touched,
-/// else an fsync per file and directory where `syncfs` is not available.
+/// else an fsync per file and directory where `syncfs` is not available. A directory is only
+/// opened when it is the first seen of its filesystem: a fleet's change touches 10,000.
 fn sync(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
     let mut devices = BTreeSet::new();
     for dir in dirs {
-        let dir = existing(dir);
+        let (dir, meta) = existing(dir)?;
+        if !devices.insert(meta.dev()) {
+            continue;
+        }
         let handle = fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
-        let dev = handle.metadata().map_err(|e| Error::io(dir, e))?.dev();
-        if devices.insert(dev) && rustix::fs::syncfs(&handle).is_err() {
+        if rustix::fs::syncfs(&handle).is_err() {
             return sync_each(files, dirs);
         }
     }
@@ -331,11 +351,11 @@ fn sync(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
 
 /// The fallback of [`sync`]: fsync every file and directory.
 fn sync_each(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
-    for path in files
+    let dirs = dirs
         .iter()
-        .map(PathBuf::as_path)
-        .chain(dirs.iter().map(|d| existing(d)))
-    {
+        .map(|d| existing(d).map(|(d, _)| d))
+        .collect::<Result<Vec<_>>>()?;
+    for path in files.iter().map(PathBuf::as_path).chain(dirs) {
         fs::File::open(path)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(path, e))?;
@@ -344,11 +364,22 @@ fn sync_each(files: &[PathBuf], dirs: &BTreeSet<PathBuf>) -> Result<()> {
 }
 
 /// `dir`, or its nearest ancestor that exists when a removal took it (whose entry then
-/// changed).
-fn existing(dir: &Path) -> &Path {
-    dir.ancestors()
-        .find(|d| d.exists())
-        .unwrap_or(Path::new("."))
+/// changed), with its metadata.
+fn existing(dir: &Path) -> Result<(&Path, fs::Metadata)> {
+    let mut last = None;
+    for d in dir.ancestors().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) {
+        match fs::metadata(d) {
+            Ok(meta) => return Ok((d, meta)),
+            Err(e) => last = Some(Error::io(d, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::file(dir, "has no directory above it")))
 }
 
 /// Renames every temporary file into place (in parallel: their order does not matter once
