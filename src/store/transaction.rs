@@ -222,11 +222,17 @@ impl Transaction {
 }
 
 impl Drop for Transaction {
+    /// A failed commit removes its temporary files, unless its journal is written: from then
+    /// on they belong to the journal, and the next writer completes the change (removing them
+    /// after a failed rename would leave the renames before it done and the rest undone).
     fn drop(&mut self) {
+        if self.store.journal_path().exists() {
+            return;
+        }
         for temp in &self.temps {
             let _ = fs::remove_file(temp);
         }
-        if self.marked && !self.store.journal_path().exists() {
+        if self.marked {
             let _ = fs::remove_file(self.store.state_path(WRITING));
         }
     }
@@ -685,6 +691,28 @@ mod tests {
         recover(&store).unwrap();
         assert_eq!(read(&dir, "a.pem").as_deref(), Some("old"));
         assert_eq!(read(&dir, "b.pem"), None);
+    }
+
+    #[test]
+    fn a_commit_whose_rename_fails_is_completed_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let pki = dir.path().join("pki");
+        fs::create_dir_all(pki.join("b.txt/in-the-way")).unwrap();
+        let mut txn = store.transaction();
+        for name in ["a.txt", "b.txt", "c.txt"] {
+            let contents = Zeroizing::new(b"new".to_vec());
+            txn.write(pki.join(name), contents, 0o644, 0o700);
+        }
+        // A directory where b.txt goes: its rename fails after the journal was written.
+        txn.commit(|_| Ok(())).unwrap_err();
+        assert!(store.journal_path().exists());
+        fs::remove_dir_all(pki.join("b.txt")).unwrap();
+        recover(&store).unwrap();
+        for name in ["a.txt", "b.txt", "c.txt"] {
+            assert_eq!(read(&dir, name).as_deref(), Some("new"), "{name}");
+        }
+        assert!(!store.journal_path().exists());
     }
 
     #[test]
