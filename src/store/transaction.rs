@@ -293,6 +293,9 @@ fn write_temps_flushing(temps: &Path, writes: &[Pending]) -> Vec<Result<PathBuf>
     }
     let (first, second) = writes.split_at(writes.len() / 2);
     let mut done = write_temps(temps, first);
+    if done.iter().any(Result::is_err) {
+        return done;
+    }
     let flushing = fs::File::open(temps).ok();
     std::thread::scope(|scope| {
         if let Some(handle) = &flushing {
