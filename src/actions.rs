@@ -308,10 +308,7 @@ fn key_for(
         return load_key(state, key_file);
     }
     let key = issuing::generate_key(algorithm)?;
-    state.put(
-        key_file,
-        pem::made(pem::FileKind::PrivateKey, issuing::key_pem(&key)),
-    );
+    state.put(key_file, pem::Material::of_key(&key));
     done.written.push(key_file.to_string());
     Ok(key)
 }

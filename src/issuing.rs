@@ -11,7 +11,6 @@ use rcgen::{
 };
 use ring::rand::SecureRandom;
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 use crate::catalogue::{CaName, Subject, Usage};
 use crate::config::{Algorithm, San, Span};
@@ -39,11 +38,6 @@ pub fn service_account_algorithm(algorithm: Algorithm) -> Algorithm {
         Algorithm::EcdsaP384 => Algorithm::EcdsaP384,
         Algorithm::EcdsaP256 | Algorithm::Ed25519 => Algorithm::EcdsaP256,
     }
-}
-
-/// A private key in PKCS#8 PEM, wiped from memory when dropped.
-pub fn key_pem(key: &KeyPair) -> Zeroizing<String> {
-    Zeroizing::new(key.serialize_pem())
 }
 
 /// A CA that can sign: its certificate (PEM, possibly a bundle, newest first) and its key.

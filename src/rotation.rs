@@ -328,14 +328,24 @@ pub fn start_ca(
     let cross = issuing::cross_signed_ca(&subject, &key, &old, now, config.keys.ca_validity)?;
     let bundle = new_cert + &old_cert.text;
     let writes = [
-        (catalogue::previous_key_file(ca), old_key.text.to_string()),
-        (catalogue::cross_file(ca), cross),
-        (item.file(Part::Key), issuing::key_pem(&key).to_string()),
-        (item.file(Part::Cert), bundle),
+        (
+            catalogue::previous_key_file(ca),
+            pem::made(FileKind::PrivateKey, &*old_key.text),
+        ),
+        (
+            catalogue::cross_file(ca),
+            pem::made(FileKind::Certificates, &cross),
+        ),
+        (item.file(Part::Key), pem::Material::of_key(&key)),
+        (
+            item.file(Part::Cert),
+            pem::made(FileKind::Certificates, &bundle),
+        ),
     ];
     let mut applied = Applied::default();
-    for (rel, text) in writes {
-        state.put(&rel, pem::made(catalogue::file_kind(&rel), &text));
+    for (rel, material) in writes {
+        debug_assert_eq!(material.kind, catalogue::file_kind(&rel));
+        state.put(&rel, material);
         applied.written.push(rel);
     }
     let targets = leaves_of(config, ca)
@@ -447,10 +457,7 @@ pub fn start_sa(state: &State, config: &Config) -> Result<Applied> {
     let old_public = state.require(&item.file(Part::Cert))?;
     let key = issuing::generate_key(issuing::service_account_algorithm(config.keys.algorithm))?;
     let public = key.public_key_pem() + &old_public.text;
-    state.put(
-        &item.file(Part::Key),
-        pem::made(FileKind::PrivateKey, issuing::key_pem(&key)),
-    );
+    state.put(&item.file(Part::Key), pem::Material::of_key(&key));
     state.put(
         &item.file(Part::Cert),
         pem::made(FileKind::PublicKeys, &public),

@@ -60,7 +60,7 @@ fn certificates(c: &mut Criterion) {
                 let key = issuing::generate_key(Algorithm::EcdsaP256).unwrap();
                 let cert =
                     issuing::sign_leaf(&leaf, Usage::Server, &key, &ca, now, now + year.0).unwrap();
-                (cert, issuing::key_pem(&key))
+                (cert, kpki::pem::Material::of_key(&key))
             })
         },
     );
