@@ -151,8 +151,7 @@ impl Material {
 /// `sha256:HEX` of `bytes`.
 pub fn fingerprint(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", base16ct::lower::encode_string(digest.as_ref()))
 }
 
 /// Parses the bytes of a file of `kind`; the error says what is wrong, for the caller to
