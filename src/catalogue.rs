@@ -131,10 +131,7 @@ pub struct Entry<'a> {
 impl<'a> Entry<'a> {
     /// The name of its certificate (or public key) file, or of its key file, in its directory.
     pub fn file_name(&self, part: Part) -> String {
-        match part {
-            Part::Cert => format!("{}.pem", self.stem),
-            Part::Key => format!("{}-key.pem", self.stem),
-        }
+        [self.stem, part.suffix()].concat()
     }
 
     /// The entry of a `[[certificate]]` declaration.
@@ -609,6 +606,16 @@ pub enum Part {
     Key,
 }
 
+impl Part {
+    /// What follows an entry's stem in the part's file name.
+    fn suffix(self) -> &'static str {
+        match self {
+            Part::Cert => ".pem",
+            Part::Key => "-key.pem",
+        }
+    }
+}
+
 /// A catalogue entry bound to a node (for per-node entries): one concrete file pair. Made only
 /// by the constructors below, so a per-node entry always has its node.
 #[derive(Debug, Clone, Copy)]
@@ -651,9 +658,11 @@ impl<'c> Item<'c> {
         format!("{}/{}", self.dir(), self.entry.stem)
     }
 
-    /// The path of one part, relative to `pki/`.
+    /// The path of one part, relative to `pki/`. Joined, not formatted: every command names
+    /// every file several times (with `format!`, 8% of a no-op `rotate`'s instructions at
+    /// 1,000 nodes).
     pub fn file(&self, part: Part) -> String {
-        format!("{}/{}", self.dir(), self.entry.file_name(part))
+        [self.dir(), "/", self.entry.stem, part.suffix()].concat()
     }
 
     /// The subject and SANs this item must have under `config`.

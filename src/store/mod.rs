@@ -283,7 +283,9 @@ impl Store {
 
     /// The encrypted copy of `pki/REL`: `secrets/REL.age`.
     pub fn secret_path(&self, rel: &str) -> PathBuf {
-        self.secrets_path(&format!("{rel}.age"))
+        let mut path = self.secrets_path(rel).into_os_string();
+        path.push(".age");
+        path.into()
     }
 
     /// The bytes of a file below the cluster directory, or `None` when it does not exist.
