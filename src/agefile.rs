@@ -17,7 +17,7 @@ pub type Identity = Box<dyn age::Identity + Send + Sync>;
 pub fn canonical(recipient: &str) -> String {
     let mut words = recipient.split_whitespace();
     match (words.next(), words.next()) {
-        (Some(kind), Some(key)) if kind.starts_with("ssh-") => format!("{kind} {key}"),
+        (Some(kind), Some(key)) if kind.starts_with("ssh-") => [kind, " ", key].concat(),
         (Some(one), _) => one.to_string(),
         _ => String::new(),
     }

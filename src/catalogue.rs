@@ -974,8 +974,8 @@ pub fn secret_name(item: &Item<'_>, part: Part) -> String {
     let file = item.file(part);
     let base = file.rsplit('/').next().unwrap_or_default();
     match item.entry().scope {
-        Scope::Cluster { dir } => format!("kpki-{dir}-{base}"),
-        Scope::Node(_) => format!("kpki-{base}"),
+        Scope::Cluster { dir } => ["kpki-", dir, "-", base].concat(),
+        Scope::Node(_) => ["kpki-", base].concat(),
     }
 }
 

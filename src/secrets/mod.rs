@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, InOrder, Result};
 use crate::manifest::{self, FileEntry, Manifest};
 use crate::pem::{self, FileKind};
-use crate::state::record::{FastMap, listing_hash};
+use crate::state::record::{FastMap, FastSet, listing_hash};
 use crate::state::{ADMIN_IDENTITY, Known, Place, Record, State};
 use crate::store::{self, Store};
 use crate::trust;
@@ -72,6 +72,9 @@ pub fn admins(store: &Store, config: &Config) -> Result<Admins> {
 pub struct Recipients {
     admins: Vec<String>,
     parsed: HashMap<String, Recipient>,
+    /// Each node's host key in canonical form, by node name: a file for every host asks for
+    /// thousands.
+    hosts: FastMap<String, String>,
     /// Who may be encrypted to though the last signed state never was (`--accept-recipients`).
     accepted: Vec<String>,
 }
@@ -93,14 +96,20 @@ impl Recipients {
             .filter_map(|node| {
                 let key = node.host_key.as_ref()?;
                 let what = format!("node \"{}\": host_key", node.name);
-                Some(seal::parse_recipient(key, &what).map(|r| (seal::canonical(key), r)))
+                let canonical = seal::canonical(key);
+                Some(seal::parse_recipient(key, &what).map(|r| (&node.name, canonical, r)))
             })
             .collect::<Vec<_>>()
             .in_order()?;
-        parsed.extend(hosts);
+        let mut by_node = FastMap::default();
+        for (name, canonical, recipient) in hosts {
+            by_node.insert(name.clone(), canonical.clone());
+            parsed.insert(canonical, recipient);
+        }
         Ok(Recipients {
             admins,
             parsed,
+            hosts: by_node,
             accepted: Vec::new(),
         })
     }
@@ -129,12 +138,12 @@ impl Recipients {
     fn of(&self, sealed: &ManagedFile<'_>) -> Vec<String> {
         let mut keys = self.admins.clone();
         // A set for the duplicates: a file for every host has thousands of readers.
-        let mut seen: HashSet<String> = keys.iter().cloned().collect();
+        let mut seen: FastSet<&str> = self.admins.iter().map(String::as_str).collect();
         for node in &sealed.readers {
-            if let Some(key) = node.host_key.as_deref().map(seal::canonical)
-                && seen.insert(key.clone())
+            if let Some(key) = self.hosts.get(&node.name)
+                && seen.insert(key)
             {
-                keys.push(key);
+                keys.push(key.clone());
             }
         }
         keys

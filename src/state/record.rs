@@ -9,6 +9,9 @@ use std::collections::HashMap;
 /// chooses cannot be made to collide, and it costs a fraction of SipHash at 20,000 files.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The set kind of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 use crate::store::{Stamp, Store};
 
 /// The record's name under `pki/.kpki/`.
