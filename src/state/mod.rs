@@ -63,10 +63,10 @@ pub struct State {
     loaded: Loaded,
     record: Record,
     identities: Identities,
-    places: Mutex<FastMap<String, Place>>,
+    places: Shared<String, Place>,
     /// Stamps of files looked at this run, by path (as bytes: hashing a `Path` walks its
     /// components, and this map is asked tens of thousands of times).
-    stamps: Mutex<FastMap<std::ffi::OsString, Option<Stamp>>>,
+    stamps: Shared<std::ffi::OsString, Option<Stamp>>,
     /// `pki/` files parsed this run, trusted or not.
     plain: Mutex<FastMap<String, Arc<Material>>>,
     /// Trusted contents read this run.
@@ -89,12 +89,8 @@ impl Drop for State {
     fn drop(&mut self) {
         std::mem::forget(std::mem::take(&mut self.loaded));
         std::mem::forget(std::mem::take(&mut self.record));
-        std::mem::forget(std::mem::take(
-            self.places.get_mut().unwrap_or_else(|e| e.into_inner()),
-        ));
-        std::mem::forget(std::mem::take(
-            self.stamps.get_mut().unwrap_or_else(|e| e.into_inner()),
-        ));
+        self.places.forget();
+        self.stamps.forget();
     }
 }
 
@@ -110,8 +106,8 @@ impl State {
             access,
             loaded,
             record,
-            places: Mutex::default(),
-            stamps: Mutex::default(),
+            places: Shared::default(),
+            stamps: Shared::default(),
             plain: Mutex::default(),
             contents: Mutex::default(),
             changes: Mutex::default(),
@@ -177,11 +173,11 @@ impl State {
 
     /// Where the trusted content of `pki/REL` is.
     pub fn place(&self, rel: &str) -> Result<Place> {
-        if let Some(place) = lock(&self.places).get(rel) {
-            return Ok(place.clone());
+        if let Some(place) = self.places.get(rel) {
+            return Ok(place);
         }
         let place = self.resolve(rel)?;
-        lock(&self.places).insert(rel.to_string(), place.clone());
+        self.places.insert(rel.to_string(), place.clone());
         Ok(place)
     }
 
@@ -212,11 +208,11 @@ impl State {
 
     /// The stamp of a file below the cluster directory, looked at once per run.
     pub fn stamp(&self, path: &Path) -> Result<Option<Stamp>> {
-        if let Some(stamp) = lock(&self.stamps).get(path.as_os_str()) {
-            return Ok(*stamp);
+        if let Some(stamp) = self.stamps.get(path.as_os_str()) {
+            return Ok(stamp);
         }
         let stamp = self.store.stamp(path)?;
-        lock(&self.stamps).insert(path.as_os_str().to_owned(), stamp);
+        self.stamps.insert(path.as_os_str().to_owned(), stamp);
         Ok(stamp)
     }
 
@@ -573,6 +569,52 @@ impl State {
             &self.store.pki_path(rel),
             "changed outside kpki (neither what secrets/ holds nor what kpki last wrote); remove it to use the committed version",
         )
+    }
+}
+
+/// A map that rayon's threads share, split into shards, each behind a lock of its own: with
+/// one lock, tens of thousands of look-ups from both cores queue on each other.
+struct Shared<K, V> {
+    shards: [Mutex<FastMap<K, V>>; SHARDS],
+    hasher: foldhash::fast::RandomState,
+}
+
+const SHARDS: usize = 16;
+
+impl<K, V> Default for Shared<K, V> {
+    fn default() -> Self {
+        Shared {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Shared<K, V> {
+    fn shard<Q: std::hash::Hash + ?Sized>(&self, key: &Q) -> &Mutex<FastMap<K, V>> {
+        use std::hash::BuildHasher;
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        lock(self.shard(key)).get(key).cloned()
+    }
+
+    fn insert(&self, key: K, value: V) {
+        lock(self.shard(&key)).insert(key, value);
+    }
+
+    /// Leaves the entries to the process's exit (see [`State`]'s `Drop`).
+    fn forget(&mut self) {
+        for shard in &mut self.shards {
+            std::mem::forget(std::mem::take(
+                shard.get_mut().unwrap_or_else(|e| e.into_inner()),
+            ));
+        }
     }
 }
 
