@@ -11,6 +11,13 @@ use kpki::error::Result;
 use kpki::report::{Report, Style};
 use kpki::store::Store;
 
+/// jemalloc rather than glibc's malloc: kpki allocates on rayon's threads and frees on others,
+/// where glibc's per-thread arenas grow and shrink a page range at a time (ten thousand
+/// `mprotect` calls in a no-op `rotate` at 5,000 nodes). A fifth off `status` and `rotate`
+/// there, with the same peak memory (mimalloc was as fast but took a quarter more memory).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Answers the shell's completion requests (COMPLETE=SHELL in the environment) and exits.
     clap_complete::CompleteEnv::with_factory(kpki::completion::command).complete();
