@@ -98,8 +98,9 @@ impl State {
     /// Opens the cluster directory's state; `identity` is the admin identity of `-i` or
     /// `KPKI_IDENTITY`.
     pub fn open(store: Store, identity: Option<PathBuf>, access: Access) -> Result<State> {
-        let loaded = Manifest::load(&store)?;
-        let record = Record::load(&store);
+        // Megabytes each at thousands of nodes: read side by side.
+        let (loaded, record) = rayon::join(|| Manifest::load(&store), || Record::load(&store));
+        let loaded = loaded?;
         Ok(State {
             identities: Identities::new(&store, identity),
             store,
