@@ -78,6 +78,8 @@ pub struct State {
     superseded: Mutex<Option<BTreeMap<String, Superseded>>>,
     /// The signer and generation this run verified, for the commit to pin.
     verified: Mutex<Option<crate::trust::Pin>>,
+    /// [`State::divergent`] once found: places do not change within a run.
+    divergent: OnceLock<Vec<(String, Place)>>,
 }
 
 /// At thousands of nodes, freeing the public bookkeeping (the manifest, the record, every
@@ -115,6 +117,7 @@ impl State {
             revoked: Mutex::default(),
             superseded: Mutex::default(),
             verified: Mutex::default(),
+            divergent: OnceLock::new(),
         })
     }
 
@@ -503,6 +506,9 @@ impl State {
     /// The plaintext files of `pki/` that are not what the committed state says, each with its
     /// place: stale or removed (a teammate committed since) and changed outside kpki.
     pub fn divergent(&self) -> Result<Vec<(String, Place)>> {
+        if let Some(found) = self.divergent.get() {
+            return Ok(found.clone());
+        }
         // Every file the manifest or the record knows, each once: the record's by hash, then
         // the manifest's it lacks (a sorted set of both was 5% of a no-op rotate at scale).
         let manifest = &self.loaded.manifest.files;
@@ -526,7 +532,7 @@ impl State {
             .map(|(rel, p)| (rel.clone(), p))
             .collect::<Vec<_>>();
         divergent.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(divergent)
+        Ok(self.divergent.get_or_init(|| divergent).clone())
     }
 
     /// For a writer: refuses to work on plaintext changed outside kpki, naming every such file;
