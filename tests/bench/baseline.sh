@@ -40,7 +40,8 @@ subjectAltName=$6}"
   openssl x509 -req -in "$out.csr" -CA "pki/$ca/ca.pem" -CAkey "pki/$ca/ca-key.pem" \
     -set_serial "0x$(openssl rand -hex 16 | sed 's/^./1/')" -days 365 \
     -extfile <(printf '%s\n' "$ext") -out "$out.pem" 2>/dev/null
-  rm "$out.csr"
+  # The request stays: deleting files on this disk would slow the next run's inode allocation
+  # (kpki's, which takes turns with this one; see bench.sh's wait_settled).
 }
 
 seal() { # FILE [RECIPIENTS_FILE]

@@ -161,17 +161,30 @@ fleet_suite() {
   refresh[disk-$fleet]=$(fresh_refresh "$big" "$dir/fresh-$fleet")
 }
 
-# A directory of its own on the disk. ext4 without a journal makes a new inode skip those
-# deleted in the last 60 s (300 s while their inode table is not yet written back), so an earlier
-# bench's runs are removed and synced first, minutes before the disk suite starts: removed at
-# the end instead, they slowed the next bench's disk runs by up to a fifth.
+# A directory of its own on the disk; an earlier bench's runs are removed (see wait_settled).
 disk_root=${BENCH_DISK_DIR:-$root/target/bench-disk}
 disk=$disk_root/run-$(date +%s)
 if [ -d "$disk_root" ]; then
   find "$disk_root" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
   sync
 fi
+# ext4 without a journal makes a new inode skip every inode of its block group freed in the
+# last minute, or the last six while their inode table block is dirty (recently_deleted() in
+# fs/ext4/ialloc.c), scanning past them again for each new inode: a 5,000-node init a few
+# minutes after a quarter of a million deletions nearby took 13.4 s of system time instead of
+# about 3 (perf: find_inode_bit, recently_deleted). The build just before the bench freed thousands of
+# compiler temporaries below target/, and an earlier bench's runs were removed above: the disk
+# suites wait until both are six minutes old. Nothing is deleted on the disk after that.
+settled_at=$(($(date +%s) + 360))
+wait_settled() {
+  local left=$((settled_at - $(date +%s)))
+  if [ "$left" -gt 0 ]; then
+    echo "bench: waiting ${left}s for this disk's recent deletions to age (see bench.sh)" >&2
+    sleep "$left"
+  fi
+}
 suite tmpfs "$work/tmpfs"
+wait_settled
 # Each cluster is a repository of its own; the ceiling keeps git (and verify's look for tracked
 # keys) from ever reaching kpki's own repository above target/, whose test fixtures hold keys.
 GIT_CEILING_DIRECTORIES=$disk suite disk "$disk"
