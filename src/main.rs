@@ -13,8 +13,8 @@ use kpki::store::Store;
 
 /// jemalloc rather than glibc's malloc: kpki allocates on rayon's threads and frees on others,
 /// where glibc's per-thread arenas grow and shrink a page range at a time (ten thousand
-/// `mprotect` calls in a no-op `rotate` at 5,000 nodes). A fifth off `status` and `rotate`
-/// there, with the same peak memory (mimalloc was as fast but took a quarter more memory).
+/// `mprotect` calls in a no-op `rotate` at 5,000 nodes). A sixth off that `rotate`, with the
+/// same peak memory for `init` (mimalloc was as fast but took a quarter more memory).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
