@@ -426,6 +426,12 @@ mod tests {
         assert_eq!(*direct.text, *parsed.text);
         assert_eq!(direct.fingerprint, parsed.fingerprint);
         assert_eq!(direct.blocks(), parsed.blocks());
+        // A second parser (RustCrypto's p256) derives the public key from the PKCS#8 on its
+        // own: the fingerprint the manifest records is that key's, not only kpki's view of it.
+        use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
+        let secret = p256::SecretKey::from_pkcs8_pem(&key.serialize_pem()).unwrap();
+        let spki = secret.public_key().to_public_key_der().unwrap();
+        assert_eq!(direct.fingerprint, fingerprint(spki.as_bytes()));
     }
 
     #[test]
